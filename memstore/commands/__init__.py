@@ -1,0 +1,1 @@
+"""Sub-commands of the ``memstore`` command line, one module each (see :mod:`memstore.cli`)."""
