@@ -42,8 +42,12 @@ STATS = "stats"
 #: scalar variable-length UTF-8 string: the build report(s) as JSON (a dataset,
 #: not an attribute, because attributes are limited to 64 KiB)
 REPORT = "report"
-#: group used only while building (``*.partial`` files): per-file done flags
+#: group used only while building (``*.partial`` files): ``done`` (n_files,) uint8
+#: flags and ``checksum`` (n_files,) uint32, both contiguous and written through a
+#: memory map, so HDF5 metadata never changes while workers run
 BUILD = "build"
+BUILD_DONE = "build/done"
+BUILD_CHECKSUM = "build/checksum"
 
 # --- root attributes -------------------------------------------------------
 ATTR_FORMAT = "format"
@@ -53,6 +57,8 @@ ATTR_CLASSES = "classes"      # JSON list of class names, sorted
 ATTR_DTYPE = "dtype"          # "float32" | "float16"
 ATTR_LABEL_MODE = "label_mode"  # "folder" | "irmas" | "none" | "custom"
 ATTR_GENERATION = "generation"  # int, +1 on every append
+ATTR_COMPLETE = "complete"      # 1, written last; a store without it never opens
+ATTR_FINGERPRINT = "plan_fingerprint"  # on .partial files: identifies the build plan
 
 #: index status values
 STATUS_STORED = 1

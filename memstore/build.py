@@ -1,0 +1,596 @@
+"""Building a store from a folder of audio: plan, extract in parallel, finalise.
+
+The build in four steps
+-----------------------
+1. **Scan and plan** from headers only: every file's exact frame count at the
+   target rate (``transform.n_frames``) and so its row offset (a cumulative
+   sum). Unreadable files are listed as skipped with their reason; with
+   ``strict=True`` any skip stops the build before anything is written.
+2. **Allocate** ``<store>.partial``: every dataset is created at its final
+   size, contiguous, with its storage allocated up front.
+3. **Extract** in worker processes (spawn-safe, or any
+   ``concurrent.futures.Executor``). Each worker writes its files' rows at
+   the planned offsets through its own ``np.memmap`` and returns their crc32
+   and per-bin statistics; the parent merges the statistics (Chan et al.) and
+   sets a per-file done flag, also through a memory map. HDF5 metadata never
+   changes while workers run, so a ``kill -9`` at any moment cannot corrupt
+   the partial file, and rerunning the same build resumes from the flags.
+4. **Finalise**: write the index, statistics and report, mark the file
+   complete, fsync it and rename it into place atomically.
+
+Appends are copy-on-write: a new ``.partial`` file receives the old rows
+byte for byte at their old offsets, then the new files as a new segment, and
+replaces the store in one rename. A killed append leaves the old store as it
+was, and readers that have the old file open keep reading the old generation
+(their mapping holds the old inode) until they reopen. The price is one
+sequential copy of the store per append.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures as cf
+import dataclasses
+import hashlib
+import logging
+import multiprocessing
+import os
+import time
+import zlib
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from . import layout
+from .audio import audio_info, read_audio, resampled_length
+from .errors import AudioDecodeError, BuildError, MemstoreError, ParameterError, StoreFormatError
+from .features import MelSpectrogram, Spectrogram, transform_from_json
+from .labels import assign_labels, label_index, scan_audio
+from .store import PARTIAL_SUFFIX, read_metadata
+
+__all__ = ["BuildReport", "build_store"]
+
+log = logging.getLogger(__name__)
+
+#: audio seconds per worker task: small files are batched to cut overhead
+TASK_AUDIO_SECONDS = 60.0
+#: rows copied per step when copying or checksumming existing data
+COPY_ROWS = 1 << 16
+
+
+@dataclasses.dataclass
+class BuildReport:
+    """What a build did."""
+
+    stored: int = 0
+    skipped: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    wall_seconds: float = 0.0
+    audio_seconds: float = 0.0
+    frames: int = 0
+    bytes: int = 0
+    target_rate: int = 0
+    resampled: int = 0
+    resumed: int = 0
+    segment: int = 0
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["skipped"] = [list(s) for s in self.skipped]
+        return d
+
+
+# --- workers -------------------------------------------------------------------------------
+
+def _file_stats(rows: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
+    x = rows.astype(np.float64)
+    mean = x.mean(axis=0)
+    x -= mean
+    return len(rows), mean, x.T @ x
+
+
+def _merge(a, b):
+    """Chan et al.'s parallel merge of (count, mean, co-moment) triples."""
+    if a is None:
+        return b
+    na, ma, m2a = a
+    nb, mb, m2b = b
+    n = na + nb
+    delta = mb - ma
+    return n, ma + delta * (nb / n), m2a + m2b + np.outer(delta, delta) * (na * nb / n)
+
+
+def _extract_task(partial: str, data_offset: int, n_bins: int, dtype: str, config_json: str,
+                  rate: int, items: list[tuple[int, str, int, int]]) -> list[tuple]:
+    """Worker: compute and write the rows of several files; return checksums and statistics."""
+    transform = transform_from_json(config_json)
+    itemsize = np.dtype(dtype).itemsize
+    results = []
+    for i, audio_path, row, n_frames in items:
+        try:
+            samples, _ = read_audio(audio_path, sample_rate=rate)
+            feats = transform(samples, rate)
+            if feats.shape != (n_frames, n_bins):
+                raise BuildError(f"{audio_path}: computed {feats.shape} frames, planned {(n_frames, n_bins)}")
+            if not np.isfinite(feats).all():
+                raise BuildError(f"{audio_path}: features contain NaN or infinity")
+            rows = feats.astype(dtype, copy=False)
+            if dtype == "float16" and not np.isfinite(rows).all():
+                raise BuildError(f"{audio_path}: features overflow float16; build with dtype='float32'")
+        except (MemstoreError, OSError, ValueError, MemoryError) as err:
+            results.append((i, None, f"{type(err).__name__}: {err}"))
+            continue
+        mm = np.memmap(partial, dtype=dtype, mode="r+", offset=data_offset + row * n_bins * itemsize,
+                       shape=(n_frames, n_bins))
+        mm[:] = rows
+        mm.flush()
+        del mm
+        results.append((i, zlib.crc32(np.ascontiguousarray(rows).data), _file_stats(rows)))
+    return results
+
+
+# --- planning ------------------------------------------------------------------------------
+
+def _check_args(transform, labels, workers, sample_rate, dtype, mode) -> None:
+    if not isinstance(transform, Spectrogram):
+        raise ParameterError(f"transform={transform!r} must be a MelSpectrogram or Spectrogram")
+    if not (callable(labels) or labels in ("folder", "irmas", "none")):
+        raise ParameterError(f"labels={labels!r} must be 'folder', 'irmas', 'none' or a callable")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise ParameterError(f"workers={workers!r} must be None or a positive integer")
+    if sample_rate is not None and (isinstance(sample_rate, bool) or not isinstance(sample_rate, int)
+                                    or sample_rate <= 0):
+        raise ParameterError(f"sample_rate={sample_rate!r} must be None or a positive integer")
+    if dtype not in layout.FEATURE_DTYPES:
+        raise ParameterError(f"dtype={dtype!r} must be one of {layout.FEATURE_DTYPES}")
+    if mode not in ("create", "append"):
+        raise ParameterError(f"mode={mode!r} must be 'create' or 'append'")
+
+
+def _fingerprint(*parts) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(repr(p).encode("utf-8", "surrogateescape"))
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def _dcpl():
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+    dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
+    return dcpl
+
+
+def _allocate(path: Path, *, total: int, n_bins: int, dtype: str, index: np.ndarray,
+              paths: list[str], labels: np.ndarray, classes: list[str], config_json: str,
+              label_mode: str, segments: np.ndarray, generation: int, n_build: int) -> None:
+    """Create a partial store with every dataset at its final size."""
+    with h5py.File(path, "w", track_order=False) as f:
+        f.attrs[layout.ATTR_FORMAT] = layout.FORMAT_NAME
+        f.attrs[layout.ATTR_VERSION] = np.int64(layout.FORMAT_VERSION)
+        f.attrs[layout.ATTR_COMPLETE] = np.int64(0)
+        f.attrs[layout.ATTR_CONFIG] = config_json
+        f.attrs[layout.ATTR_CLASSES] = layout.dumps(classes)
+        f.attrs[layout.ATTR_DTYPE] = dtype
+        f.attrs[layout.ATTR_LABEL_MODE] = label_mode
+        f.attrs[layout.ATTR_GENERATION] = np.int64(generation)
+        f.create_dataset(layout.FEATURES, shape=(total, n_bins), dtype=dtype, dcpl=_dcpl(),
+                         track_times=False)
+        f.create_dataset(layout.INDEX, data=index, track_times=False)
+        f.create_dataset(layout.PATHS, data=np.array([os.fsencode(p) for p in paths], dtype=object),
+                         dtype=h5py.string_dtype("ascii"),  # raw bytes: non-UTF-8 names survive
+                         track_times=False)
+        f.create_dataset(layout.LABELS, data=labels, dtype=np.uint8, track_times=False)
+        f.create_dataset(layout.SEGMENTS, data=segments, track_times=False)
+        f.create_dataset(layout.BUILD_DONE, shape=(max(n_build, 1),), dtype=np.uint8, dcpl=_dcpl(),
+                         track_times=False)
+        f.create_dataset(layout.BUILD_CHECKSUM, shape=(max(n_build, 1),), dtype="<u4", dcpl=_dcpl(),
+                         track_times=False)
+    # FILL_TIME_NEVER leaves whatever the file system gives: zero the flags explicitly
+    done, checksum, _ = _build_maps(path, n_build)
+    done[:] = 0
+    checksum[:] = 0
+    done.flush()
+    checksum.flush()
+
+
+def _build_maps(path: Path, n_build: int):
+    with h5py.File(path, "r") as f:
+        offs = [f[name].id.get_offset() for name in (layout.BUILD_DONE, layout.BUILD_CHECKSUM,
+                                                       layout.FEATURES)]
+        total, n_bins = f[layout.FEATURES].shape
+        dtype = f[layout.FEATURES].dtype
+    n = max(n_build, 1)
+    done = np.memmap(path, dtype=np.uint8, mode="r+", offset=offs[0], shape=(n,))
+    checksum = np.memmap(path, dtype="<u4", mode="r+", offset=offs[1], shape=(n,))
+    return done, checksum, (offs[2] or 0, total, n_bins, dtype)
+
+
+def _copy_rows(src: np.ndarray, dst: np.ndarray) -> None:
+    for s in range(0, len(src), COPY_ROWS):
+        dst[s:s + COPY_ROWS] = src[s:s + COPY_ROWS]
+
+
+# --- the build -----------------------------------------------------------------------------
+
+def build_store(audio_root, store_path, *, transform: Spectrogram = MelSpectrogram(),
+                labels="folder", workers: int | None = None, sample_rate: int | None = None,
+                dtype: str = "float32", strict: bool = False, resume: bool = True,
+                mode: str = "create", executor=None, progress: bool = True) -> BuildReport:
+    """Build one HDF5 feature store from a folder of audio.
+
+    Parameters
+    ----------
+    audio_root : str or os.PathLike
+        Folder scanned recursively for audio (``.wav``; FLAC/OGG/MP3 with the ``audio`` extra).
+    store_path : str or os.PathLike
+        The store to write (``mode="create"`` replaces an existing one atomically at the end).
+    transform : MelSpectrogram or Spectrogram
+        Feature configuration; its ``sample_rate`` is filled in with the target rate.
+    labels : {"folder", "irmas", "none"} or callable
+        See :mod:`memstore.labels`.
+    workers : int, optional
+        Worker processes; ``None`` means all cores. ``1`` extracts in this process.
+    sample_rate : int, optional
+        Target rate; by default the transform's, else the most common rate of the files.
+    dtype : {"float32", "float16"}
+    strict : bool
+        Any skipped file raises :class:`BuildError` before anything is written.
+    resume : bool
+        Continue an interrupted build of the same plan from its ``.partial`` file.
+    mode : {"create", "append"}
+        ``append`` adds the new files of ``audio_root`` as a new segment.
+    executor : concurrent.futures.Executor or dask.distributed.Client, optional
+        Runs the extraction tasks instead of a local process pool.
+    progress : bool
+        Show a tqdm progress bar on stderr.
+
+    Returns
+    -------
+    BuildReport
+
+    Example
+    -------
+    >>> report = build_store("IRMAS/Training", "irmas.h5", workers=2)   # doctest: +SKIP
+    >>> report.stored, report.skipped[:1]                               # doctest: +SKIP
+    """
+    t0 = time.perf_counter()
+    _check_args(transform, labels, workers, sample_rate, dtype, mode)
+    store_path = Path(os.fsdecode(store_path))
+    if store_path.name.endswith(PARTIAL_SUFFIX):
+        raise ParameterError(f"store_path={str(store_path)!r} must not end in {PARTIAL_SUFFIX}")
+    root = Path(os.fsdecode(audio_root))
+    report = BuildReport()
+    old = None
+    if mode == "append":
+        if not store_path.exists():
+            raise BuildError(f"cannot append: {store_path} does not exist (use mode='create')")
+        old = read_metadata(store_path)
+        if old["config"].sample_rate and sample_rate and sample_rate != old["config"].sample_rate:
+            raise BuildError(f"sample_rate={sample_rate} differs from the store's {old['config'].sample_rate}")
+        sample_rate = sample_rate or old["config"].sample_rate
+        if dtype != str(old["dtype"]):
+            raise BuildError(f"dtype={dtype!r} differs from the store's {old['dtype']}")
+        report.segment = len(old["segments"])
+
+    scan = scan_audio(root)
+    report.skipped.extend(scan.skipped)
+    files = scan.files
+    if old is not None:
+        present = set(old["paths"])
+        report.skipped.extend((p, "already in store") for p in files if p in present)
+        files = [p for p in files if p not in present]
+
+    infos = {}
+    for p in files:
+        try:
+            infos[p] = audio_info(root / p)
+        except (AudioDecodeError, MemstoreError) as err:
+            report.skipped.append((p, str(err).removeprefix(str(root / p) + ": ")))
+    files = [p for p in files if p in infos]
+
+    rate = sample_rate or transform.sample_rate
+    if rate is None:
+        if not files:
+            rate = 0
+        else:
+            counts = collections.Counter(infos[p].sample_rate for p in files)
+            rate = max(sorted(counts), key=lambda r: counts[r])
+            if len(counts) > 1:
+                report.notes.append(f"mixed sample rates {dict(sorted(counts.items()))}: "
+                                    f"resampling to the most common, {rate} Hz")
+    report.target_rate = int(rate)
+    report.resampled = sum(1 for p in files if infos[p].sample_rate != rate)
+    if files:
+        transform = dataclasses.replace(transform, sample_rate=int(rate))
+        if isinstance(transform, MelSpectrogram) and transform.fmax is not None and transform.fmax > rate / 2:
+            raise ParameterError(f"fmax={transform.fmax} must be <= half the target rate {rate}")
+    if old is not None and files and transform != old["config"]:
+        raise BuildError("the feature configuration differs from the store's; append needs the same one:\n"
+                         f"  store: {old['config'].to_json()}\n  build: {transform.to_json()}")
+    n_frames = np.array([transform.n_frames(resampled_length(infos[p].n_samples, infos[p].sample_rate, rate))
+                         for p in files], dtype=np.int64)
+    report.skipped.sort()
+    if strict and report.skipped:
+        listed = "\n".join(f"  {p}: {why}" for p, why in report.skipped[:20])
+        raise BuildError(f"strict build: {len(report.skipped)} file(s) would be skipped; nothing was written:\n"
+                         f"{listed}")
+    if not files:
+        if old is not None:
+            report.notes.append("no new files to append; the store is unchanged")
+            report.wall_seconds = time.perf_counter() - t0
+            return report
+        raise BuildError(f"no readable audio files under {root}; skipped: {report.skipped[:5]}")
+
+    label_mode = labels if isinstance(labels, str) else "custom"
+    classes, multihot = assign_labels(root, files, labels)
+    n_bins = transform.n_bins
+    config_json = transform.to_json()
+    old_n = 0 if old is None else len(old["index"])
+    old_total = 0 if old is None else old["total"]
+    if old is not None:
+        all_classes = sorted(set(old["classes"]) | set(classes))
+        remap = lambda cls, m: _remap(cls, m, all_classes)  # noqa: E731
+        old_labels = remap(old["classes"], old["labels"])
+        multihot = remap(classes, multihot)
+        classes = all_classes
+        label_mode = old["label_mode"] if old["label_mode"] == label_mode else "mixed"
+
+    index = np.zeros(old_n + len(files), dtype=layout.INDEX_DTYPE)
+    if old is not None:
+        index[:old_n] = old["index"]
+    new = index[old_n:]
+    new["n_frames"] = n_frames
+    new["offset"] = old_total + np.concatenate([[0], np.cumsum(n_frames)[:-1]])
+    new["segment"] = report.segment
+    new["sample_rate"] = rate
+    new["source_rate"] = [infos[p].sample_rate for p in files]
+    new["n_samples"] = [infos[p].n_samples for p in files]
+    new["channels"] = [infos[p].channels for p in files]
+    all_labels = multihot if old is None else np.concatenate([old_labels, multihot])
+    index["label"] = label_index(all_labels)
+    all_paths = ([] if old is None else old["paths"]) + files
+    total = old_total + int(n_frames.sum())
+    seg_row = np.array([(old_n, len(files), old_total, int(n_frames.sum()))], dtype=layout.SEGMENT_DTYPE)
+    segments = seg_row if old is None else np.concatenate([old["segments"], seg_row])
+    fingerprint = _fingerprint(
+        layout.FORMAT_VERSION, config_json, dtype, classes, label_mode,
+        [(p, infos[p], os.stat(root / p).st_mtime_ns) for p in files],
+        None if old is None else (old["generation"], old["file_size"], old_total),
+    )
+
+    partial = store_path.with_name(store_path.name + PARTIAL_SUFFIX)
+    store_path.parent.mkdir(parents=True, exist_ok=True)
+    if not (resume and _partial_matches(partial, fingerprint)):
+        if partial.exists():
+            log.warning("discarding %s: it belongs to another build plan", partial)
+            partial.unlink()
+        _allocate(partial, total=total, n_bins=n_bins, dtype=dtype, index=index, paths=all_paths,
+                  labels=all_labels, classes=classes, config_json=config_json, label_mode=label_mode,
+                  segments=segments, generation=0 if old is None else old["generation"] + 1,
+                  n_build=len(files))
+        if old is not None and old_total:
+            _, _, (data_offset, _, _, _) = _build_maps(partial, len(files))
+            src = np.memmap(store_path, dtype=dtype, mode="r", offset=old["data_offset"],
+                            shape=(old_total, n_bins))
+            dst = np.memmap(partial, dtype=dtype, mode="r+", offset=data_offset, shape=(old_total, n_bins))
+            _copy_rows(src, dst)
+            dst.flush()
+            del src, dst
+        with h5py.File(partial, "r+") as f:
+            f.attrs[layout.ATTR_FINGERPRINT] = fingerprint
+
+    done, checksum, (data_offset, _, _, _) = _build_maps(partial, len(files))
+    stats = None
+    if old is not None and old["stats"].get("count"):
+        stats = (int(old["stats"]["count"]), old["stats"]["mean"], old["stats"]["m2"])
+    file_stats: dict[int, tuple] = {}
+    failed: dict[int, str] = {}
+    pending = [i for i in range(len(files)) if not done[i]]
+    report.resumed = len(files) - len(pending)
+    if report.resumed:
+        report.notes.append(f"resumed: {report.resumed} file(s) were already extracted")
+        feats = np.memmap(partial, dtype=dtype, mode="r", offset=data_offset, shape=(total, n_bins))
+        for i in range(len(files)):
+            if done[i] == 1:
+                o, n = int(new["offset"][i]), int(new["n_frames"][i])
+                file_stats[i] = _file_stats(np.asarray(feats[o:o + n]))
+            elif done[i] == 2:
+                failed[i] = "failed in an earlier run of this build"
+        del feats
+
+    _extract(files, pending, root, partial, data_offset, n_bins, dtype, config_json, rate, new,
+             done, checksum, file_stats, failed, workers, executor, progress)
+
+    for i in sorted(file_stats):
+        stats = _merge(stats, file_stats[i])
+    ok = [i for i in range(len(files)) if i not in failed]
+    report.skipped.extend((files[i], failed[i]) for i in sorted(failed))
+    report.skipped.sort()
+    report.stored = len(ok)
+    report.frames = int(new["n_frames"][ok].sum()) if ok else 0
+    report.bytes = report.frames * n_bins * np.dtype(dtype).itemsize
+    report.audio_seconds = float(sum(infos[files[i]].n_samples / infos[files[i]].sample_rate for i in ok))
+    new["checksum"] = checksum[: len(files)]
+    new["status"] = layout.STATUS_STORED
+    del done, checksum
+    if strict and failed:
+        raise BuildError(f"strict build: {len(failed)} file(s) failed during extraction: "
+                         f"{[files[i] for i in sorted(failed)][:10]}; the store was not written")
+    if not ok and old is None:
+        partial.unlink()
+        raise BuildError(f"no file of {root} could be extracted; skipped: {report.skipped[:5]}")
+    if failed:
+        keep = np.r_[np.arange(old_n), old_n + np.array(ok, dtype=np.int64)]
+        partial = _compact(partial, store_path, index, keep, all_paths, all_labels, classes, config_json,
+                           label_mode, segments, report.segment, old_n, dtype, n_bins,
+                           0 if old is None else old["generation"] + 1)
+        index = index[keep]
+        all_paths = [all_paths[k] for k in keep]
+        all_labels = all_labels[keep]
+    report.wall_seconds = time.perf_counter() - t0
+    reports = ([] if old is None else list(old["report"])) + [report.to_dict()]
+    _finalize(partial, store_path, index, stats, reports)
+    report.wall_seconds = time.perf_counter() - t0
+    return report
+
+
+def _remap(classes: list[str], m: np.ndarray, all_classes: list[str]) -> np.ndarray:
+    out = np.zeros((len(m), len(all_classes)), dtype=np.uint8)
+    for j, c in enumerate(classes):
+        out[:, all_classes.index(c)] = m[:, j]
+    return out
+
+
+def _partial_matches(partial: Path, fingerprint: str) -> bool:
+    if not partial.exists():
+        return False
+    try:
+        with h5py.File(partial, "r") as f:
+            return (str(f.attrs.get(layout.ATTR_FINGERPRINT, "")) == fingerprint
+                    and layout.BUILD_DONE in f)
+    except (OSError, KeyError, RuntimeError) as err:
+        log.warning("cannot reuse %s (%s); starting over", partial, err)
+        return False
+
+
+def _tasks(files, pending, root, new):
+    batch, seconds = [], 0.0
+    for i in pending:
+        batch.append((i, os.fsdecode(root / files[i]), int(new["offset"][i]), int(new["n_frames"][i])))
+        seconds += float(new["n_samples"][i]) / max(int(new["source_rate"][i]), 1)
+        if seconds >= TASK_AUDIO_SECONDS:
+            yield batch
+            batch, seconds = [], 0.0
+    if batch:
+        yield batch
+
+
+def _extract(files, pending, root, partial, data_offset, n_bins, dtype, config_json, rate, new,
+             done, checksum, file_stats, failed, workers, executor, progress) -> None:
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(files), initial=len(files) - len(pending), unit="file", desc="extracting",
+               disable=not progress, dynamic_ncols=True)
+    args = (os.fsdecode(partial), int(data_offset), int(n_bins), dtype, config_json, int(rate))
+
+    def record(results):
+        for item in results:
+            i = item[0]
+            if item[1] is None:
+                failed[i] = item[2]
+                done[i] = 2
+            else:
+                checksum[i] = item[1]
+                file_stats[i] = item[2]
+                done[i] = 1
+        done.flush()
+        checksum.flush()
+        bar.update(len(results))
+
+    tasks = _tasks(files, pending, root, new)
+    try:
+        n_workers = workers or os.cpu_count() or 1
+        if executor is None and n_workers == 1:
+            for items in tasks:
+                record(_extract_task(*args, items))
+            return
+        if executor is not None and hasattr(executor, "gather") and hasattr(executor, "scheduler_info"):
+            _extract_dask(executor, args, tasks, record)
+            return
+        own = executor is None
+        pool = executor or cf.ProcessPoolExecutor(n_workers, mp_context=multiprocessing.get_context("spawn"))
+        try:
+            limit = 4 * n_workers
+            running = set()
+            for items in tasks:
+                running.add(pool.submit(_extract_task, *args, items))
+                if len(running) >= limit:
+                    finished, running = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+                    for fut in finished:
+                        record(fut.result())
+            for fut in cf.as_completed(running):
+                record(fut.result())
+        except cf.process.BrokenProcessPool as err:
+            raise BuildError(f"a worker process died ({err}); run the same build again to resume "
+                             f"from {partial}") from err
+        finally:
+            if own:
+                pool.shutdown(wait=True, cancel_futures=True)
+    finally:
+        bar.close()
+
+
+def _extract_dask(client, args, tasks, record) -> None:
+    from distributed import as_completed
+
+    futures = [client.submit(_extract_task, *args, items, pure=False) for items in tasks]
+    for fut in as_completed(futures):
+        record(fut.result())
+
+
+def _compact(partial: Path, store_path: Path, index, keep, paths, labels, classes, config_json,
+             label_mode, segments, segment, old_n, dtype, n_bins, generation) -> Path:
+    """Copy the kept files' rows into a new partial file (files that failed are dropped)."""
+    src_index = index
+    kept = index[keep].copy()
+    kept["offset"] = np.concatenate([[0], np.cumsum(kept["n_frames"])[:-1]])
+    segments = segments.copy()
+    new_rows = kept["segment"] == segment
+    segments[-1] = (old_n, int(new_rows.sum()), int(kept["offset"][new_rows][0]) if new_rows.any() else 0,
+                    int(kept["n_frames"][new_rows].sum()))
+    dst = partial.with_name(partial.name[: -len(PARTIAL_SUFFIX)] + ".compact" + PARTIAL_SUFFIX)
+    total = int(kept["n_frames"].sum())
+    _allocate(dst, total=total, n_bins=n_bins, dtype=dtype, index=kept,
+              paths=[paths[k] for k in keep], labels=labels[keep], classes=classes,
+              config_json=config_json, label_mode=label_mode, segments=segments,
+              generation=generation, n_build=0)
+    _, _, (s_off, s_total, _, _) = _build_maps(partial, 1)
+    _, _, (d_off, _, _, _) = _build_maps(dst, 0)
+    src = np.memmap(partial, dtype=dtype, mode="r", offset=s_off, shape=(s_total, n_bins))
+    out = np.memmap(dst, dtype=dtype, mode="r+", offset=d_off, shape=(max(total, 1), n_bins))
+    for k, row in zip(keep, kept, strict=True):
+        o = int(src_index["offset"][k])
+        _copy_rows(src[o:o + int(row["n_frames"])], out[int(row["offset"]):])
+    out.flush()
+    del src, out
+    os.replace(dst, partial)
+    return partial
+
+
+def _finalize(partial: Path, store_path: Path, index: np.ndarray, stats, reports: list) -> None:
+    with h5py.File(partial, "r+") as f:
+        offsets = np.concatenate([[0], np.cumsum(index["n_frames"])[:-1]]).astype(np.int64)
+        index = index.copy()
+        index["offset"] = offsets
+        f[layout.INDEX][...] = index
+        if layout.BUILD in f:
+            del f[layout.BUILD]
+        if layout.ATTR_FINGERPRINT in f.attrs:
+            del f.attrs[layout.ATTR_FINGERPRINT]
+        g = f.create_group(layout.STATS, track_order=False)
+        if stats is not None:
+            count, mean, m2 = stats
+            cov = m2 / max(count - 1, 1)
+            g.create_dataset("count", data=np.int64(count), track_times=False)
+            g.create_dataset("mean", data=mean, track_times=False)
+            g.create_dataset("m2", data=m2, track_times=False)
+            g.create_dataset("cov", data=cov, track_times=False)
+            g.create_dataset("std", data=np.sqrt(np.maximum(np.diag(m2) / max(count, 1), 0.0)),
+                             track_times=False)
+        f.create_dataset(layout.REPORT, data=layout.dumps(reports), dtype=h5py.string_dtype("utf-8"),
+                         track_times=False)
+        f.attrs[layout.ATTR_COMPLETE] = np.int64(1)
+    fd = os.open(partial, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(partial, store_path)
+    try:
+        read_metadata(store_path)
+    except StoreFormatError as err:  # pragma: no cover - a bug, not bad input
+        raise BuildError(f"the finished store does not validate: {err}") from err

@@ -1,0 +1,246 @@
+"""Opening a store: validated, read-only, memory-mapped.
+
+:func:`open_store` reads the metadata with h5py, checks everything that a
+later read relies on (format version, shapes, every offset and length against
+the dataset and the file size, JSON attributes with size limits), closes the
+HDF5 handle and maps the contiguous ``features`` dataset with
+:class:`numpy.memmap` at its byte offset. No HDF5 handle is kept, so nothing
+is shared across ``fork``; the mapping itself is re-created in a child
+process the first time it is used there.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from . import layout
+from .errors import ParameterError, StoreFormatError
+from .features import transform_from_dict
+
+__all__ = ["Store", "open_store", "read_metadata"]
+
+PARTIAL_SUFFIX = ".partial"
+
+
+def _fail(path, why: str) -> StoreFormatError:
+    return StoreFormatError(f"{os.fsdecode(path)}: {why}")
+
+
+def read_metadata(path) -> dict[str, Any]:
+    """Read and validate a store's metadata; the features are not touched.
+
+    Raises
+    ------
+    StoreFormatError
+        For anything that is not a complete, consistent store of this format version.
+    """
+    path = Path(os.fsdecode(path))
+    if path.name.endswith(PARTIAL_SUFFIX):
+        raise _fail(path, "is a partial build; finish it with 'memstore build' (it resumes)")
+    if not path.is_file():
+        raise _fail(path, "no such store file")
+    size = path.stat().st_size
+    try:
+        f = h5py.File(path, "r")
+    except OSError as err:
+        raise _fail(path, f"not an HDF5 file or truncated ({err})") from err
+    try:
+        with f:
+            return _read(f, path, size)
+    except StoreFormatError:
+        raise
+    except (OSError, KeyError, ValueError, TypeError, RuntimeError) as err:
+        raise _fail(path, f"unreadable store metadata ({type(err).__name__}: {err})") from err
+
+
+def _attr(f, name: str, path):
+    if name not in f.attrs:
+        raise _fail(path, f"missing attribute {name!r}")
+    return f.attrs[name]
+
+
+def _read(f: h5py.File, path: Path, size: int) -> dict[str, Any]:
+    fmt = _attr(f, layout.ATTR_FORMAT, path)
+    if (fmt.decode() if isinstance(fmt, bytes) else str(fmt)) != layout.FORMAT_NAME:
+        raise _fail(path, f"format {fmt!r} is not {layout.FORMAT_NAME!r}")
+    version = _attr(f, layout.ATTR_VERSION, path)
+    if not isinstance(version, np.integer | int) or int(version) != layout.FORMAT_VERSION:
+        raise _fail(path, f"format version {version!r}; this memstore reads version {layout.FORMAT_VERSION}")
+    if int(f.attrs.get(layout.ATTR_COMPLETE, 0)) != 1:
+        raise _fail(path, "the build did not complete")
+    dtype = str(_attr(f, layout.ATTR_DTYPE, path))
+    if dtype not in layout.FEATURE_DTYPES:
+        raise _fail(path, f"dtype {dtype!r} must be one of {layout.FEATURE_DTYPES}")
+    config_d = layout.loads(_attr(f, layout.ATTR_CONFIG, path), "config attribute")
+    try:
+        config = transform_from_dict(config_d)
+    except ParameterError as err:
+        raise _fail(path, f"bad feature configuration: {err}") from err
+    classes = layout.loads(_attr(f, layout.ATTR_CLASSES, path), "classes attribute")
+    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+        raise _fail(path, "classes attribute must be a JSON list of strings")
+    for name in (layout.FEATURES, layout.INDEX, layout.PATHS, layout.LABELS, layout.SEGMENTS):
+        if name not in f or not isinstance(f[name], h5py.Dataset):
+            raise _fail(path, f"missing dataset {name!r}")
+    feats = f[layout.FEATURES]
+    if feats.ndim != 2 or feats.dtype != np.dtype(dtype):
+        raise _fail(path, f"features dataset has shape {feats.shape} and dtype {feats.dtype}")
+    total, n_bins = (int(s) for s in feats.shape)
+    if n_bins != config.n_bins:
+        raise _fail(path, f"features have {n_bins} bins but the configuration gives {config.n_bins}")
+    if feats.chunks is not None or feats.compression is not None:
+        raise _fail(path, "features dataset must be contiguous and uncompressed")
+    nbytes = total * n_bins * feats.dtype.itemsize
+    offset = feats.id.get_offset()
+    if nbytes and offset is None:
+        raise _fail(path, "features dataset has no storage allocated")
+    offset = int(offset or 0)
+    if offset + nbytes > size:
+        raise _fail(path, f"features need bytes {offset}..{offset + nbytes} but the file has {size}")
+    index = f[layout.INDEX]
+    if index.dtype != layout.INDEX_DTYPE or index.ndim != 1:
+        raise _fail(path, f"index dtype {index.dtype} is not the version {layout.FORMAT_VERSION} index")
+    index = index[()]
+    n = len(index)
+    paths = f[layout.PATHS][()]
+    labels = f[layout.LABELS][()]
+    segments = f[layout.SEGMENTS][()]
+    if len(paths) != n or labels.shape != (n, len(classes)) or labels.dtype != np.uint8:
+        raise _fail(path, f"index ({n} rows), paths ({len(paths)}) and labels {labels.shape} disagree")
+    if segments.dtype != layout.SEGMENT_DTYPE:
+        raise _fail(path, "segments table has the wrong dtype")
+    off, nf = index["offset"], index["n_frames"]
+    if n and (off.min() < 0 or nf.min() < 1):
+        raise _fail(path, "index has negative offsets or empty files")
+    if n and (off[0] != 0 or np.any(off[1:] != off[:-1] + nf[:-1]) or off[-1] + nf[-1] != total):
+        raise _fail(path, "index offsets do not tile the features dataset contiguously")
+    if n == 0 and total != 0:
+        raise _fail(path, "features without an index")
+    if np.any(index["status"] != layout.STATUS_STORED):
+        raise _fail(path, "index holds files that were not stored")
+    lab = index["label"]
+    if n and (lab.min() < -1 or lab.max() >= len(classes)):
+        raise _fail(path, "index labels out of range")
+    stats = {}
+    if layout.STATS in f:
+        g = f[layout.STATS]
+        for key in ("count", "mean", "std", "cov", "m2"):
+            if key in g:
+                stats[key] = g[key][()]
+        if stats.get("mean") is not None and np.shape(stats["mean"]) != (n_bins,):
+            raise _fail(path, "statistics have the wrong shape")
+    report = layout.loads(f[layout.REPORT][()], "report") if layout.REPORT in f else []
+    return dict(
+        path=path, dtype=np.dtype(dtype), total=total, n_bins=n_bins, data_offset=offset,
+        config=config, classes=classes, index=index, paths=[os.fsdecode(bytes(p)) for p in paths],
+        labels=labels, segments=segments, stats=stats, report=report,
+        generation=int(f.attrs.get(layout.ATTR_GENERATION, 0)),
+        label_mode=str(f.attrs.get(layout.ATTR_LABEL_MODE, "")), file_size=size,
+    )
+
+
+class Store:
+    """A read-only, memory-mapped feature store. Use :func:`open_store`.
+
+    Attributes
+    ----------
+    index : ndarray [shape=(n_files,)], :data:`memstore.layout.INDEX_DTYPE`
+    paths : list of str
+        Source paths relative to the audio root.
+    classes : list of str
+    labels : ndarray [shape=(n_files, n_classes)], uint8 multi-hot
+    label_index : ndarray [shape=(n_files,)], int32; -1 for none or several labels
+    config : the feature transform, rebuilt from JSON
+    stats : dict of ``count``, ``mean``, ``std``, ``cov`` (float64)
+    report : list of per-segment build reports (dicts)
+    """
+
+    def __init__(self, meta: dict[str, Any]):
+        self._meta = meta
+        self.path: Path = meta["path"]
+        self.index: np.ndarray = meta["index"]
+        self.index.flags.writeable = False
+        self.paths: list[str] = meta["paths"]
+        self.classes: list[str] = meta["classes"]
+        self.labels: np.ndarray = meta["labels"]
+        self.labels.flags.writeable = False
+        self.label_index: np.ndarray = self.index["label"].astype(np.int32)
+        self.config = meta["config"]
+        self.dtype: np.dtype = meta["dtype"]
+        self.n_bins: int = meta["n_bins"]
+        self.n_frames_total: int = meta["total"]
+        self.data_offset: int = meta["data_offset"]
+        self.stats: dict[str, Any] = meta["stats"]
+        self.report: list[dict] = meta["report"]
+        self.generation: int = meta["generation"]
+        self.segments: np.ndarray = meta["segments"]
+        self._map = None
+        self._pid = None
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __repr__(self) -> str:
+        return (f"<Store {str(self.path)!r}: {len(self)} files, {self.n_frames_total} frames x "
+                f"{self.n_bins} {self.dtype}, {len(self.classes)} classes>")
+
+    @property
+    def features(self) -> np.ndarray:
+        """The whole ``(total_frames, n_bins)`` feature matrix, memory-mapped read-only."""
+        if self._map is None or self._pid != os.getpid():
+            if self.n_frames_total == 0:
+                self._map = np.zeros((0, self.n_bins), dtype=self.dtype)
+            else:
+                self._map = np.memmap(self.path, dtype=self.dtype, mode="r", offset=self.data_offset,
+                                      shape=(self.n_frames_total, self.n_bins))
+            self._pid = os.getpid()
+        return self._map
+
+    def frames(self, i: int) -> np.ndarray:
+        """Features of file ``i``: a zero-copy ``(n_frames, n_bins)`` view of the mapping."""
+        if isinstance(i, bool) or not isinstance(i, int | np.integer) or not -len(self) <= i < len(self):
+            raise ParameterError(f"file index {i!r} must be an integer in [-{len(self)}, {len(self)})")
+        row = self.index[int(i)]
+        return self.features[row["offset"]: row["offset"] + row["n_frames"]]
+
+    def close(self) -> None:
+        """Drop the mapping (views already handed out stay valid until released)."""
+        self._map = None
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __getstate__(self):
+        raise TypeError("a Store is not picklable; pass its path and open it in the other process")
+
+
+def open_store(path) -> Store:
+    """Open a store read-only.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+
+    Returns
+    -------
+    Store
+
+    Raises
+    ------
+    StoreFormatError
+        If the file is missing, partial, corrupt or of another format version.
+
+    Example
+    -------
+    >>> with open_store("irmas.h5") as store:          # doctest: +SKIP
+    ...     x = store.frames(0)
+    """
+    return Store(read_metadata(path))
