@@ -36,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthesis and the shuffle (default: 0)")
     parser.add_argument("--workers", type=int, default=None, metavar="N",
                         help="build processes (default: all cores)")
-    parser.add_argument("--batch-size", type=int, default=16, metavar="B", help="blocks per batch (default: 16)")
+    parser.add_argument("--batch-size", type=int, default=8, metavar="B", help="blocks per batch (default: 8)")
     parser.add_argument("--memory-limit", default=None, metavar="SIZE",
                         help="streaming budget, e.g. 2MB (default: half the store's feature bytes)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -1,0 +1,471 @@
+"""BatchStream: shuffled training batches from a store, the tutorial's interface.
+
+``BatchStream`` replaces the tutorial's ``MyDataset``: the same blocks
+(``time_context``, ``step``), the same batches ((N, 1, T, F) and one-hot
+labels), ``stream()`` for the next batch, ``get_data()`` and
+``get_validation()`` -- but read from a store on disk, under a memory budget.
+
+Two paths, one set of guarantees
+--------------------------------
+*In memory* (``memory_limit=None`` or the split fits): blocks are shuffled
+globally and gathered straight from the store's memory map.
+
+*Out of core* (the split does not fit): the pager (:mod:`memstore.pager`)
+reads windows of shuffled pages into two buffers within the budget and
+shuffles blocks inside each window.
+
+On both, every block of the split is served exactly once per epoch (with
+``drop_last=False``; with ``drop_last=True`` the last incomplete batch is
+dropped), the order is a pure function of ``(seed, epoch)``, and
+``state_dict()``/``load_state_dict()`` resume mid-epoch exactly.
+
+Batches are assembled by a background thread (the numba kernel releases the
+GIL) one or two batches ahead. Every batch is a new array: it stays valid as
+long as you keep it.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import weakref
+
+import numpy as np
+
+from .blocks import block_table
+from .errors import ParameterError
+from .labels import label_index
+from .pager import Window, WindowReader, parse_memory, plan_epoch, shuffle_quality, window_budget
+from .slicer import gather_blocks
+
+__all__ = ["BatchStream"]
+
+LAYOUTS = ("NCTF", "NTFC", "NFTC", "NTF")
+LABEL_KINDS = ("onehot", "index", "multihot")
+NORMALIZE = (False, "standard", "pca")
+SPLITS = ("train", "valid", "all")
+#: batches assembled ahead by the background thread
+PREFETCH = 2
+_STD_FLOOR = 1e-8
+
+
+class BatchStream:
+    """Shuffled batches of ``time_context``-frame blocks from a store.
+
+    Parameters
+    ----------
+    store : Store or path
+        A path is opened (and closed with the stream).
+    batch_size : int
+    time_context, step : int
+        Block length and hop in frames (the tutorial's 128 and 50).
+    split : {"train", "valid", "all"}
+    valid_fraction : float
+        Share of files (``split_by="file"``, stratified by class) or of blocks
+        (``split_by="block"``, the tutorial's split) held out for validation.
+    seed : int
+        Seeds the split and every epoch's order.
+    shuffle, drop_last : bool
+    layout : {"NCTF", "NTFC", "NFTC", "NTF"}
+    labels : {"onehot", "index", "multihot"}
+    normalize : {False, "standard", "pca"}
+        Per-bin standardisation or PCA whitening from the store's statistics.
+    memory_limit : int or str, optional
+        Budget for resident feature data, e.g. ``"2GB"``.
+    shard : (rank, world_size), optional
+        Disjoint, equal-size parts of every epoch.
+    valid_files : list of str, optional
+        Explicit validation files (``store.paths`` entries).
+    tail : bool
+        Also serve a last block ending at each file's end (see :mod:`memstore.blocks`).
+    prefetch : bool
+        Assemble batches in a background thread.
+
+    Example
+    -------
+    >>> stream = BatchStream(store, batch_size=32)     # doctest: +SKIP
+    >>> for x, y in stream:                           # one epoch
+    ...     x.shape                                   # (32, 1, 128, 96)
+    """
+
+    def __init__(self, store, *, batch_size: int, time_context: int = 128, step: int = 50,
+                 split: str = "train", valid_fraction: float = 0.2, seed: int = 0, shuffle: bool = True,
+                 drop_last: bool = True, layout: str = "NCTF", labels: str = "onehot", normalize=False,
+                 memory_limit=None, shard=None, split_by: str = "file", valid_files=None,
+                 tail: bool = False, prefetch: bool = True):
+        from .store import Store, open_store
+
+        self._own = not isinstance(store, Store)
+        self.store = open_store(store) if self._own else store
+        for name, v, low in (("batch_size", batch_size, 1), ("time_context", time_context, 1),
+                             ("step", step, 1), ("seed", seed, 0)):
+            if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < low:
+                raise ParameterError(f"{name}={v!r} must be an integer >= {low}")
+        checks = (("split", split, SPLITS), ("layout", layout, LAYOUTS), ("labels", labels, LABEL_KINDS),
+                  ("normalize", normalize, NORMALIZE), ("split_by", split_by, ("file", "block")))
+        for name, v, allowed in checks:
+            if v not in allowed or isinstance(v, bool) and v is not False:
+                raise ParameterError(f"{name}={v!r} must be one of {allowed}")
+        if not (isinstance(valid_fraction, int | float) and 0 <= valid_fraction < 1):
+            raise ParameterError(f"valid_fraction={valid_fraction!r} must be in [0, 1)")
+        if shard is not None:
+            if (not isinstance(shard, tuple | list) or len(shard) != 2
+                    or not all(isinstance(v, int) for v in shard) or not 0 <= shard[0] < shard[1]):
+                raise ParameterError(f"shard={shard!r} must be (rank, world_size) with 0 <= rank < world_size")
+            shard = (int(shard[0]), int(shard[1]))
+        self.batch_size, self.time_context, self.step = int(batch_size), int(time_context), int(step)
+        self.split, self.valid_fraction, self.seed = split, float(valid_fraction), int(seed)
+        self.shuffle, self.drop_last, self.layout = bool(shuffle), bool(drop_last), layout
+        self.label_kind, self.normalize, self.shard = labels, normalize, shard
+        self.split_by, self.tail, self.prefetch = split_by, bool(tail), bool(prefetch)
+        self.memory_limit = parse_memory(memory_limit)
+        self.epoch = 0
+        self.iteration_step = 0
+        self._active = None
+
+        s = self.store
+        n_frames = s.index["n_frames"]
+        if len(s) == 0:
+            raise ParameterError(f"{s.path} holds no files")
+        bf, bs = block_table(n_frames, self.time_context, self.step, tail=self.tail)
+        valid_set = self._split_mask(bf, valid_files)
+        chosen = {"train": ~valid_set, "valid": valid_set, "all": np.ones_like(valid_set)}[split]
+        self._other = valid_set if split == "train" else None
+        self.block_file = bf[chosen]
+        self.block_start = bs[chosen]
+        self.block_row = s.index["offset"][self.block_file] + self.block_start
+        self.block_valid = np.minimum(self.time_context, n_frames[self.block_file] - self.block_start)
+        self._valid_blocks = (bf[valid_set], bs[valid_set])
+        n = len(self.block_file)
+        if shard is not None:
+            n = n // shard[1] if n % shard[1] == 0 else len(np.arange(n)[shard[1] - 1::shard[1]])
+        self.total_points = int(n)
+        self.iteration_size = (n // self.batch_size if self.drop_last else -(-n // self.batch_size))
+        self._norm = self._normalisation()
+        self._labels_all = self._label_matrix()
+
+        row_bytes = s.n_bins * s.dtype.itemsize
+        self._batch_bytes = self.batch_size * self.time_context * s.n_bins * 4
+        split_bytes = int(n_frames[np.unique(self.block_file)].sum()) * row_bytes
+        n_batch_buffers = PREFETCH + 2
+        self.out_of_core = (self.memory_limit is not None and
+                            split_bytes + n_batch_buffers * self._batch_bytes > self.memory_limit)
+        if self.out_of_core:
+            self._window_rows = window_budget(self.memory_limit, row_bytes=row_bytes,
+                                              batch_bytes=self._batch_bytes,
+                                              n_batch_buffers=n_batch_buffers,
+                                              time_context=self.time_context)
+        elif self.memory_limit is not None and n_batch_buffers * self._batch_bytes > self.memory_limit:
+            raise ParameterError(f"memory_limit={self.memory_limit} bytes is smaller than "
+                                 f"{n_batch_buffers} batches ({n_batch_buffers * self._batch_bytes} bytes)")
+        self._finalizer = weakref.finalize(self, _stop_active, [None])
+
+    # --- set-up -----------------------------------------------------------------------------
+    def _split_mask(self, bf: np.ndarray, valid_files) -> np.ndarray:
+        s = self.store
+        rng = np.random.default_rng((self.seed, 0x5E11))
+        if valid_files is not None:
+            where = {p: i for i, p in enumerate(s.paths)}
+            missing = [p for p in valid_files if p not in where]
+            if missing:
+                raise ParameterError(f"valid_files {missing[:5]} are not in the store")
+            files = np.zeros(len(s), bool)
+            files[[where[p] for p in valid_files]] = True
+            return files[bf]
+        if self.split_by == "block":
+            mask = np.zeros(len(bf), bool)
+            mask[rng.permutation(len(bf))[: int(round(self.valid_fraction * len(bf)))]] = True
+            return mask
+        files = np.zeros(len(s), bool)
+        strata = s.label_index
+        for c in np.unique(strata):
+            members = np.flatnonzero(strata == c)
+            k = int(round(self.valid_fraction * len(members)))
+            files[rng.permutation(members)[:k]] = True
+        return files[bf]
+
+    def _normalisation(self) -> dict:
+        if not self.normalize:
+            return {}
+        st = self.store.stats
+        if "mean" not in st:
+            raise ParameterError(f"{self.store.path} has no statistics to normalise with")
+        mean = np.asarray(st["mean"], np.float64)
+        if self.normalize == "standard":
+            std = np.maximum(np.asarray(st["std"], np.float64), _STD_FLOOR)
+            return {"mean": mean.astype(np.float32), "scale": (1.0 / std).astype(np.float32)}
+        cov = np.asarray(st["cov"], np.float64)
+        eig, vec = np.linalg.eigh(cov)
+        eps = 1e-6 * max(float(eig.max()), _STD_FLOOR)  # keeps near-silent directions bounded
+        return {"mean": mean.astype(np.float32), "proj": (vec / np.sqrt(np.maximum(eig, 0) + eps)).astype(np.float32)}
+
+    def _label_matrix(self) -> np.ndarray:
+        s = self.store
+        if self.label_kind == "index":
+            return s.label_index.astype(np.int64)
+        if self.label_kind == "multihot":
+            return s.labels.astype(np.float32)
+        onehot = np.zeros((len(s), len(s.classes)), np.float32)
+        idx = s.label_index
+        onehot[np.flatnonzero(idx >= 0), idx[idx >= 0]] = 1.0
+        return onehot
+
+    # --- order ------------------------------------------------------------------------------
+    def _windows(self, epoch: int) -> list[Window]:
+        if self.out_of_core:
+            return plan_epoch(self.block_row, self.block_valid, window_rows=self._window_rows,
+                              seed=self.seed if self.shuffle else 0, epoch=epoch if self.shuffle else 0,
+                              shard=self.shard) if self.shuffle else self._sequential_windows()
+        n = len(self.block_file)
+        order = (np.random.default_rng((self.seed, int(epoch))).permutation(n) if self.shuffle
+                 else np.arange(n))
+        if self.shard is not None:
+            rank, world = self.shard
+            order = order[rank::world][: self.total_points]
+        empty = np.zeros(0, np.int64)
+        return [Window(empty, empty, empty, 0, order, self.block_row[order])]
+
+    def _sequential_windows(self) -> list[Window]:
+        ws = plan_epoch(self.block_row, self.block_valid, window_rows=self._window_rows, seed=0, epoch=0,
+                        shard=self.shard)
+        # unshuffled: serve windows in store order, blocks sorted within each
+        ws.sort(key=lambda w: int(w.row_start[0]) if len(w.row_start) else 0)
+        out = []
+        for w in ws:
+            k = np.argsort(w.blocks, kind="stable")
+            out.append(Window(w.row_start, w.row_stop, w.buf_start, w.n_rows, w.blocks[k], w.src_row[k]))
+        return out
+
+    def order(self, epoch: int | None = None) -> np.ndarray:
+        """Block ids (into this split's block table) in serving order for ``epoch``."""
+        ws = self._windows(self.epoch if epoch is None else epoch)
+        return np.concatenate([w.blocks for w in ws]) if ws else np.zeros(0, np.int64)
+
+    # --- batches ----------------------------------------------------------------------------
+    def _shape(self, x: np.ndarray) -> np.ndarray:
+        if self.layout == "NCTF":
+            return x[:, None]
+        if self.layout == "NTFC":
+            return x[..., None]
+        if self.layout == "NFTC":
+            return np.ascontiguousarray(x.transpose(0, 2, 1))[..., None]
+        return x
+
+    def _produce(self, epoch: int, first_batch: int, stop: threading.Event):
+        """Yield (x, y) of ``epoch`` from batch ``first_batch`` on."""
+        ws = self._windows(epoch)
+        counts = np.array([len(w.blocks) for w in ws], np.int64)
+        cum = np.r_[0, np.cumsum(counts)]
+        n_batches = self.iteration_size
+        if n_batches == 0 or first_batch >= n_batches:
+            return
+        first_pos = first_batch * self.batch_size
+        w_idx = int(np.searchsorted(cum, first_pos, side="right") - 1)
+        s = self.store
+        if self.out_of_core:
+            reader = WindowReader(s.path, s.data_offset, s.n_bins, s.dtype, ws[w_idx:], self._window_rows)
+            windows = iter(reader)
+        else:
+            reader = None
+            src = np.asarray(s.features)
+            windows = iter([(ws[0], src)])
+        try:
+            w, buf = next(windows)
+            total = int(cum[-1])
+            for b in range(first_batch, n_batches):
+                if stop.is_set():
+                    return
+                pos = b * self.batch_size
+                size = min(self.batch_size, total - pos)
+                out = np.empty((size, self.time_context, s.n_bins), np.float32)
+                ids = np.empty(size, np.int64)
+                filled = 0
+                while filled < size:
+                    while pos >= cum[w_idx + 1]:
+                        w, buf = next(windows)
+                        w_idx += 1
+                    k = pos - int(cum[w_idx])
+                    take = min(size - filled, int(cum[w_idx + 1]) - pos)
+                    blk = w.blocks[k:k + take]
+                    gather_blocks(buf, w.src_row[k:k + take], self.block_valid[blk], out[filled:filled + take],
+                                  **self._norm)
+                    ids[filled:filled + take] = blk
+                    filled += take
+                    pos += take
+                yield self._shape(out), self._labels_all[self.block_file[ids]]
+        finally:
+            if reader is not None:
+                reader.close()
+
+    def _start(self, epoch: int, first_batch: int):
+        self._stop_active()
+        stop = threading.Event()
+        gen = self._produce(epoch, first_batch, stop)
+        if not self.prefetch:
+            self._active = (gen, None, stop)
+            return
+        q: queue.Queue = queue.Queue(maxsize=PREFETCH)
+
+        def run():
+            try:
+                for item in gen:
+                    while not stop.is_set():
+                        try:
+                            q.put(item, timeout=0.1)
+                            break
+                        except queue.Full:
+                            continue
+                    if stop.is_set():
+                        break
+                q.put(_END)
+            except BaseException as err:
+                q.put(err)
+            finally:
+                gen.close()
+
+        t = threading.Thread(target=run, name="memstore-batches", daemon=True)
+        t.start()
+        self._active = (q, t, stop)
+        self._finalizer.detach()
+        self._finalizer = weakref.finalize(self, _stop_active, [self._active])
+
+    def _next_item(self):
+        src, thread, _ = self._active
+        if thread is None:
+            return next(src, _END)
+        item = src.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def _stop_active(self) -> None:
+        if self._active is not None:
+            _stop_active([self._active])
+            self._active = None
+
+    def __iter__(self):
+        """One epoch of ``(x, y)`` batches, from the current position."""
+        epoch, first = self.epoch, self.iteration_step
+        self._start(epoch, first)
+        try:
+            while True:
+                item = self._next_item()
+                if item is _END:
+                    break
+                self.iteration_step += 1
+                yield item
+        finally:
+            self._stop_active()
+        if self.iteration_step >= self.iteration_size:
+            self.epoch += 1
+            self.iteration_step = 0
+
+    def __call__(self):
+        """The next batch, rolling over into the next epoch (the tutorial's ``db()``)."""
+        if self.iteration_size == 0:
+            raise ParameterError(f"the split has {self.total_points} blocks, fewer than one batch of "
+                                 f"{self.batch_size}")
+        if self._active is None:
+            self._start(self.epoch, self.iteration_step)
+        item = self._next_item()
+        if item is _END:
+            self._stop_active()
+            self.epoch += 1
+            self.iteration_step = 0
+            self._start(self.epoch, 0)
+            item = self._next_item()
+        self.iteration_step += 1
+        return item
+
+    def __len__(self) -> int:
+        return self.iteration_size
+
+    # --- state ------------------------------------------------------------------------------
+    def _fingerprint(self) -> list:
+        return [len(self.block_file), self.batch_size, self.time_context, self.step, self.split,
+                self.valid_fraction, self.shuffle, self.drop_last, list(self.shard or []), self.out_of_core,
+                str(self.store.path), self.store.generation]
+
+    def state_dict(self) -> dict:
+        """A few scalars that resume the stream exactly where it is."""
+        return {"epoch": self.epoch, "iteration_step": self.iteration_step, "seed": self.seed,
+                "fingerprint": self._fingerprint()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("fingerprint") != self._fingerprint() or state.get("seed") != self.seed:
+            raise ParameterError("this state_dict belongs to a stream with other settings or another store")
+        self._stop_active()
+        self.epoch = int(state["epoch"])
+        self.iteration_step = int(state["iteration_step"])
+
+    # --- whole arrays (the tutorial's getData) ----------------------------------------------
+    def _materialise(self, bf: np.ndarray, bs: np.ndarray):
+        s = self.store
+        nbytes = len(bf) * self.time_context * s.n_bins * 4
+        if self.memory_limit is not None and nbytes > self.memory_limit:
+            raise ParameterError(f"get_data needs {nbytes} bytes ({nbytes / 1e9:.2f} GB) of blocks but "
+                                 f"memory_limit is {self.memory_limit}; iterate the stream instead")
+        out = np.empty((len(bf), self.time_context, s.n_bins), np.float32)
+        rows = s.index["offset"][bf] + bs
+        valid = np.minimum(self.time_context, s.index["n_frames"][bf] - bs)
+        gather_blocks(np.asarray(s.features), rows, valid, out, **self._norm)
+        return self._shape(out), self._labels_all[bf]
+
+    def get_validation(self):
+        """``(features_valid, labels_valid)``: every validation block, in store order."""
+        return self._materialise(*self._valid_blocks)
+
+    def get_data(self):
+        """``(features, labels, features_valid, labels_valid)`` of this split and the validation split."""
+        x, y = self._materialise(self.block_file, self.block_start)
+        return (x, y) + self.get_validation()
+
+    # --- diagnostics ------------------------------------------------------------------------
+    def shuffle_report(self, epoch: int | None = None) -> dict:
+        """Shuffle quality of this stream's order against a true global shuffle of the same split."""
+        order = self.order(epoch)
+        rng = np.random.default_rng((self.seed, 0x610B))
+        glob = rng.permutation(len(self.block_file))[: len(order)]
+        return {
+            "stream": shuffle_quality(self.block_file[order], self.block_row[order], self.batch_size),
+            "global_shuffle": shuffle_quality(self.block_file[glob], self.block_row[glob], self.batch_size),
+            "out_of_core": self.out_of_core,
+        }
+
+    def close(self) -> None:
+        """Stop the background thread; close the store if the stream opened it."""
+        self._stop_active()
+        if self._own:
+            self.store.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"<BatchStream {self.split}: {self.total_points} blocks, {self.iteration_size} batches of "
+                f"{self.batch_size}, {'out of core' if self.out_of_core else 'in memory'}, epoch {self.epoch}>")
+
+
+_END = object()
+
+
+def _stop_active(holder: list) -> None:
+    active = holder[0]
+    if active is None:
+        return
+    src, thread, stop = active
+    stop.set()
+    if thread is not None:
+        while thread.is_alive():
+            try:  # unblock a producer waiting on a full queue
+                while True:
+                    src.get_nowait()
+            except queue.Empty:
+                pass
+            thread.join(timeout=0.05)
+    else:
+        src.close()
+    holder[0] = None

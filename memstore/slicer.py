@@ -1,0 +1,125 @@
+"""The slicer: numba kernels that gather blocks into a batch buffer.
+
+Kernels take plain arrays and scalars only. They trust their inputs: the
+Python wrapper :func:`gather_blocks` checks every bound before the call, so a
+kernel never reads outside ``src``. Set ``MEMSTORE_DISABLE_JIT=1`` before
+import to run the same code as plain Python (for tests and debugging).
+
+One pass per block fuses the float16 -> float32 conversion, the zero padding
+of short blocks, and the normalisation:
+
+- mode 0: copy;
+- mode 1: ``(x - mean) * scale`` per bin (``scale = 1 / std``);
+- mode 2: ``(x - mean) @ proj`` (PCA whitening; ``proj`` is ``(F, F)``).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from .errors import ParameterError
+
+__all__ = ["gather", "gather_blocks", "JIT"]
+
+JIT = os.environ.get("MEMSTORE_DISABLE_JIT", "") not in ("1", "true", "yes")
+
+if JIT:
+    from numba import njit
+else:  # pragma: no cover - exercised by a subprocess test
+    def njit(*args, **kwargs):
+        def wrap(f):
+            f.py_func = f
+            return f
+        return wrap
+
+
+@njit(nogil=True, cache=True)
+def gather(src, starts, valid, out, mean, scale, proj, mode):  # pragma: no cover - jitted
+    n_blocks = out.shape[0]
+    t_len = out.shape[1]
+    n_bins = out.shape[2]
+    for b in range(n_blocks):
+        s = starts[b]
+        v = valid[b]
+        for t in range(v):
+            row = src[s + t]
+            if mode == 0:
+                for f in range(n_bins):
+                    out[b, t, f] = row[f]
+            elif mode == 1:
+                for f in range(n_bins):
+                    out[b, t, f] = (np.float32(row[f]) - mean[f]) * scale[f]
+            else:
+                for g in range(n_bins):
+                    out[b, t, g] = 0.0
+                for f in range(n_bins):
+                    d = np.float32(row[f]) - mean[f]
+                    for g in range(n_bins):
+                        out[b, t, g] += d * proj[f, g]
+        for t in range(v, t_len):
+            for f in range(n_bins):
+                out[b, t, f] = 0.0
+
+
+_EMPTY1 = np.zeros(1, np.float32)
+_EMPTY2 = np.zeros((1, 1), np.float32)
+
+
+def gather_blocks(src: np.ndarray, starts, valid, out: np.ndarray, *, mean=None, scale=None,
+                  proj=None) -> np.ndarray:
+    """Validate, then gather blocks ``src[starts[b] : starts[b] + valid[b]]`` into ``out[b]``.
+
+    Parameters
+    ----------
+    src : ndarray [shape=(rows, n_bins)], float32 or float16, C-contiguous
+    starts, valid : array_like of int [shape=(B,)]
+        First row and number of real rows of each block (the rest is zero padding).
+    out : ndarray [shape=(B, T, n_bins)], float32, C-contiguous
+    mean, scale : ndarray [shape=(n_bins,)], optional
+        Standardisation ``(x - mean) * scale``.
+    proj : ndarray [shape=(n_bins, n_bins)], optional
+        PCA whitening ``(x - mean) @ proj`` (needs ``mean``).
+
+    Returns
+    -------
+    out
+    """
+    src = np.asarray(src)
+    if src.ndim != 2 or src.dtype not in (np.float32, np.float16) or not src.flags.c_contiguous:
+        raise ParameterError(f"src must be a C-contiguous 2-D float32/float16 array, got {src.dtype} "
+                             f"{src.shape}")
+    if out.ndim != 3 or out.dtype != np.float32 or not out.flags.c_contiguous or not out.flags.writeable:
+        raise ParameterError("out must be a writeable C-contiguous (B, T, F) float32 array")
+    B, T, F = out.shape
+    if F != src.shape[1]:
+        raise ParameterError(f"out has {F} bins but src has {src.shape[1]}")
+    starts = np.ascontiguousarray(starts, dtype=np.int64)
+    valid = np.ascontiguousarray(valid, dtype=np.int64)
+    if starts.shape != (B,) or valid.shape != (B,):
+        raise ParameterError(f"starts and valid must have shape ({B},)")
+    if B:
+        if valid.min() < 0 or valid.max() > T:
+            raise ParameterError(f"valid rows must lie in [0, {T}]")
+        if starts.min() < 0 or (starts + valid).max() > src.shape[0]:
+            raise ParameterError(f"a block reads rows outside src (0..{src.shape[0]})")
+    mode = 0
+    m, sc, pr = _EMPTY1, _EMPTY1, _EMPTY2
+    if proj is not None:
+        mode, m, pr = 2, _vec(mean, F, "mean"), np.ascontiguousarray(proj, dtype=np.float32)
+        if pr.shape != (F, F):
+            raise ParameterError(f"proj must have shape ({F}, {F})")
+    elif mean is not None or scale is not None:
+        mode, m, sc = 1, _vec(mean, F, "mean"), _vec(scale, F, "scale")
+    gather(src, starts, valid, out, m, sc, pr, mode)
+    return out
+
+
+def _vec(v, n: int, name: str) -> np.ndarray:
+    if v is None:
+        raise ParameterError(f"{name} is required for this normalisation")
+    v = np.ascontiguousarray(v, dtype=np.float32)
+    if v.shape != (n,):
+        raise ParameterError(f"{name} must have shape ({n},), got {v.shape}")
+    return v
