@@ -303,7 +303,6 @@ def build_store(audio_root, store_path, *, transform: Spectrogram = MelSpectrogr
                 report.notes.append(f"mixed sample rates {dict(sorted(counts.items()))}: "
                                     f"resampling to the most common, {rate} Hz")
     report.target_rate = int(rate)
-    report.resampled = sum(1 for p in files if infos[p].sample_rate != rate)
     if files:
         transform = dataclasses.replace(transform, sample_rate=int(rate))
         if isinstance(transform, MelSpectrogram) and transform.fmax is not None and transform.fmax > rate / 2:
@@ -411,6 +410,7 @@ def build_store(audio_root, store_path, *, transform: Spectrogram = MelSpectrogr
     report.skipped.extend((files[i], failed[i]) for i in sorted(failed))
     report.skipped.sort()
     report.stored = len(ok)
+    report.resampled = sum(1 for i in ok if infos[files[i]].sample_rate != rate)
     report.frames = int(new["n_frames"][ok].sum()) if ok else 0
     report.bytes = report.frames * n_bins * np.dtype(dtype).itemsize
     report.audio_seconds = float(sum(infos[files[i]].n_samples / infos[files[i]].sample_rate for i in ok))
@@ -553,8 +553,8 @@ def _compact(partial: Path, store_path: Path, index, keep, paths, labels, classe
     src = np.memmap(partial, dtype=dtype, mode="r", offset=s_off, shape=(s_total, n_bins))
     out = np.memmap(dst, dtype=dtype, mode="r+", offset=d_off, shape=(max(total, 1), n_bins))
     for k, row in zip(keep, kept, strict=True):
-        o = int(src_index["offset"][k])
-        _copy_rows(src[o:o + int(row["n_frames"])], out[int(row["offset"]):])
+        o, d, n = int(src_index["offset"][k]), int(row["offset"]), int(row["n_frames"])
+        _copy_rows(src[o:o + n], out[d:d + n])
     out.flush()
     del src, out
     os.replace(dst, partial)

@@ -70,7 +70,7 @@ def _read(f: h5py.File, path: Path, size: int) -> dict[str, Any]:
         raise _fail(path, f"format {fmt!r} is not {layout.FORMAT_NAME!r}")
     version = _attr(f, layout.ATTR_VERSION, path)
     if not isinstance(version, np.integer | int) or int(version) != layout.FORMAT_VERSION:
-        raise _fail(path, f"format version {version!r}; this memstore reads version {layout.FORMAT_VERSION}")
+        raise _fail(path, f"format version {version}; this memstore reads version {layout.FORMAT_VERSION}")
     if int(f.attrs.get(layout.ATTR_COMPLETE, 0)) != 1:
         raise _fail(path, "the build did not complete")
     dtype = str(_attr(f, layout.ATTR_DTYPE, path))

@@ -1,0 +1,39 @@
+"""Shared fixtures: small real audio folders and stores written into tmp dirs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from memstore.build import build_store
+from memstore.demo import make_demo_folder
+
+
+@pytest.fixture(scope="session")
+def demo_root(tmp_path_factory):
+    """A small demo folder: 6 classes x 3 files of 3 s."""
+    return make_demo_folder(tmp_path_factory.mktemp("demo"), n_per_class=3, seed=1)
+
+
+@pytest.fixture(scope="session")
+def demo_store(demo_root, tmp_path_factory):
+    """A store built from ``demo_root`` with two worker processes."""
+    path = tmp_path_factory.mktemp("store") / "demo.h5"
+    build_store(demo_root, path, workers=2, progress=False)
+    return path
+
+
+def varied_folder(root, rng=None):
+    """Write WAVs of varied lengths, rates, channels and sample formats under root/<cls>/."""
+    from memstore.audio import write_wav
+
+    rng = rng or np.random.default_rng(0)
+    specs = [("a", 8000, 1, "pcm16", 9000), ("a", 8000, 2, "pcm24", 300), ("b", 8000, 1, "float32", 20000),
+             ("b", 8000, 3, "u8", 4000), ("c", 8000, 2, "pcm32", 12345), ("c", 8000, 1, "float64", 1)]
+    paths = []
+    for i, (cls, rate, ch, fmt, n) in enumerate(specs):
+        (root / cls).mkdir(parents=True, exist_ok=True)
+        p = root / cls / f"f{i} ü.wav"
+        write_wav(p, rng.uniform(-0.5, 0.5, (n, ch)), rate, sample_format=fmt)
+        paths.append(p)
+    return paths

@@ -1,0 +1,90 @@
+"""Opening stores: validation before any read, fork safety, errors."""
+
+from __future__ import annotations
+
+import multiprocessing
+import shutil
+
+import h5py
+import numpy as np
+import pytest
+
+from memstore import layout
+from memstore.errors import ParameterError, StoreFormatError
+from memstore.store import open_store
+
+
+def corrupt(src, dst, edit):
+    shutil.copy(src, dst)
+    with h5py.File(dst, "r+") as f:
+        edit(f)
+    return dst
+
+
+def test_store_api(demo_store):
+    with open_store(demo_store) as s:
+        assert len(s) == len(s.paths) == len(s.labels) == 18
+        assert s.index.dtype == layout.INDEX_DTYPE
+        assert isinstance(s.features, np.memmap) and not s.features.flags.writeable
+        assert np.shares_memory(s.frames(2), s.features)
+        assert s.frames(-1).shape[0] == s.index["n_frames"][-1]
+        assert s.stats["std"].shape == (96,) and s.stats["cov"].shape == (96, 96)
+        assert "18 files" in repr(s)
+        with pytest.raises(ParameterError, match="file index 18"):
+            s.frames(18)
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda f: f.attrs.__setitem__("format_version", 99), "format version 99"),
+    (lambda f: f.attrs.__setitem__("format", "other"), "format"),
+    (lambda f: f.attrs.__setitem__("complete", 0), "did not complete"),
+    (lambda f: f.attrs.__setitem__("config", "{not json"), "not valid JSON"),
+    (lambda f: f.attrs.__setitem__("config", '{"kind": "mel", "hop": 0}'), "bad feature configuration"),
+    (lambda f: f.attrs.__setitem__("classes", '"x"'), "classes"),
+    (lambda f: f.__delitem__("labels"), "missing dataset 'labels'"),
+    (lambda f: f["index"].__setitem__((0, "offset"), 5), "do not tile"),
+    (lambda f: f["index"].__setitem__((3, "n_frames"), 10**9), "do not tile"),
+    (lambda f: f["index"].__setitem__((1, "label"), 77), "labels out of range"),
+])
+def test_bad_metadata_raises_store_format_error(demo_store, tmp_path, edit, match):
+    bad = corrupt(demo_store, tmp_path / "bad.h5", edit)
+    with pytest.raises(StoreFormatError, match=match):
+        open_store(bad)
+
+
+def test_truncated_garbage_and_missing(demo_store, tmp_path):
+    data = demo_store.read_bytes()
+    (tmp_path / "t.h5").write_bytes(data[: len(data) // 2])
+    with pytest.raises(StoreFormatError):
+        open_store(tmp_path / "t.h5")
+    (tmp_path / "g.h5").write_bytes(b"garbage" * 100)
+    with pytest.raises(StoreFormatError, match="not an HDF5 file"):
+        open_store(tmp_path / "g.h5")
+    with pytest.raises(StoreFormatError, match="no such store"):
+        open_store(tmp_path / "missing.h5")
+    shutil.copy(demo_store, tmp_path / "x.h5.partial")
+    with pytest.raises(StoreFormatError, match="partial build"):
+        open_store(tmp_path / "x.h5.partial")
+
+
+def _child(store, q):
+    q.put(float(np.asarray(store.frames(3), np.float64).sum()))
+
+
+def test_forked_child_maps_its_own_view(demo_store):
+    s = open_store(demo_store)
+    expected = float(np.asarray(s.frames(3), np.float64).sum())
+    ctx = multiprocessing.get_context("fork")
+    q = ctx.Queue()
+    p = ctx.Process(target=_child, args=(s, q))
+    p.start()
+    got = q.get(timeout=60)
+    p.join(timeout=60)
+    assert p.exitcode == 0 and got == expected
+
+
+def test_store_is_not_picklable(demo_store):
+    import pickle
+
+    with open_store(demo_store) as s, pytest.raises(TypeError, match="not picklable"):
+        pickle.dumps(s)
