@@ -7,7 +7,8 @@ computed them apart, and they disagreed). A file shorter than ``T`` gives one
 block, padded with zeros by the slicer.
 
 With ``tail=True``, a file whose regular blocks stop before its end gets one
-more block, ``[L - T, L)``, so that no frame goes unused. (The tutorial's
+more block, ``[L - T, L)``, so that no frame goes unused (when ``step <= T``;
+a larger step leaves gaps between blocks by design). (The tutorial's
 count leaves up to ``step`` frames at the end of every file unused: a
 261-frame file with ``T=128, step=50`` gives blocks at 0, 50, 100, and frames
 228..260 are never served; ``tail=True`` adds a block at 133.)
