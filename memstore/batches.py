@@ -138,7 +138,7 @@ class BatchStream:
         self._valid_blocks = (bf[valid_set], bs[valid_set])
         n = len(self.block_file)
         if shard is not None:
-            n = n // shard[1] if n % shard[1] == 0 else len(np.arange(n)[shard[1] - 1::shard[1]])
+            n = n // shard[1]
         self.total_points = int(n)
         self.iteration_size = (n // self.batch_size if self.drop_last else -(-n // self.batch_size))
         self._norm = self._normalisation()

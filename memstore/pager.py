@@ -127,7 +127,7 @@ def plan_epoch(block_row, block_valid, *, window_rows: int, seed: int, epoch: in
     window_rows : int
     seed, epoch : int
     shard : (rank, world_size), optional
-        Each rank gets every ``world``-th block of each window, cut to a common length.
+        Each rank gets every ``world``-th block of the epoch's sequence, cut to a common length.
     page_rows : int, optional
         Default ``max(max block rows, window_rows // 16)``.
     """
@@ -173,16 +173,21 @@ def plan_epoch(block_row, block_valid, *, window_rows: int, seed: int, epoch: in
 
 
 def _shard(windows: list[Window], shard) -> list[Window]:
+    """Deal the epoch's global block sequence round-robin to ranks, cut to ``n // world`` each.
+
+    Every rank computes the same plan and reads every window (I/O grows with the
+    world size on one machine's page cache; see docs/outofcore.md), and at most
+    ``world - 1`` blocks of an epoch are dropped so that all ranks are equal.
+    """
     rank, world = shard
-    per = [len(w.blocks[rank::world]) for w in windows]
-    # rank r gets sum(ceil((n - r) / world)) blocks; the last rank the fewest: all keep that many
-    keep_total = sum(len(w.blocks[world - 1::world]) for w in windows)
-    out, taken = [], 0
-    for w, n in zip(windows, per, strict=True):
-        take = min(n, keep_total - taken)
-        taken += take
-        out.append(Window(w.row_start, w.row_stop, w.buf_start, w.n_rows,
-                          w.blocks[rank::world][:take], w.src_row[rank::world][:take]))
+    total = sum(len(w.blocks) for w in windows)
+    cut = total // world * world
+    out, first = [], 0
+    for w in windows:
+        pos = first + np.arange(len(w.blocks))
+        keep = (pos % world == rank) & (pos < cut)
+        first += len(w.blocks)
+        out.append(Window(w.row_start, w.row_stop, w.buf_start, w.n_rows, w.blocks[keep], w.src_row[keep]))
     return out
 
 

@@ -1,0 +1,198 @@
+"""BatchStream guarantees, shared by the in-memory and the out-of-core (pager) paths."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from memstore.batches import BatchStream
+from memstore.errors import ParameterError
+from memstore.store import open_store
+
+PATHS = {"memory": None, "pager": "pager"}
+
+
+def limit(path, batch_size, t=128):
+    """None (in memory), or four batch buffers plus two windows of ~680 rows: far below the demo
+    store's ~1.8 MB of features, so the pager serves from many small windows."""
+    if PATHS[path] is None:
+        return None
+    return 4 * batch_size * t * 96 * 4 + 2 * 680 * 96 * 4
+
+
+@pytest.fixture(scope="module")
+def store(demo_store):
+    with open_store(demo_store) as s:
+        yield s
+
+
+def blocks_of(stream, epoch=None):
+    return stream.order(epoch)
+
+
+def expected_block(store, stream, b):
+    f, s = int(stream.block_file[b]), int(stream.block_start[b])
+    ref = np.zeros((stream.time_context, store.n_bins), np.float32)
+    rows = store.frames(f)[s:s + stream.time_context]
+    ref[: len(rows)] = rows
+    return ref
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_blocks_equal_plain_numpy_slices_with_right_labels(store, path):
+    stream = BatchStream(store, batch_size=8, drop_last=False, memory_limit=limit(path, 8), split="all",
+                         labels="index")
+    assert stream.out_of_core == (path == "pager")
+    order = stream.order(0)
+    xs, ys = zip(*list(stream), strict=True)
+    x, y = np.concatenate(xs), np.concatenate(ys)
+    assert x.shape == (len(order), 1, 128, 96) and x.dtype == np.float32
+    for j, b in enumerate(order):
+        np.testing.assert_array_equal(x[j, 0], expected_block(store, stream, b))
+        assert y[j] == store.label_index[stream.block_file[b]]
+
+
+@pytest.mark.parametrize("path", PATHS)
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(batch=st.integers(1, 40), t=st.integers(16, 200), step=st.integers(5, 120), seed=st.integers(0, 99))
+def test_every_block_once_per_epoch_and_replayable(store, path, batch, t, step, seed):
+    kw = dict(batch_size=batch, time_context=t, step=step, seed=seed, drop_last=False,
+              memory_limit=limit(path, batch, t))
+    stream = BatchStream(store, **kw)
+    assert stream.out_of_core == (path == "pager")
+    o0, o1 = stream.order(0), stream.order(1)
+    assert sorted(o0.tolist()) == list(range(len(stream.block_file)))
+    assert sorted(o1.tolist()) == sorted(o0.tolist())
+    if len(o0) > 20:
+        assert not np.array_equal(o0, o1)  # a new epoch reshuffles
+    assert np.array_equal(BatchStream(store, **kw).order(0), o0)  # (seed, epoch) replays
+    n = sum(len(x) for x, _ in stream)
+    assert n == len(o0) and stream.epoch == 1
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_state_dict_resumes_mid_epoch_exactly(store, path):
+    kw = dict(batch_size=4, memory_limit=limit(path, 4), seed=3)
+    full = BatchStream(store, **kw)
+    reference = [x.copy() for x, _ in full] + [x.copy() for x, _ in full]
+    a = BatchStream(store, **kw)
+    seen = []
+    for i, (x, _) in enumerate(a):
+        seen.append(x.copy())
+        if i == 4:
+            break
+    state = a.state_dict()
+    b = BatchStream(store, **kw)
+    b.load_state_dict(state)
+    seen += [x.copy() for x, _ in b] + [x.copy() for x, _ in b]
+    assert len(seen) == len(reference)
+    for u, v in zip(seen, reference, strict=True):
+        np.testing.assert_array_equal(u, v)
+    other = BatchStream(store, batch_size=5)
+    with pytest.raises(ParameterError, match="other settings"):
+        other.load_state_dict(state)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_shards_are_disjoint_and_equal(store, path):
+    parts = [BatchStream(store, batch_size=2, shard=(r, 3), drop_last=False,
+                         memory_limit=limit(path, 2)).order(0)
+             for r in range(3)]
+    assert len({len(p) for p in parts}) == 1
+    flat = np.concatenate(parts)
+    assert len(np.unique(flat)) == len(flat)
+    assert len(flat) >= len(BatchStream(store, batch_size=2).block_file) - 3 * 3
+
+
+def test_train_and_valid_are_disjoint_by_file_and_stratified(store):
+    train = BatchStream(store, batch_size=4, split="train", valid_fraction=0.34)
+    valid = BatchStream(store, batch_size=4, split="valid", valid_fraction=0.34)
+    tf, vf = set(train.block_file.tolist()), set(valid.block_file.tolist())
+    assert tf and vf and not tf & vf and len(tf | vf) == len(store)
+    assert sorted(store.label_index[list(vf)].tolist()) == list(range(6))  # one file per class
+    blocks = BatchStream(store, batch_size=4, split_by="block", valid_fraction=0.2)
+    held = BatchStream(store, batch_size=4, split_by="block", split="valid", valid_fraction=0.2)
+    assert len(blocks.block_file) + len(held.block_file) == len(BatchStream(store, batch_size=4, split="all").block_file)
+    explicit = BatchStream(store, batch_size=4, split="valid", valid_files=[store.paths[0]])
+    assert set(explicit.block_file.tolist()) == {0}
+
+
+def test_stream_call_rolls_over_like_the_tutorial(store):
+    stream = BatchStream(store, batch_size=16)
+    n = stream.iteration_size
+    for _ in range(n + 2):
+        x, y = stream()
+        assert x.shape == (16, 1, 128, 96) and y.shape == (16, 6)
+        assert np.allclose(y.sum(axis=1), 1.0)
+    assert stream.epoch == 1 and stream.iteration_step == 2
+    stream.close()
+
+
+@pytest.mark.parametrize("layout, shape", [("NCTF", (4, 1, 128, 96)), ("NTFC", (4, 128, 96, 1)),
+                                           ("NFTC", (4, 96, 128, 1)), ("NTF", (4, 128, 96))])
+def test_layouts(store, layout, shape):
+    x, _ = BatchStream(store, batch_size=4, layout=layout, shuffle=False)()
+    assert x.shape == shape
+    ref = BatchStream(store, batch_size=4, layout="NTF", shuffle=False)()[0]
+    back = {"NCTF": lambda: x[:, 0], "NTFC": lambda: x[..., 0],
+            "NFTC": lambda: x[..., 0].transpose(0, 2, 1), "NTF": lambda: x}[layout]()
+    np.testing.assert_array_equal(back, ref)
+
+
+def test_labels_and_normalisation(store):
+    x, y = BatchStream(store, batch_size=6, labels="multihot", shuffle=False)()
+    assert y.shape == (6, 6) and y.dtype == np.float32
+    raw = BatchStream(store, batch_size=6, shuffle=False, layout="NTF")()[0]
+    std = BatchStream(store, batch_size=6, shuffle=False, layout="NTF", normalize="standard")()[0]
+    mean, sd = store.stats["mean"], store.stats["std"]
+    np.testing.assert_allclose(std, (raw - mean) / sd, rtol=1e-4, atol=1e-3)
+    pca = BatchStream(store, batch_size=6, split="all", shuffle=False, layout="NTF", normalize="pca",
+                      step=128, time_context=128)
+    xs = np.concatenate([x for x, _ in pca]).reshape(-1, 96)
+    cov = np.cov(xs[np.abs(xs).sum(1) > 0].T)
+    assert np.abs(np.diag(cov)).mean() > 0.3  # whitened: roughly unit variance
+
+
+def test_get_data_and_validation(store):
+    stream = BatchStream(store, batch_size=4, valid_fraction=0.34)
+    x, y, xv, yv = stream.get_data()
+    assert x.shape[0] == len(stream.block_file) and xv.shape[1:] == (1, 128, 96)
+    assert np.array_equal(stream.get_validation()[0], xv)
+    small = BatchStream(store, batch_size=4, memory_limit=limit("pager", 4))
+    with pytest.raises(ParameterError, match="get_data needs"):
+        small.get_data()
+
+
+def test_bad_arguments(store):
+    for kw, match in [(dict(batch_size=0), "batch_size=0"), (dict(batch_size=4, layout="NCHW"), "layout"),
+                      (dict(batch_size=4, labels="soft"), "labels"), (dict(batch_size=4, normalize=True), "normalize"),
+                      (dict(batch_size=4, split="test"), "split"), (dict(batch_size=4, valid_fraction=1.5), "valid_fraction"),
+                      (dict(batch_size=4, shard=(3, 2)), "shard"), (dict(batch_size=4, memory_limit="lots"), "memory_limit"),
+                      (dict(batch_size=64, memory_limit="1MB"), "too small")]:
+        with pytest.raises(ParameterError, match=match):
+            BatchStream(store, **kw)
+
+
+def test_threads_end_with_their_iterators(store):
+    before = threading.active_count()
+    for path in PATHS:
+        stream = BatchStream(store, batch_size=4, memory_limit=limit(path, 4))
+        for _ in range(30):
+            for i, _ in enumerate(stream):
+                if i == 2:
+                    break  # abandoned mid-epoch
+        for _ in stream:
+            pass
+        stream.close()
+    assert threading.active_count() == before
+
+
+def test_shuffle_report_compares_with_a_global_shuffle(store):
+    rep = BatchStream(store, batch_size=8, memory_limit=limit("pager", 8)).shuffle_report()
+    assert rep["out_of_core"] is True
+    for key in ("stream", "global_shuffle"):
+        assert rep[key]["distinct_files_per_batch"] > 1 and rep[key]["mean_abs_step"] > 0

@@ -1,0 +1,98 @@
+"""The pager's plan and reader: every block once, inside its page, within the budget; clean threads."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from memstore.blocks import block_table
+from memstore.errors import ParameterError, StoreFormatError
+from memstore.pager import WindowReader, parse_memory, plan_epoch, window_budget
+
+
+def table(lengths, t, step):
+    lengths = np.asarray(lengths, np.int64)
+    bf, bs = block_table(lengths, t, step)
+    offsets = np.r_[0, np.cumsum(lengths)[:-1]]
+    return offsets[bf] + bs, np.minimum(t, lengths[bf] - bs)
+
+
+@settings(max_examples=80, deadline=None)
+@given(lengths=st.lists(st.integers(1, 900), min_size=1, max_size=40), t=st.integers(1, 100),
+       step=st.integers(1, 80), extra=st.integers(0, 2000), seed=st.integers(0, 5), world=st.integers(1, 4))
+def test_plan_properties(lengths, t, step, extra, seed, world):
+    rows, valid = table(lengths, t, step)
+    window_rows = t + extra
+    windows = plan_epoch(rows, valid, window_rows=window_rows, seed=seed, epoch=1)
+    served = np.concatenate([w.blocks for w in windows])
+    assert sorted(served.tolist()) == list(range(len(rows)))
+    for w in windows:
+        assert w.n_rows <= window_rows
+        assert np.all(np.diff(w.row_start) > 0)  # pages read in file order
+        # the block's rows in the buffer are exactly its rows in the store
+        page = np.searchsorted(w.buf_start, w.src_row, side="right") - 1
+        assert np.all(w.src_row + valid[w.blocks] <= w.buf_start[page] + (w.row_stop - w.row_start)[page])
+        assert np.array_equal(w.src_row - w.buf_start[page] + w.row_start[page], rows[w.blocks])
+    again = plan_epoch(rows, valid, window_rows=window_rows, seed=seed, epoch=1)
+    assert all(np.array_equal(a.blocks, b.blocks) for a, b in zip(windows, again, strict=True))
+    parts = [np.concatenate([w.blocks for w in plan_epoch(rows, valid, window_rows=window_rows, seed=seed,
+                                                           epoch=1, shard=(r, world))]) for r in range(world)]
+    assert len({len(p) for p in parts}) == 1 and len(parts[0]) == len(rows) // world
+    flat = np.concatenate(parts)
+    assert len(np.unique(flat)) == len(flat)
+
+
+def test_windows_mix_pages_from_across_the_store():
+    rows, valid = table([300] * 200, 128, 50)  # like a store written class by class
+    windows = plan_epoch(rows, valid, window_rows=16 * 300, seed=0, epoch=0)
+    first = windows[0]
+    assert len(first.row_start) >= 8
+    assert first.row_start.max() - first.row_start.min() > 0.5 * rows.max()
+
+
+def test_reader_returns_the_file_rows_and_stops_its_thread(tmp_path):
+    data = np.random.default_rng(0).standard_normal((5000, 7)).astype(np.float32)
+    path = tmp_path / "raw.bin"
+    with open(path, "wb") as f:
+        f.write(b"H" * 123)
+        f.write(data.tobytes())
+    rows, valid = table([1000, 1500, 2500], 64, 30)
+    windows = plan_epoch(rows, valid, window_rows=700, seed=1, epoch=0)
+    before = threading.active_count()
+    with WindowReader(path, 123, 7, np.float32, windows, 700) as reader:
+        for w, buf in reader:
+            for p in range(len(w.row_start)):
+                n = w.row_stop[p] - w.row_start[p]
+                np.testing.assert_array_equal(buf[w.buf_start[p]:w.buf_start[p] + n],
+                                              data[w.row_start[p]:w.row_stop[p]])
+    assert threading.active_count() == before
+    reader = WindowReader(path, 123, 7, np.float32, windows, 700)
+    next(reader)
+    reader.close()  # abandoned early
+    assert threading.active_count() == before
+
+
+def test_reader_reports_a_truncated_file(tmp_path):
+    path = tmp_path / "short.bin"
+    path.write_bytes(np.zeros((100, 4), np.float32).tobytes())
+    rows, valid = table([1000], 10, 10)
+    windows = plan_epoch(rows, valid, window_rows=2000, seed=0, epoch=0)
+    with pytest.raises(StoreFormatError, match="ended while reading"), WindowReader(
+            path, 0, 4, np.float32, windows, 2000) as reader:
+        list(reader)
+
+
+def test_parse_memory_and_budget():
+    assert parse_memory("512MB") == 512 * 10**6 and parse_memory("2GiB") == 2 * 2**30
+    assert parse_memory(1000) == 1000 and parse_memory(None) is None and parse_memory("1.5kb") == 1500
+    for bad in ("lots", "-1GB", 0, True, "5 parsecs"):
+        with pytest.raises(ParameterError, match="memory_limit="):
+            parse_memory(bad)
+    assert window_budget(10_000_000, row_bytes=400, batch_bytes=1_000_000, n_batch_buffers=4,
+                         time_context=128) == 6_000_000 // 800
+    with pytest.raises(ParameterError, match="too small.*need 4102400 bytes"):
+        window_budget(1_000_000, row_bytes=400, batch_bytes=1_000_000, n_batch_buffers=4, time_context=128)
