@@ -594,3 +594,51 @@ def _finalize(partial: Path, store_path: Path, index: np.ndarray, stats, reports
         read_metadata(store_path)
     except StoreFormatError as err:  # pragma: no cover - a bug, not bad input
         raise BuildError(f"the finished store does not validate: {err}") from err
+
+
+def write_store_from_arrays(store_path, features: list[np.ndarray], paths: list[str], classes: list[str],
+                            multihot: np.ndarray, transform: Spectrogram, *, label_mode: str = "custom",
+                            dtype: str = "float32", notes: list[str] | None = None) -> BuildReport:
+    """Write a complete store from in-memory feature matrices (used by legacy import).
+
+    Same layout, checksums, statistics and atomic rename as :func:`build_store`.
+    """
+    t0 = time.perf_counter()
+    store_path = Path(os.fsdecode(store_path))
+    if dtype not in layout.FEATURE_DTYPES:
+        raise ParameterError(f"dtype={dtype!r} must be one of {layout.FEATURE_DTYPES}")
+    if not features:
+        raise BuildError("no feature matrices to write")
+    n_bins = transform.n_bins
+    for p, x in zip(paths, features, strict=True):
+        if x.ndim != 2 or x.shape[1] != n_bins or x.shape[0] < 1:
+            raise ParameterError(f"{p}: features of shape {x.shape} must be (n_frames >= 1, {n_bins})")
+    n_frames = np.array([len(x) for x in features], np.int64)
+    index = np.zeros(len(features), dtype=layout.INDEX_DTYPE)
+    index["n_frames"] = n_frames
+    index["offset"] = np.r_[0, np.cumsum(n_frames)[:-1]]
+    index["label"] = label_index(multihot)
+    index["sample_rate"] = transform.sample_rate or 0
+    index["source_rate"] = transform.sample_rate or 0
+    index["status"] = layout.STATUS_STORED
+    total = int(n_frames.sum())
+    segments = np.array([(0, len(features), 0, total)], dtype=layout.SEGMENT_DTYPE)
+    partial = store_path.with_name(store_path.name + PARTIAL_SUFFIX)
+    _allocate(partial, total=total, n_bins=n_bins, dtype=dtype, index=index, paths=paths, labels=multihot,
+              classes=classes, config_json=transform.to_json(), label_mode=label_mode, segments=segments,
+              generation=0, n_build=0)
+    _, _, (offset, _, _, _) = _build_maps(partial, 0)
+    out = np.memmap(partial, dtype=dtype, mode="r+", offset=offset, shape=(total, n_bins))
+    stats = None
+    for i, x in enumerate(features):
+        rows = np.ascontiguousarray(x, dtype=dtype)
+        out[index["offset"][i]: index["offset"][i] + len(rows)] = rows
+        index["checksum"][i] = zlib.crc32(rows.data)
+        stats = _merge(stats, _file_stats(rows))
+    out.flush()
+    del out
+    report = BuildReport(stored=len(features), frames=total, bytes=total * n_bins * np.dtype(dtype).itemsize,
+                         target_rate=int(transform.sample_rate or 0), notes=list(notes or []))
+    report.wall_seconds = time.perf_counter() - t0
+    _finalize(partial, store_path, index, stats, [report.to_dict()])
+    return report

@@ -1,0 +1,64 @@
+"""``memstore info``: what a store holds."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import numpy as np
+
+DESCRIPTIONS = {"info": (
+    "Summarise a store: files, frames and hours of audio, classes with counts, the\n"
+    "feature configuration and dtype, size on disk, skipped files and statistics.")}
+
+
+def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
+    parser.add_argument("store", metavar="STORE", help="store file")
+    parser.add_argument("--json", action="store_true", help="print machine-readable JSON instead of text")
+    parser.add_argument("--all-skipped", action="store_true", help="list every skipped file (default: first 10)")
+
+
+def summary(store) -> dict:
+    idx = store.index
+    seconds = float((idx["n_samples"] / np.maximum(idx["source_rate"], 1)).sum())
+    counts = store.labels.sum(axis=0).tolist() if store.labels.size else [0] * len(store.classes)
+    skipped = [tuple(s) for r in store.report for s in r.get("skipped", [])]
+    st = store.stats
+    return {
+        "path": str(store.path), "files": len(store), "frames": int(store.n_frames_total),
+        "hours": seconds / 3600, "classes": dict(zip(store.classes, map(int, counts), strict=True)),
+        "unlabelled": int((store.labels.sum(axis=1) == 0).sum()), "dtype": str(store.dtype),
+        "n_bins": store.n_bins, "config": store.config.to_dict(), "bytes_on_disk": os.path.getsize(store.path),
+        "segments": len(store.segments), "generation": store.generation, "skipped": skipped,
+        "stats": {"count": int(st["count"]) if "count" in st else 0,
+                  "mean_range": [float(st["mean"].min()), float(st["mean"].max())] if "mean" in st else None,
+                  "std_range": [float(st["std"].min()), float(st["std"].max())] if "std" in st else None},
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..store import open_store
+
+    with open_store(args.store) as store:
+        s = summary(store)
+    if args.json:
+        print(json.dumps(s, indent=2))
+        return 0
+    print(f"{s['path']}: {s['files']} files, {s['frames']} frames, {s['hours']:.2f} h of audio, "
+          f"{s['bytes_on_disk'] / 1e6:.1f} MB on disk, {s['segments']} segment(s), generation {s['generation']}")
+    print(f"features: {s['n_bins']} bins, {s['dtype']}; configuration:")
+    print("  " + ", ".join(f"{k}={v}" for k, v in sorted(s["config"].items())))
+    print(f"classes ({len(s['classes'])}): " + ", ".join(f"{c} ({n})" for c, n in s["classes"].items())
+          + (f"; {s['unlabelled']} unlabelled" if s["unlabelled"] else ""))
+    st = s["stats"]
+    if st["mean_range"]:
+        print(f"statistics over {st['count']} frames: mean in [{st['mean_range'][0]:.4g}, {st['mean_range'][1]:.4g}], "
+              f"std in [{st['std_range'][0]:.4g}, {st['std_range'][1]:.4g}]")
+    shown = s["skipped"] if args.all_skipped else s["skipped"][:10]
+    print(f"skipped at build: {len(s['skipped'])}")
+    for path, why in shown:
+        print(f"  {path}: {why}")
+    if len(shown) < len(s["skipped"]):
+        print(f"  ... {len(s['skipped']) - len(shown)} more (--all-skipped)")
+    return 0
