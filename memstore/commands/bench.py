@@ -1,0 +1,146 @@
+"""``memstore bench``: batch throughput and shuffle quality of a store, against plain baselines."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import numpy as np
+
+DESCRIPTIONS = {"bench": (
+    "Measure BatchStream on a store: blocks/s and MB/s of distinct frames, and the\n"
+    "shuffle quality (distinct files per batch, mean distance between consecutive\n"
+    "blocks) against a true global shuffle. In the same run it measures two\n"
+    "baselines on the same file: a plain sequential read of the whole file, and\n"
+    "naive random-block reads through np.memmap. --cold evicts the store from the\n"
+    "page cache (posix_fadvise DONTNEED) before each measurement.")}
+
+
+def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
+    parser.add_argument("store", metavar="STORE", help="store file")
+    parser.add_argument("--memory-limit", default=None, metavar="SIZE",
+                        help="BatchStream memory_limit, e.g. 2GB (default: none, in memory)")
+    parser.add_argument("--batch-size", type=int, default=64, help="blocks per batch (default: 64)")
+    parser.add_argument("--time-context", type=int, default=128, help="frames per block (default: 128)")
+    parser.add_argument("--step", type=int, default=50, help="hop between blocks in frames (default: 50)")
+    parser.add_argument("--cold", action="store_true", help="evict the store from the page cache before each run")
+    parser.add_argument("--max-batches", type=int, default=None, metavar="N",
+                        help="stop each measurement after N batches (default: one epoch)")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+
+
+def evict(path) -> bool:
+    """Drop the file's clean pages from the page cache; False where unsupported."""
+    if not hasattr(os, "posix_fadvise"):
+        return False
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+    return True
+
+
+def sequential_read(path, chunk=16 << 20) -> tuple[int, float]:
+    buf = bytearray(chunk)
+    view = memoryview(buf)
+    t = time.perf_counter()
+    total = 0
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(view):
+            total += n
+    return total, time.perf_counter() - t
+
+
+def naive_random(store, rows, valid, t_ctx, limit_blocks) -> tuple[int, float]:
+    feats = store.features
+    order = np.random.default_rng(1).permutation(len(rows))[:limit_blocks]
+    out = np.empty((t_ctx, store.n_bins), np.float32)
+    t = time.perf_counter()
+    for b in order:
+        r, v = int(rows[b]), int(valid[b])
+        out[:v] = feats[r:r + v]
+    return len(order), time.perf_counter() - t
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..batches import BatchStream
+    from ..store import open_store
+
+    results: dict = {"store": args.store, "cold": args.cold}
+    with open_store(args.store) as store:
+        stream = BatchStream(store, batch_size=args.batch_size, time_context=args.time_context, step=args.step,
+                             split="all", memory_limit=args.memory_limit)
+        results["out_of_core"] = stream.out_of_core
+        _warm_up(store)
+        frame_bytes = store.n_bins * store.dtype.itemsize
+        if args.cold:
+            results["evicted"] = evict(store.path)
+        n_blocks = 0
+        t0 = time.perf_counter()
+        for i, (x, _) in enumerate(stream):
+            n_blocks += len(x)
+            if args.max_batches and i + 1 >= args.max_batches:
+                break
+        dt = time.perf_counter() - t0
+        stream.close()
+        served = stream.order(0)[:n_blocks]
+        distinct_rows = _distinct_rows(stream.block_row[served], stream.block_valid[served])
+        results["stream"] = {"blocks": n_blocks, "seconds": dt, "blocks_per_s": n_blocks / dt,
+                             "distinct_MB_per_s": distinct_rows * frame_bytes / dt / 1e6}
+        if args.cold:
+            evict(store.path)
+        nbytes, sdt = sequential_read(store.path)
+        results["sequential_read"] = {"bytes": nbytes, "seconds": sdt, "MB_per_s": nbytes / sdt / 1e6}
+        if args.cold:
+            evict(store.path)
+        limit = n_blocks if args.max_batches else len(stream.block_row)
+        nb, rdt = naive_random(store, stream.block_row, stream.block_valid, args.time_context, limit)
+        results["naive_memmap_random"] = {"blocks": nb, "seconds": rdt, "blocks_per_s": nb / rdt}
+        results["ratios"] = {
+            "stream_vs_sequential_read": results["stream"]["distinct_MB_per_s"] / results["sequential_read"]["MB_per_s"],
+            "stream_vs_naive_random": results["stream"]["blocks_per_s"] / results["naive_memmap_random"]["blocks_per_s"],
+        }
+        results["shuffle"] = stream.shuffle_report()
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    s, q, r = results["stream"], results["sequential_read"], results["naive_memmap_random"]
+    print(f"{args.store} ({'cold' if args.cold else 'warm'} cache, "
+          f"{'out of core' if results['out_of_core'] else 'in memory'}):")
+    print(f"  BatchStream        {s['blocks_per_s']:>12,.0f} blocks/s  {s['distinct_MB_per_s']:>9,.1f} MB/s distinct frames")
+    print(f"  sequential read    {'':>12}           {q['MB_per_s']:>9,.1f} MB/s")
+    print(f"  naive memmap random{r['blocks_per_s']:>12,.0f} blocks/s")
+    print(f"  ratios: {results['ratios']['stream_vs_sequential_read']:.2f} of sequential read speed, "
+          f"{results['ratios']['stream_vs_naive_random']:.1f}x naive random reads")
+    sh = results["shuffle"]
+    print(f"  shuffle: {sh['stream']['distinct_files_per_batch']:.1f} distinct files per batch "
+          f"(global shuffle {sh['global_shuffle']['distinct_files_per_batch']:.1f}), mean step "
+          f"{sh['stream']['mean_abs_step']:.0f} rows (global {sh['global_shuffle']['mean_abs_step']:.0f})")
+    return 0
+
+
+def _warm_up(store) -> None:
+    """Load the compiled kernels before timing (JIT start-up is not throughput)."""
+    from ..slicer import gather_blocks
+
+    src = np.zeros((4, store.n_bins), store.dtype)
+    gather_blocks(src, [0], [4], np.zeros((1, 4, store.n_bins), np.float32))
+    gather_blocks(src, [0], [4], np.zeros((1, 4, store.n_bins), np.float32), mean=np.zeros(store.n_bins),
+                  scale=np.ones(store.n_bins))
+
+
+def _distinct_rows(rows, valid) -> int:
+    if not len(rows):
+        return 0
+    order = np.argsort(rows)
+    starts, ends = rows[order], rows[order] + valid[order]
+    covered, cur = 0, -1
+    for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
+        if e > cur:
+            covered += e - max(s, cur)
+            cur = e
+    return covered
