@@ -102,24 +102,33 @@ def _merge(a, b):
     return n, ma + delta * (nb / n), m2a + m2b + np.outer(delta, delta) * (na * nb / n)
 
 
+def _compute(audio_path: str, transform, rate: int, n_frames: int, n_bins: int, dtype: str) -> np.ndarray:
+    """One file's feature rows in the store dtype; raises on anything unusable."""
+    samples, _ = read_audio(audio_path, sample_rate=rate)
+    feats = transform(samples, rate)
+    if feats.shape != (n_frames, n_bins):
+        raise BuildError(f"{audio_path}: computed {feats.shape} frames, planned {(n_frames, n_bins)}")
+    if not np.isfinite(feats).all():
+        raise BuildError(f"{audio_path}: features contain NaN or infinity")
+    rows = np.ascontiguousarray(feats.astype(dtype, copy=False))
+    if dtype == "float16" and not np.isfinite(rows).all():
+        raise BuildError(f"{audio_path}: features overflow float16; build with dtype='float32'")
+    return rows
+
+
+_FAILURES = (MemstoreError, OSError, ValueError, MemoryError)
+
+
 def _extract_task(partial: str, data_offset: int, n_bins: int, dtype: str, config_json: str,
                   rate: int, items: list[tuple[int, str, int, int]]) -> list[tuple]:
-    """Worker: compute and write the rows of several files; return checksums and statistics."""
+    """Local worker: compute and write the rows of several files at their planned offsets."""
     transform = transform_from_json(config_json)
     itemsize = np.dtype(dtype).itemsize
     results = []
     for i, audio_path, row, n_frames in items:
         try:
-            samples, _ = read_audio(audio_path, sample_rate=rate)
-            feats = transform(samples, rate)
-            if feats.shape != (n_frames, n_bins):
-                raise BuildError(f"{audio_path}: computed {feats.shape} frames, planned {(n_frames, n_bins)}")
-            if not np.isfinite(feats).all():
-                raise BuildError(f"{audio_path}: features contain NaN or infinity")
-            rows = feats.astype(dtype, copy=False)
-            if dtype == "float16" and not np.isfinite(rows).all():
-                raise BuildError(f"{audio_path}: features overflow float16; build with dtype='float32'")
-        except (MemstoreError, OSError, ValueError, MemoryError) as err:
+            rows = _compute(audio_path, transform, rate, n_frames, n_bins, dtype)
+        except _FAILURES as err:
             results.append((i, None, f"{type(err).__name__}: {err}"))
             continue
         mm = np.memmap(partial, dtype=dtype, mode="r+", offset=data_offset + row * n_bins * itemsize,
@@ -127,7 +136,32 @@ def _extract_task(partial: str, data_offset: int, n_bins: int, dtype: str, confi
         mm[:] = rows
         mm.flush()
         del mm
-        results.append((i, zlib.crc32(np.ascontiguousarray(rows).data), _file_stats(rows)))
+        results.append((i, zlib.crc32(rows.data), _file_stats(rows)))
+    return results
+
+
+def _extract_shard(shard: str, n_bins: int, dtype: str, config_json: str, rate: int,
+                   items: list[tuple[int, str, int, int]]) -> list[tuple]:
+    """Cluster worker: write the rows of several files into a shard file of its own (raw ``.npy``).
+
+    Returns ``(i, crc, stats, first row in the shard)`` per file, or ``(i, None, reason)``.
+    """
+    transform = transform_from_json(config_json)
+    results, parts, row = [], [], 0
+    for i, audio_path, _, n_frames in items:
+        try:
+            rows = _compute(audio_path, transform, rate, n_frames, n_bins, dtype)
+        except _FAILURES as err:
+            results.append((i, None, f"{type(err).__name__}: {err}"))
+            continue
+        parts.append(rows)
+        results.append((i, zlib.crc32(rows.data), _file_stats(rows), row))
+        row += len(rows)
+    tmp = shard + ".tmp"
+    with open(tmp, "wb") as f:
+        np.lib.format.write_array(f, np.concatenate(parts) if parts else np.zeros((0, n_bins), dtype),
+                                  allow_pickle=False)
+    os.replace(tmp, shard)
     return results
 
 
@@ -525,11 +559,45 @@ def _extract(files, pending, root, partial, data_offset, n_bins, dtype, config_j
 
 
 def _extract_dask(client, args, tasks, record) -> None:
+    """Run tasks on a Dask cluster: each task writes a shard file; the parent copies it into place.
+
+    No two processes write one file: workers write their own shards next to the
+    store (a shared file system), and only this process writes the partial store.
+    """
     from distributed import as_completed
 
-    futures = [client.submit(_extract_task, *args, items, pure=False) for items in tasks]
+    partial, data_offset, n_bins, dtype, config_json, rate = args
+    shard_dir = Path(partial + ".shards")
+    shard_dir.mkdir(exist_ok=True)
+    futures, planned = [], {}
+    for k, items in enumerate(tasks):
+        shard = str(shard_dir / f"{k:08d}.npy")
+        planned[shard] = {i: row for i, _, row, _ in items}
+        futures.append(client.submit(_extract_shard, shard, n_bins, dtype, config_json, rate, items,
+                                     pure=False, key=f"memstore-extract-{k}-{os.getpid()}-{id(planned)}"))
+    shard_of = {f.key: str(shard_dir / f"{k:08d}.npy") for k, f in enumerate(futures)}
     for fut in as_completed(futures):
-        record(fut.result())
+        results = fut.result()
+        shard = shard_of[fut.key]
+        src = np.load(shard, mmap_mode="r", allow_pickle=False) if os.path.exists(shard) else None
+        for item in results:
+            if item[1] is None:
+                continue
+            i, first = item[0], item[3]
+            n = item[2][0]
+            dst = np.memmap(partial, dtype=dtype, mode="r+",
+                            offset=data_offset + planned[shard][i] * n_bins * np.dtype(dtype).itemsize,
+                            shape=(n, n_bins))
+            dst[:] = src[first:first + n]
+            dst.flush()
+            del dst
+        del src
+        record([r[:3] for r in results])
+        os.unlink(shard)
+    try:
+        shard_dir.rmdir()
+    except OSError:
+        pass
 
 
 def _compact(partial: Path, store_path: Path, index, keep, paths, labels, classes, config_json,

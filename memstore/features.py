@@ -38,6 +38,7 @@ import numpy as np
 import scipy.fft
 
 from .errors import ParameterError
+from .slicer import njit
 
 __all__ = [
     "stft",
@@ -399,21 +400,26 @@ class MelSpectrogram(Spectrogram):
         return self.n_mels
 
     def filterbank(self, sample_rate: int) -> np.ndarray:
-        """The (n_mels, 1 + n_fft // 2) float32 filters for ``sample_rate``."""
+        """The (n_mels, 1 + n_fft // 2) float64 filters for ``sample_rate``."""
+        return mel_filterbank(sample_rate, self.n_fft, self.n_mels, self.fmin, self.fmax,
+                              htk=self.mel_scale == "htk", norm=self.norm)
+
+    def _sparse(self, rate: int):
         cache = self.__dict__["_cache"]
-        if sample_rate not in cache:
-            fb = mel_filterbank(sample_rate, self.n_fft, self.n_mels, self.fmin, self.fmax,
-                                htk=self.mel_scale == "htk", norm=self.norm)
-            cache[sample_rate] = np.ascontiguousarray(fb.T.astype(np.float32))
-        return cache[sample_rate]
+        if rate not in cache:
+            cache[rate] = _to_sparse(self.filterbank(rate))
+        return cache[rate]
 
     def _prepare(self, rate: int) -> None:
         if self.fmax is not None and self.fmax > rate / 2:
             raise ParameterError(f"fmax={self.fmax} must be <= sample_rate / 2 = {rate / 2}")
-        self.filterbank(rate)
+        self._sparse(rate)
 
     def _project(self, mag: np.ndarray, rate: int) -> np.ndarray:
-        return mag @ self.filterbank(rate)
+        first, count, weights = self._sparse(rate)
+        out = np.empty((mag.shape[0], self.n_mels), np.float32)
+        _mel_project(np.ascontiguousarray(mag, dtype=np.float32), first, count, weights, out)
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         d = super().to_dict()
@@ -425,6 +431,36 @@ class MelSpectrogram(Spectrogram):
 
     def __hash__(self) -> int:
         return hash(self.to_json())
+
+
+def _to_sparse(fb: np.ndarray):
+    """Each band's first non-zero bin, its number of bins, and the weights, packed (n_mels, width)."""
+    nz = fb != 0
+    first = np.where(nz.any(axis=1), nz.argmax(axis=1), 0).astype(np.int64)
+    last = np.where(nz.any(axis=1), fb.shape[1] - nz[:, ::-1].argmax(axis=1), 0).astype(np.int64)
+    count = last - first
+    weights = np.zeros((fb.shape[0], max(int(count.max()), 1)), np.float64)
+    for m in range(fb.shape[0]):
+        weights[m, : count[m]] = fb[m, first[m]: last[m]]
+    return first, count, weights
+
+
+@njit(nogil=True, cache=True)
+def _mel_project(mag, first, count, weights, out):  # pragma: no cover - jitted
+    """Mel bands from magnitudes, summing each triangle's few bins in float64.
+
+    The filters are sparse (each FFT bin is in at most two triangles), so this
+    does ~50x fewer operations than a dense matmul, and its result does not
+    depend on how many BLAS threads a process has: stores built by local
+    workers, a Dask cluster or one process are byte-identical.
+    """
+    for t in range(mag.shape[0]):
+        for m in range(first.shape[0]):
+            acc = 0.0
+            f0 = first[m]
+            for k in range(count[m]):
+                acc += mag[t, f0 + k] * weights[m, k]
+            out[t, m] = acc
 
 
 _KINDS = {"spectrogram": Spectrogram, "mel": MelSpectrogram}
