@@ -263,6 +263,7 @@ class Spectrogram:
         w = w.astype(np.float32)
         total = self.n_frames(len(x))
         n = len(x)
+        windowed = np.empty((min(total, CHUNK_FRAMES), flen), np.float32)  # reused: no page faults
         for f0 in range(0, total, CHUNK_FRAMES):
             f1 = min(total, f0 + CHUNK_FRAMES)
             s0 = f0 * self.hop - pad
@@ -272,7 +273,8 @@ class Spectrogram:
             if b > a:
                 buf[a - s0:b - s0] = x[a:b]
             frames = np.lib.stride_tricks.sliding_window_view(buf, flen)[:: self.hop]
-            yield f0, scipy.fft.rfft(frames * w, n=self.n_fft, axis=1)
+            wf = np.multiply(frames, w, out=windowed[: len(frames)])
+            yield f0, scipy.fft.rfft(wf, n=self.n_fft, axis=1, overwrite_x=True)
 
     def _magnitude(self, spec: np.ndarray) -> np.ndarray:
         mag = np.abs(spec)
@@ -282,8 +284,8 @@ class Spectrogram:
             mag *= mag
         return mag
 
-    def _project(self, mag: np.ndarray, rate: int) -> np.ndarray:
-        return mag
+    def _project(self, spec: np.ndarray, rate: int, out: np.ndarray) -> None:
+        out[:] = self._magnitude(spec)
 
     def __call__(self, samples: np.ndarray, sample_rate: int) -> np.ndarray:
         """Compute the features of a mono signal.
@@ -307,8 +309,7 @@ class Spectrogram:
         out = np.empty((self.n_frames(len(x)), self.n_bins), dtype=np.float32)
         self._prepare(int(sample_rate))
         for f0, spec in self._chunks(x):
-            block = self._project(self._magnitude(spec), int(sample_rate))
-            out[f0:f0 + len(block)] = block
+            self._project(spec, int(sample_rate), out[f0:f0 + len(spec)])
         return self._compress(out)
 
     def _prepare(self, rate: int) -> None:
@@ -415,11 +416,11 @@ class MelSpectrogram(Spectrogram):
             raise ParameterError(f"fmax={self.fmax} must be <= sample_rate / 2 = {rate / 2}")
         self._sparse(rate)
 
-    def _project(self, mag: np.ndarray, rate: int) -> np.ndarray:
+    def _project(self, spec: np.ndarray, rate: int, out: np.ndarray) -> None:
         first, count, weights = self._sparse(rate)
-        out = np.empty((mag.shape[0], self.n_mels), np.float32)
-        _mel_project(np.ascontiguousarray(mag, dtype=np.float32), first, count, weights, out)
-        return out
+        scale = 1.0 / math.sqrt(self.n_fft) if self.magnitude_norm == "sqrt_nfft" else 1.0
+        _mel_project(np.ascontiguousarray(spec, dtype=np.complex64), first, count, weights, scale,
+                     self.power == 2, out)
 
     def to_dict(self) -> dict[str, Any]:
         d = super().to_dict()
@@ -439,27 +440,35 @@ def _to_sparse(fb: np.ndarray):
     first = np.where(nz.any(axis=1), nz.argmax(axis=1), 0).astype(np.int64)
     last = np.where(nz.any(axis=1), fb.shape[1] - nz[:, ::-1].argmax(axis=1), 0).astype(np.int64)
     count = last - first
-    weights = np.zeros((fb.shape[0], max(int(count.max()), 1)), np.float64)
+    weights = np.zeros((fb.shape[0], max(int(count.max()), 1)), np.float32)
     for m in range(fb.shape[0]):
         weights[m, : count[m]] = fb[m, first[m]: last[m]]
     return first, count, weights
 
 
 @njit(nogil=True, cache=True)
-def _mel_project(mag, first, count, weights, out):  # pragma: no cover - jitted
-    """Mel bands from magnitudes, summing each triangle's few bins in float64.
+def _mel_project(spec, first, count, weights, scale, power2, out):  # pragma: no cover - jitted
+    """Mel bands from the complex spectrum in one pass: magnitude (float32),
+    scaling, optional squaring, then each triangle's few bins summed in a fixed order.
 
     The filters are sparse (each FFT bin is in at most two triangles), so this
     does ~50x fewer operations than a dense matmul, and its result does not
     depend on how many BLAS threads a process has: stores built by local
     workers, a Dask cluster or one process are byte-identical.
     """
-    for t in range(mag.shape[0]):
+    n_bins = spec.shape[1]
+    mag = np.empty(n_bins, np.float32)
+    s32 = np.float32(scale)
+    for t in range(spec.shape[0]):
+        for f in range(n_bins):
+            c = spec[t, f]
+            v = np.sqrt(c.real * c.real + c.imag * c.imag) * s32
+            mag[f] = v * v if power2 else v
         for m in range(first.shape[0]):
-            acc = 0.0
+            acc = np.float32(0.0)
             f0 = first[m]
             for k in range(count[m]):
-                acc += mag[t, f0 + k] * weights[m, k]
+                acc += mag[f0 + k] * weights[m, k]
             out[t, m] = acc
 
 
