@@ -42,6 +42,8 @@ __all__ = [
     "write_wav",
     "resampled_length",
     "audio_extensions",
+    "open_signal",
+    "WavSignal",
 ]
 
 _PCM = 0x0001
@@ -242,17 +244,18 @@ def read_audio(path, *, mono: bool = True, sample_rate: int | None = None) -> tu
     return out, rate
 
 
-def _decode(path, wav: _Wav, mono: bool) -> np.ndarray:
+def _decode(path, wav: _Wav, mono: bool, first: int = 0, last: int | None = None) -> np.ndarray:
     n, ch = wav.info.n_samples, wav.info.channels
+    last = n if last is None else last
     width = 3 if wav.dtype == "pcm24" else np.dtype(wav.dtype).itemsize
     try:
         raw = np.memmap(path, dtype=np.uint8, mode="r", offset=wav.data_offset, shape=(n * ch * width,))
     except (OSError, ValueError) as err:
         raise _fail(path, f"cannot map the sample data: {err}") from err
-    out = np.empty((n,) if mono else (n, ch), dtype=np.float32)
+    out = np.empty((last - first,) if mono else (last - first, ch), dtype=np.float32)
     try:
-        for start in range(0, n, CHUNK_FRAMES):
-            stop = min(n, start + CHUNK_FRAMES)
+        for start in range(first, last, CHUNK_FRAMES):
+            stop = min(last, start + CHUNK_FRAMES)
             block = raw[start * ch * width: stop * ch * width]
             if wav.dtype == "pcm24":
                 b = block.reshape(-1, 3).astype(np.int32)
@@ -271,12 +274,45 @@ def _decode(path, wav: _Wav, mono: bool) -> np.ndarray:
                     x = x.astype(np.float32)
             x = x.reshape(-1, ch)
             if mono:
-                out[start:stop] = x[:, 0] if ch == 1 else x.mean(axis=1, dtype=np.float32)
+                out[start - first:stop - first] = x[:, 0] if ch == 1 else x.mean(axis=1, dtype=np.float32)
             else:
-                out[start:stop] = x
+                out[start - first:stop - first] = x
     finally:
         del raw
     return out
+
+
+class WavSignal:
+    """A WAV file's mono samples, decoded lazily slice by slice (for very long files).
+
+    Behaves like a read-only 1-D float32 array for ``len()`` and slicing with a
+    step of 1, so a transform can compute features chunk by chunk while only
+    one chunk of samples is in memory. Decode errors (NaN, inf) surface as
+    :class:`AudioDecodeError` when the bad chunk is read.
+    """
+
+    ndim = 1
+    dtype = np.dtype(np.float32)
+
+    def __init__(self, path):
+        self.path = path
+        self._wav = _parse_wav(path)
+        self.sample_rate = self._wav.info.sample_rate
+        self.shape = (self._wav.info.n_samples,)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key) -> np.ndarray:
+        if not isinstance(key, slice) or key.step not in (None, 1):
+            raise TypeError("WavSignal supports slices with step 1 only")
+        first, last, _ = key.indices(len(self))
+        return _decode(self.path, self._wav, True, first, max(first, last))
+
+
+def open_signal(path) -> WavSignal:
+    """Open a WAV file as a lazily decoded mono signal (see :class:`WavSignal`)."""
+    return WavSignal(path)
 
 
 def _resample(x: np.ndarray, source: int, target: int) -> np.ndarray:

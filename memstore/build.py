@@ -44,7 +44,7 @@ import h5py
 import numpy as np
 
 from . import layout
-from .audio import audio_info, read_audio, resampled_length
+from .audio import audio_info, open_signal, read_audio, resampled_length
 from .errors import AudioDecodeError, BuildError, MemstoreError, ParameterError, StoreFormatError
 from .features import MelSpectrogram, Spectrogram, transform_from_json
 from .labels import assign_labels, label_index, scan_audio
@@ -58,6 +58,8 @@ log = logging.getLogger(__name__)
 TASK_AUDIO_SECONDS = 60.0
 #: rows copied per step when copying or checksumming existing data
 COPY_ROWS = 1 << 16
+#: WAV files longer than this (at the target rate) are decoded lazily, chunk by chunk
+LONG_SAMPLES = 1 << 24
 
 
 @dataclasses.dataclass
@@ -85,10 +87,14 @@ class BuildReport:
 # --- workers -------------------------------------------------------------------------------
 
 def _file_stats(rows: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
-    x = rows.astype(np.float64)
-    mean = x.mean(axis=0)
-    x -= mean
-    return len(rows), mean, x.T @ x
+    """(count, mean, co-moment) of the rows, in float64, a bounded chunk at a time."""
+    stats = None
+    for s in range(0, len(rows), COPY_ROWS):
+        x = rows[s:s + COPY_ROWS].astype(np.float64)
+        mean = x.mean(axis=0)
+        x -= mean
+        stats = _merge(stats, (len(x), mean, x.T @ x))
+    return stats
 
 
 def _merge(a, b):
@@ -103,8 +109,18 @@ def _merge(a, b):
 
 
 def _compute(audio_path: str, transform, rate: int, n_frames: int, n_bins: int, dtype: str) -> np.ndarray:
-    """One file's feature rows in the store dtype; raises on anything unusable."""
-    samples, _ = read_audio(audio_path, sample_rate=rate)
+    """One file's feature rows in the store dtype; raises on anything unusable.
+
+    A long WAV at the target rate is decoded chunk by chunk as the transform
+    consumes it, so memory holds its features, not its samples.
+    """
+    samples = None
+    if audio_path.lower().endswith(".wav"):
+        info = audio_info(audio_path)
+        if info.sample_rate == rate and info.n_samples > LONG_SAMPLES:
+            samples = open_signal(audio_path)
+    if samples is None:
+        samples, _ = read_audio(audio_path, sample_rate=rate)
     feats = transform(samples, rate)
     if feats.shape != (n_frames, n_bins):
         raise BuildError(f"{audio_path}: computed {feats.shape} frames, planned {(n_frames, n_bins)}")

@@ -154,6 +154,9 @@ def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int = 96, fmin: float =
 
 
 def _check_signal(x) -> np.ndarray:
+    if getattr(x, "ndim", None) == 1 and hasattr(x, "__getitem__") and not isinstance(x, np.ndarray) \
+            and np.issubdtype(getattr(x, "dtype", np.dtype(object)), np.floating):
+        return x  # a lazily decoded signal (memstore.audio.WavSignal): read chunk by chunk
     x = np.asarray(x)
     if x.ndim != 1:
         raise ParameterError(f"samples of shape {x.shape} must be one-dimensional (mono)")
