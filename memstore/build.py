@@ -149,8 +149,7 @@ def _extract_task(partial: str, data_offset: int, n_bins: int, dtype: str, confi
             continue
         mm = np.memmap(partial, dtype=dtype, mode="r+", offset=data_offset + row * n_bins * itemsize,
                        shape=(n_frames, n_bins))
-        mm[:] = rows
-        mm.flush()
+        mm[:] = rows  # no msync: the page cache outlives a killed process; the store is fsynced at the end
         del mm
         results.append((i, zlib.crc32(rows.data), _file_stats(rows)))
     return results
