@@ -551,26 +551,48 @@ def _extract(files, pending, root, partial, data_offset, n_bins, dtype, config_j
             _extract_dask(executor, args, tasks, record)
             return
         own = executor is None
-        pool = executor or cf.ProcessPoolExecutor(n_workers, mp_context=multiprocessing.get_context("spawn"))
-        try:
-            limit = 4 * n_workers
-            running = set()
-            for items in tasks:
-                running.add(pool.submit(_extract_task, *args, items))
-                if len(running) >= limit:
-                    finished, running = cf.wait(running, return_when=cf.FIRST_COMPLETED)
-                    for fut in finished:
-                        record(fut.result())
-            for fut in cf.as_completed(running):
-                record(fut.result())
-        except cf.process.BrokenProcessPool as err:
-            raise BuildError(f"a worker process died ({err}); run the same build again to resume "
-                             f"from {partial}") from err
-        finally:
-            if own:
-                pool.shutdown(wait=True, cancel_futures=True)
+        with _single_threaded_children():  # held until the pool is gone: processes start on submit
+            pool = executor or cf.ProcessPoolExecutor(n_workers, mp_context=multiprocessing.get_context("spawn"))
+            try:
+                limit = 4 * n_workers
+                running = set()
+                for items in tasks:
+                    running.add(pool.submit(_extract_task, *args, items))
+                    if len(running) >= limit:
+                        finished, running = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+                        for fut in finished:
+                            record(fut.result())
+                for fut in cf.as_completed(running):
+                    record(fut.result())
+            except cf.process.BrokenProcessPool as err:
+                raise BuildError(f"a worker process died ({err}); run the same build again to resume "
+                                 f"from {partial}") from err
+            finally:
+                if own:
+                    pool.shutdown(wait=True, cancel_futures=True)
     finally:
         bar.close()
+
+
+_THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+
+
+class _single_threaded_children:
+    """Spawned workers inherit one BLAS/OpenMP thread each: N workers on N cores must not run
+    N x (threads per BLAS) spinning threads (measured: 3x slower builds with two workers)."""
+
+    def __enter__(self):
+        self.saved = {k: os.environ.get(k) for k in _THREAD_VARS}
+        for k in _THREAD_VARS:
+            os.environ[k] = "1"
+        return self
+
+    def __exit__(self, *exc):
+        for k, v in self.saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _extract_dask(client, args, tasks, record) -> None:
