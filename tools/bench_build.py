@@ -17,6 +17,7 @@ import os
 import resource
 import shutil
 import statistics
+import struct
 import subprocess
 import sys
 import time
@@ -45,7 +46,8 @@ RSS_SCRIPT = """
 import resource, sys
 from memstore.build import build_store
 build_store(sys.argv[1], sys.argv[2], workers=2, progress=False)
-own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+with open("/proc/self/status") as f:  # VmHWM, not ru_maxrss: that survives exec from the forking parent
+    own = int(next(l for l in f if l.startswith("VmHWM")).split()[1])
 kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
 print(own * 1024, kids * 1024)
 """
@@ -92,9 +94,14 @@ def main(argv=None) -> int:
         long_dir.mkdir(parents=True)
         rng = np.random.default_rng(0)
         path = long_dir / "two-hours.wav"
-        minute = (0.1 * rng.standard_normal((60 * 44100, 2))).astype(np.float32)
-        write_wav(path, np.tile(minute, (120, 1)), 44100)  # 2 h stereo 16-bit (1.27 GB)
-        del minute
+        write_wav(work / "minute.wav", 0.1 * rng.standard_normal((60 * 44100, 2)), 44100)
+        minute = (work / "minute.wav").read_bytes()
+        data = minute[44:]  # canonical 44-byte header from write_wav
+        n = len(data) * 120  # 2 h stereo 16-bit (1.27 GB), written a minute at a time
+        with open(path, "wb") as f:
+            f.write(b"RIFF" + struct.pack("<I", 36 + n) + minute[8:40] + struct.pack("<I", n))
+            for _ in range(120):
+                f.write(data)
         out = subprocess.run([sys.executable, "-c", RSS_SCRIPT, str(work / "long"), str(work / "long.h5")],
                              capture_output=True, text=True, check=True).stdout.split()
         own, kids = map(int, out)
