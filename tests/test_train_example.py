@@ -22,9 +22,9 @@ def train_store(tmp_path_factory):
 
 
 def test_numpy_classifier_is_well_above_chance(train_store, capsys):
-    history = train_example.run(train_store, epochs=6, memory_limit="2MB", batch_size=8)
+    history = train_example.run(train_store, epochs=20, memory_limit="2MB", batch_size=8)
     assert "out of core" in capsys.readouterr().out
-    assert max(history) >= 0.6  # chance is 1/6
+    assert history[-1] >= 0.5  # chance is 1/6
 
 
 def test_torch_cnn_runs_and_learns(train_store):

@@ -27,18 +27,17 @@ def features_of(x: np.ndarray) -> np.ndarray:
     return np.log10(1 + 100 * np.maximum(x[:, 0], 0)).mean(axis=1)
 
 
-def train_numpy(train, valid_x, valid_y, n_classes, epochs, lr=0.5, seed=0):
+def train_numpy(train, valid_x, valid_y, n_classes, epochs, lr=0.2, seed=0):
     rng = np.random.default_rng(seed)
     w = rng.normal(0, 0.01, (valid_x.shape[1], n_classes))
     b = np.zeros(n_classes)
-    mu = sd = None
+    # standardise with statistics of one pass over the training blocks (an epoch of the stream)
+    seen = np.concatenate([features_of(x) for x, _ in train])
+    mu, sd = seen.mean(0), seen.std(0) + 1e-6
     history = []
     for epoch in range(epochs):
         for x, y in train:
-            f = features_of(x)
-            if mu is None:
-                mu, sd = f.mean(0), f.std(0) + 1e-6
-            f = (f - mu) / sd
+            f = (features_of(x) - mu) / sd
             logits = f @ w + b
             p = np.exp(logits - logits.max(1, keepdims=True))
             p /= p.sum(1, keepdims=True)
@@ -96,7 +95,7 @@ def run(store_path, *, epochs=5, memory_limit="64MB", model="numpy", batch_size=
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("store", nargs="?", default=None, help="store file (default: build the demo data)")
-    p.add_argument("--epochs", type=int, default=5, help="training epochs (default: 5)")
+    p.add_argument("--epochs", type=int, default=20, help="training epochs (default: 20)")
     p.add_argument("--memory-limit", default="64MB", help="BatchStream memory_limit (default: 64MB)")
     p.add_argument("--model", choices=["numpy", "torch"], default="numpy", help="classifier (default: numpy)")
     p.add_argument("--batch-size", type=int, default=16, help="blocks per batch (default: 16)")

@@ -38,7 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
                         help="build processes (default: all cores)")
     parser.add_argument("--batch-size", type=int, default=8, metavar="B", help="blocks per batch (default: 8)")
     parser.add_argument("--memory-limit", default=None, metavar="SIZE",
-                        help="streaming budget, e.g. 2MB (default: half the store's feature bytes)")
+                        help="streaming budget, e.g. 2MB (default: the batch buffers plus half the "
+                             "store's feature bytes, so the out-of-core path runs)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -50,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _demo(root: Path, args: argparse.Namespace) -> int:
-    from ..batches import BatchStream
+    from ..batches import PREFETCH, BatchStream
     from ..build import build_store
     from ..demo import make_demo_folder
     from ..errors import ParameterError
@@ -79,7 +80,10 @@ def _demo(root: Path, args: argparse.Namespace) -> int:
 
     with open_store(store_path) as store:
         feature_bytes = store.n_frames_total * store.n_bins * store.dtype.itemsize
-        limit = parse_memory(args.memory_limit) if args.memory_limit else feature_bytes // 2
+        # default: the batch buffers plus half the features, so the 80% training split cannot fit
+        batch_bytes = args.batch_size * 128 * store.n_bins * 4
+        limit = (parse_memory(args.memory_limit) if args.memory_limit
+                 else (PREFETCH + 2) * batch_bytes + feature_bytes // 2)
         stream = BatchStream(
             store, batch_size=args.batch_size, time_context=128, step=50, seed=args.seed,
             memory_limit=limit, normalize="standard",
@@ -99,7 +103,7 @@ def _demo(root: Path, args: argparse.Namespace) -> int:
         )
         print(
             f"   memory_limit {limit / 1e6:.2f} MB for {feature_bytes / 1e6:.2f} MB of features "
-            f"({'out-of-core pager' if limit < feature_bytes else 'in memory'}); "
+            f"({'out-of-core pager' if stream.out_of_core else 'in memory'}); "
             f"shuffle quality: {_describe(quality)}"
         )
     print(f"done in {time.perf_counter() - t0:.1f} s")
