@@ -34,7 +34,6 @@ import numpy as np
 
 from .blocks import block_table
 from .errors import ParameterError
-from .labels import label_index
 from .pager import Window, WindowReader, parse_memory, plan_epoch, shuffle_quality, window_budget
 from .slicer import gather_blocks
 

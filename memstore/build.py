@@ -265,7 +265,7 @@ def _copy_rows(src: np.ndarray, dst: np.ndarray) -> None:
 
 # --- the build -----------------------------------------------------------------------------
 
-def build_store(audio_root, store_path, *, transform: Spectrogram = MelSpectrogram(),
+def build_store(audio_root, store_path, *, transform: Spectrogram = MelSpectrogram(),  # noqa: B008 - frozen
                 labels="folder", workers: int | None = None, sample_rate: int | None = None,
                 dtype: str = "float32", strict: bool = False, resume: bool = True,
                 mode: str = "create", executor=None, progress: bool = True) -> BuildReport:

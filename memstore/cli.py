@@ -56,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
         help="log more (-v: info, -vv: debug)",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, module in COMMANDS.items():
+    for name in COMMANDS:
         sub.add_parser(name, help=_SUMMARIES[name], add_help=False)
     return parser
 

@@ -76,7 +76,8 @@ def verify_store(path, *, progress: bool = False) -> VerifyReport:
                 report.problems.append(("stats", f"{key} is not finite"))
         if "count" in st and int(st["count"]) != store.n_frames_total:
             report.problems.append(("stats", f"count {int(st['count'])} != {store.n_frames_total} frames"))
-        labels_from_matrix = np.where(store.labels.sum(1) == 1, store.labels.argmax(1) if store.labels.shape[1] else -1, -1)
+        single = store.labels.sum(1) == 1
+        labels_from_matrix = np.where(single, store.labels.argmax(1) if store.labels.shape[1] else -1, -1)
         if not np.array_equal(labels_from_matrix, store.label_index):
             report.problems.append(("index", "label column disagrees with the labels matrix"))
         if len(set(store.paths)) != len(store.paths):

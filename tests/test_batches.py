@@ -116,7 +116,8 @@ def test_train_and_valid_are_disjoint_by_file_and_stratified(store):
     assert sorted(store.label_index[list(vf)].tolist()) == list(range(6))  # one file per class
     blocks = BatchStream(store, batch_size=4, split_by="block", valid_fraction=0.2)
     held = BatchStream(store, batch_size=4, split_by="block", split="valid", valid_fraction=0.2)
-    assert len(blocks.block_file) + len(held.block_file) == len(BatchStream(store, batch_size=4, split="all").block_file)
+    everything = BatchStream(store, batch_size=4, split="all").block_file
+    assert len(blocks.block_file) + len(held.block_file) == len(everything)
     explicit = BatchStream(store, batch_size=4, split="valid", valid_files=[store.paths[0]])
     assert set(explicit.block_file.tolist()) == {0}
 
@@ -168,11 +169,12 @@ def test_get_data_and_validation(store):
 
 
 def test_bad_arguments(store):
-    for kw, match in [(dict(batch_size=0), "batch_size=0"), (dict(batch_size=4, layout="NCHW"), "layout"),
-                      (dict(batch_size=4, labels="soft"), "labels"), (dict(batch_size=4, normalize=True), "normalize"),
-                      (dict(batch_size=4, split="test"), "split"), (dict(batch_size=4, valid_fraction=1.5), "valid_fraction"),
-                      (dict(batch_size=4, shard=(3, 2)), "shard"), (dict(batch_size=4, memory_limit="lots"), "memory_limit"),
-                      (dict(batch_size=64, memory_limit="1MB"), "too small")]:
+    cases = [(dict(batch_size=0), "batch_size=0"), (dict(batch_size=4, layout="NCHW"), "layout"),
+             (dict(batch_size=4, labels="soft"), "labels"), (dict(batch_size=4, normalize=True), "normalize"),
+             (dict(batch_size=4, split="test"), "split"), (dict(batch_size=4, valid_fraction=1.5), "valid_fraction"),
+             (dict(batch_size=4, shard=(3, 2)), "shard"), (dict(batch_size=4, memory_limit="lots"), "memory_limit"),
+             (dict(batch_size=64, memory_limit="1MB"), "too small")]
+    for kw, match in cases:
         with pytest.raises(ParameterError, match=match):
             BatchStream(store, **kw)
 

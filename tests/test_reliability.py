@@ -29,7 +29,6 @@ from memstore.slicer import gather_blocks
 from memstore.store import open_store
 from memstore.verify import verify_store
 
-
 # --- 1. crash injection -------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

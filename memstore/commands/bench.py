@@ -101,8 +101,10 @@ def run(args: argparse.Namespace) -> int:
         nb, rdt = naive_random(store, stream.block_row, stream.block_valid, args.time_context, limit)
         results["naive_memmap_random"] = {"blocks": nb, "seconds": rdt, "blocks_per_s": nb / rdt}
         results["ratios"] = {
-            "stream_vs_sequential_read": results["stream"]["distinct_MB_per_s"] / results["sequential_read"]["MB_per_s"],
-            "stream_vs_naive_random": results["stream"]["blocks_per_s"] / results["naive_memmap_random"]["blocks_per_s"],
+            "stream_vs_sequential_read":
+                results["stream"]["distinct_MB_per_s"] / results["sequential_read"]["MB_per_s"],
+            "stream_vs_naive_random":
+                results["stream"]["blocks_per_s"] / results["naive_memmap_random"]["blocks_per_s"],
         }
         results["shuffle"] = stream.shuffle_report()
     if args.json:
@@ -111,7 +113,8 @@ def run(args: argparse.Namespace) -> int:
     s, q, r = results["stream"], results["sequential_read"], results["naive_memmap_random"]
     print(f"{args.store} ({'cold' if args.cold else 'warm'} cache, "
           f"{'out of core' if results['out_of_core'] else 'in memory'}):")
-    print(f"  BatchStream        {s['blocks_per_s']:>12,.0f} blocks/s  {s['distinct_MB_per_s']:>9,.1f} MB/s distinct frames")
+    print(f"  BatchStream        {s['blocks_per_s']:>12,.0f} blocks/s  "
+          f"{s['distinct_MB_per_s']:>9,.1f} MB/s distinct frames")
     print(f"  sequential read    {'':>12}           {q['MB_per_s']:>9,.1f} MB/s")
     print(f"  naive memmap random{r['blocks_per_s']:>12,.0f} blocks/s")
     print(f"  ratios: {results['ratios']['stream_vs_sequential_read']:.2f} of sequential read speed, "

@@ -91,7 +91,7 @@ def _demo(root: Path, args: argparse.Namespace) -> int:
         t1 = time.perf_counter()
         n_blocks = 0
         shape = None
-        for x, y in stream:
+        for x, _ in stream:
             n_blocks += len(x)
             shape = x.shape
         elapsed = time.perf_counter() - t1
