@@ -135,20 +135,27 @@ def _compute(audio_path: str, transform, rate: int, n_frames: int, n_bins: int, 
 _FAILURES = (MemstoreError, OSError, ValueError, MemoryError)
 
 
+def _computed(config_json: str, rate: int, n_bins: int, dtype: str, items):
+    """Yield ``(i, planned row, rows)`` per file, or ``(i, planned row, reason)`` when it fails."""
+    transform = transform_from_json(config_json)
+    for i, audio_path, row, n_frames in items:
+        try:
+            yield i, row, _compute(audio_path, transform, rate, n_frames, n_bins, dtype)
+        except _FAILURES as err:
+            yield i, row, f"{type(err).__name__}: {err}"
+
+
 def _extract_task(partial: str, data_offset: int, n_bins: int, dtype: str, config_json: str,
                   rate: int, items: list[tuple[int, str, int, int]]) -> list[tuple]:
     """Local worker: compute and write the rows of several files at their planned offsets."""
-    transform = transform_from_json(config_json)
     itemsize = np.dtype(dtype).itemsize
     results = []
-    for i, audio_path, row, n_frames in items:
-        try:
-            rows = _compute(audio_path, transform, rate, n_frames, n_bins, dtype)
-        except _FAILURES as err:
-            results.append((i, None, f"{type(err).__name__}: {err}"))
+    for i, row, rows in _computed(config_json, rate, n_bins, dtype, items):
+        if isinstance(rows, str):
+            results.append((i, None, rows))
             continue
         mm = np.memmap(partial, dtype=dtype, mode="r+", offset=data_offset + row * n_bins * itemsize,
-                       shape=(n_frames, n_bins))
+                       shape=rows.shape)
         mm[:] = rows  # no msync: the page cache outlives a killed process; the store is fsynced at the end
         del mm
         results.append((i, zlib.crc32(rows.data), _file_stats(rows)))
@@ -161,17 +168,14 @@ def _extract_shard(shard: str, n_bins: int, dtype: str, config_json: str, rate: 
 
     Returns ``(i, crc, stats, first row in the shard)`` per file, or ``(i, None, reason)``.
     """
-    transform = transform_from_json(config_json)
-    results, parts, row = [], [], 0
-    for i, audio_path, _, n_frames in items:
-        try:
-            rows = _compute(audio_path, transform, rate, n_frames, n_bins, dtype)
-        except _FAILURES as err:
-            results.append((i, None, f"{type(err).__name__}: {err}"))
+    results, parts, first = [], [], 0
+    for i, _, rows in _computed(config_json, rate, n_bins, dtype, items):
+        if isinstance(rows, str):
+            results.append((i, None, rows))
             continue
         parts.append(rows)
-        results.append((i, zlib.crc32(rows.data), _file_stats(rows), row))
-        row += len(rows)
+        results.append((i, zlib.crc32(rows.data), _file_stats(rows), first))
+        first += len(rows)
     tmp = shard + ".tmp"
     with open(tmp, "wb") as f:
         np.lib.format.write_array(f, np.concatenate(parts) if parts else np.zeros((0, n_bins), dtype),
