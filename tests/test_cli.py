@@ -42,3 +42,13 @@ def test_console_script_runs_in_a_real_process():
     )
     assert done.returncode == 0
     assert done.stdout.startswith("memstore ")
+
+
+def test_every_public_name_resolves():
+    import memstore
+
+    for name in memstore.__all__:
+        assert getattr(memstore, name) is not None, name
+    assert "read_audio" in dir(memstore)
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        memstore.nope  # noqa: B018
