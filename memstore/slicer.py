@@ -21,7 +21,7 @@ import numpy as np
 
 from .errors import ParameterError
 
-__all__ = ["gather", "gather_half", "gather_blocks", "JIT"]
+__all__ = ["gather", "gather_half", "gather_blocks", "warm_up", "JIT"]
 
 JIT = os.environ.get("MEMSTORE_DISABLE_JIT", "") not in ("1", "true", "yes")
 
@@ -139,6 +139,14 @@ def gather_blocks(src: np.ndarray, starts, valid, out: np.ndarray, *, mean=None,
     else:
         gather(src, starts, valid, out, m, sc, pr, mode)
     return out
+
+
+def warm_up(dtype, n_bins: int) -> None:
+    """Compile (or load from numba's cache) the kernels for ``dtype`` before anything is timed."""
+    src = np.zeros((4, n_bins), dtype)
+    out = np.zeros((1, 4, n_bins), np.float32)
+    gather_blocks(src, [0], [4], out)
+    gather_blocks(src, [0], [4], out, mean=np.zeros(n_bins), scale=np.ones(n_bins))
 
 
 def _vec(v, n: int, name: str) -> np.ndarray:

@@ -74,6 +74,7 @@ def naive_random(store, rows, valid, t_ctx, limit_blocks, max_seconds=20.0) -> t
 
 def run(args: argparse.Namespace) -> int:
     from ..batches import BatchStream
+    from ..slicer import warm_up
     from ..store import open_store
 
     results: dict = {"store": args.store, "cold": args.cold}
@@ -81,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
         stream = BatchStream(store, batch_size=args.batch_size, time_context=args.time_context, step=args.step,
                              split="all", memory_limit=args.memory_limit)
         results["out_of_core"] = stream.out_of_core
-        _warm_up(store)
+        warm_up(store.dtype, store.n_bins)  # JIT start-up is not throughput
         frame_bytes = store.n_bins * store.dtype.itemsize
         if args.cold:
             results["evicted"] = evict(store.path)
@@ -130,16 +131,6 @@ def run(args: argparse.Namespace) -> int:
           f"(global shuffle {sh['global_shuffle']['distinct_files_per_batch']:.1f}), mean step "
           f"{sh['stream']['mean_abs_step']:.0f} rows (global {sh['global_shuffle']['mean_abs_step']:.0f})")
     return 0
-
-
-def _warm_up(store) -> None:
-    """Load the compiled kernels before timing (JIT start-up is not throughput)."""
-    from ..slicer import gather_blocks
-
-    src = np.zeros((4, store.n_bins), store.dtype)
-    gather_blocks(src, [0], [4], np.zeros((1, 4, store.n_bins), np.float32))
-    gather_blocks(src, [0], [4], np.zeros((1, 4, store.n_bins), np.float32), mean=np.zeros(store.n_bins),
-                  scale=np.ones(store.n_bins))
 
 
 def _distinct_rows(rows, valid) -> int:

@@ -56,6 +56,7 @@ def _demo(root: Path, args: argparse.Namespace) -> int:
     from ..demo import make_demo_folder
     from ..errors import ParameterError
     from ..pager import parse_memory
+    from ..slicer import warm_up
     from ..store import open_store
 
     if args.per_class < 1:
@@ -88,6 +89,7 @@ def _demo(root: Path, args: argparse.Namespace) -> int:
             store, batch_size=args.batch_size, time_context=128, step=50, seed=args.seed,
             memory_limit=limit, normalize="standard",
         )
+        warm_up(store.dtype, store.n_bins)  # numba compiles on the very first run; not throughput
         t1 = time.perf_counter()
         n_blocks = 0
         shape = None
