@@ -312,6 +312,28 @@ def build_store(audio_root, store_path, *, transform: Spectrogram = MelSpectrogr
     """
     t0 = time.perf_counter()
     _check_args(transform, labels, workers, sample_rate, dtype, mode)
+    n_workers = workers or os.cpu_count() or 1
+    # spawn the workers now, so their start-up (interpreters, numpy, numba) overlaps the scan
+    pool = _start_pool(n_workers) if executor is None and n_workers > 1 else None
+    try:
+        return _build_store(t0, audio_root, store_path, transform=transform, labels=labels, workers=workers,
+                            sample_rate=sample_rate, dtype=dtype, strict=strict, resume=resume, mode=mode,
+                            executor=executor if pool is None else pool, progress=progress)
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _start_pool(n_workers: int) -> cf.ProcessPoolExecutor:
+    with _single_threaded_children():  # the environment each spawned worker inherits
+        pool = cf.ProcessPoolExecutor(n_workers, mp_context=multiprocessing.get_context("spawn"))
+        for _ in range(n_workers):  # a spawn-context pool starts one process per waiting task
+            pool.submit(os.getpid)
+    return pool
+
+
+def _build_store(t0, audio_root, store_path, *, transform, labels, workers, sample_rate, dtype, strict,
+                 resume, mode, executor, progress) -> BuildReport:
     store_path = Path(os.fsdecode(store_path))
     if store_path.name.endswith(PARTIAL_SUFFIX):
         raise ParameterError(f"store_path={str(store_path)!r} must not end in {PARTIAL_SUFFIX}")
