@@ -63,7 +63,7 @@ def make_big_store(path, size, *, n_bins=96, frames_per_file=259, n_classes=11, 
         out[f0 * frames_per_file: f1 * frames_per_file] = block.reshape(-1, n_bins)
         for k in range(f1 - f0):
             index["checksum"][f0 + k] = zlib.crc32(block[k].data)
-        # statistics from one file per chunk, scaled: exact for what verify checks (finite, count)
+        # statistics over every row written, merged chunk by chunk (Chan et al.)
         stats = _merge(stats, _file_stats(block.reshape(-1, n_bins)))
     out.flush()
     del out
