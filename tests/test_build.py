@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -52,6 +53,13 @@ def test_plain_h5py_reads_it(demo_store):
         assert f["features"].chunks is None
         assert f.attrs["format"] == "memstore" and f.attrs["format_version"] == 1
         assert f["paths"][0].decode().startswith("cel/")
+
+
+@pytest.mark.skipif(shutil.which("h5ls") is None, reason="h5ls (apt: hdf5-tools) is not installed")
+def test_h5ls_lists_it(demo_store):
+    out = subprocess.run(["h5ls", "-r", str(demo_store)], capture_output=True, text=True, check=True).stdout
+    for name in ("/features", "/index", "/paths", "/labels", "/segments", "/stats/mean", "/report"):
+        assert name in out
 
 
 def test_one_and_two_workers_give_identical_stores(demo_root, demo_store, tmp_path):
