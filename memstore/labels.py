@@ -1,8 +1,8 @@
 """Finding audio files under a root folder, and labelling them.
 
 The scan is recursive, sorted by the file system's bytes, and deterministic.
-Symbolic links are followed once; a link back into a folder already visited
-is a loop and is listed as skipped, like broken links, unreadable folders and
+Symbolic links are followed once; a link to a folder above it (which would
+make the walk endless) is a loop and is listed as skipped, like broken links, unreadable folders and
 audio-named entries that are not regular files. Files without an audio
 extension are not audio and are ignored silently.
 
@@ -25,6 +25,7 @@ callable
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import stat
@@ -48,52 +49,93 @@ class ScanResult(NamedTuple):
 
 
 def scan_audio(root, *, extensions=None) -> ScanResult:
-    """List the audio files under ``root``.
+    """List the audio files under ``root``, recursively, in a deterministic order.
 
     Parameters
     ----------
-    root : str or os.PathLike
+    root : str, bytes or os.PathLike
+        The audio folder.
     extensions : sequence of str, optional
-        Lower-case extensions with the dot; default :func:`memstore.audio.audio_extensions`.
+        Extensions to accept, matched case-insensitively (``".wav"`` or
+        ``"wav"``); default :func:`memstore.audio.audio_extensions`.
 
     Returns
     -------
     ScanResult
-        ``files`` sorted, and ``skipped`` entries with their reasons.
+        ``files``: POSIX paths relative to ``root`` (``str``; names that are
+        not UTF-8 survive through ``os.fsdecode``), sorted by their bytes.
+        ``skipped``: ``(relative path, reason)`` for audio-named entries that
+        cannot be read, broken symlinks, symlink loops and unreadable folders.
 
     Raises
     ------
     BuildError
-        If the root is missing, not a folder, or holds no audio file.
+        If the root is missing, not a folder, or holds no readable audio file.
+    ParameterError
+        If ``extensions`` is not a sequence of non-empty strings.
+
+    Notes
+    -----
+    A symbolic link is followed (once: it is resolved by the system, not
+    re-entered by the walk); a link to a folder that is one of its own
+    ancestors is a loop and is skipped. A link to another folder inside the
+    root lists that folder's files a second time under the link's name, as the
+    file system presents them.
+
+    Example
+    -------
+    >>> import tempfile, pathlib
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = (d / "b.WAV").write_bytes(b""); _ = (d / "a.wav").write_bytes(b"")
+    >>> scan_audio(d, extensions=[".wav"]).files
+    ['a.wav', 'b.WAV']
     """
+    exts = _normalise_extensions(extensions)
+    root_b = os.fsencode(root)
+    shown = os.fsdecode(root_b)
+    try:
+        real = os.stat(root_b)
+    except OSError as err:
+        raise BuildError(f"audio root {shown!r} does not exist ({err.strerror or err})") from err
+    if not stat.S_ISDIR(real.st_mode):
+        raise BuildError(f"audio root {shown!r} is not a folder")
+    files: list[bytes] = []
+    skipped: list[tuple[bytes, str]] = []
+    _walk(root_b, b"", exts, files, skipped, [(real.st_dev, real.st_ino)])
+    files.sort()
+    skipped.sort()
+    if not files:
+        why = f"; {len(skipped)} entr{'y was' if len(skipped) == 1 else 'ies were'} skipped" if skipped else ""
+        raise BuildError(f"no audio files under {shown!r} (searched for {', '.join(exts)}){why}")
+    return ScanResult([os.fsdecode(f) for f in files], [(os.fsdecode(p), r) for p, r in skipped])
+
+
+def _normalise_extensions(extensions) -> tuple[str, ...]:
     if extensions is None:
         from .audio import audio_extensions
 
         extensions = audio_extensions()
-    exts = tuple(e.lower() for e in extensions)
-    root_s = os.fsencode(root)
-    if not os.path.isdir(root_s):
-        raise BuildError(f"audio root {os.fsdecode(root_s)!r} does not exist or is not a folder")
-    files: list[bytes] = []
-    skipped: list[tuple[bytes, str]] = []
-    real = os.stat(root_s)
-    seen = {(real.st_dev, real.st_ino)}
-    _walk(root_s, b"", exts, files, skipped, seen)
-    files.sort()
-    skipped.sort()
-    if not files:
-        raise BuildError(
-            f"no audio files under {os.fsdecode(root_s)!r} (searched for {', '.join(exts)})"
-        )
-    return ScanResult([os.fsdecode(f) for f in files], [(os.fsdecode(p), r) for p, r in skipped])
+    if isinstance(extensions, str | bytes) or not all(isinstance(e, str) and e.strip(".") for e in extensions):
+        raise ParameterError(f"extensions={extensions!r} must be a sequence of extensions such as ('.wav',)")
+    exts = tuple(sorted({"." + e.lower().lstrip(".") for e in extensions}))
+    if not exts:
+        raise ParameterError("extensions=() must name at least one extension")
+    return exts
 
 
-def _walk(root: bytes, rel: bytes, exts, files, skipped, seen) -> None:
+def _reason(err: OSError) -> str:
+    if err.errno in (errno.EACCES, errno.EPERM):
+        return "permission denied"
+    return err.strerror or str(err)
+
+
+def _walk(root: bytes, rel: bytes, exts, files, skipped, ancestors) -> None:
+    """Depth-first walk; ``ancestors`` holds the (st_dev, st_ino) of the folders above ``rel``."""
     folder = os.path.join(root, rel) if rel else root
     try:
         names = sorted(os.listdir(folder))
     except OSError as err:
-        skipped.append((rel or b".", f"cannot list folder: {err.strerror or err}"))
+        skipped.append((rel or b".", _reason(err)))
         return
     for name in names:
         relpath = rel + b"/" + name if rel else name
@@ -101,33 +143,37 @@ def _walk(root: bytes, rel: bytes, exts, files, skipped, seen) -> None:
         is_audio = os.fsdecode(name).lower().endswith(exts)
         try:
             lst = os.lstat(full)
-        except OSError as err:
+        except OSError as err:  # vanished or unreachable between listdir and lstat
             if is_audio:
-                skipped.append((relpath, f"cannot stat: {err.strerror or err}"))
+                skipped.append((relpath, _reason(err)))
             continue
-        if stat.S_ISLNK(lst.st_mode):
+        link = stat.S_ISLNK(lst.st_mode)
+        if link:
             try:
                 st = os.stat(full)
             except OSError as err:
-                if err.errno == 40:  # ELOOP: a link chain that never ends
+                if err.errno == errno.ELOOP:  # a chain of links that never reaches a file
                     skipped.append((relpath, "symlink loop"))
-                else:
+                elif err.errno in (errno.ENOENT, errno.ENOTDIR):
                     skipped.append((relpath, "broken symlink"))
+                else:
+                    skipped.append((relpath, _reason(err)))
                 continue
         else:
             st = lst
         if stat.S_ISDIR(st.st_mode):
-            if is_audio and not stat.S_ISLNK(lst.st_mode):
+            if is_audio:  # a folder named x.wav is not audio, and its contents are not looked at
                 skipped.append((relpath, "not a regular file (a folder with an audio extension)"))
                 continue
             key = (st.st_dev, st.st_ino)
-            if key in seen:
-                skipped.append((relpath, "symlink loop (folder already visited)"))
+            if key in ancestors:
+                skipped.append((relpath, "symlink loop (links to a folder above it)"))
                 continue
-            seen.add(key)
-            _walk(root, relpath, exts, files, skipped, seen)
+            ancestors.append(key)
+            _walk(root, relpath, exts, files, skipped, ancestors)
+            ancestors.pop()
         elif is_audio:
-            if not stat.S_ISREG(st.st_mode):
+            if not stat.S_ISREG(st.st_mode):  # FIFO, socket, device: opening could block
                 skipped.append((relpath, "not a regular file"))
             elif not os.access(full, os.R_OK):
                 skipped.append((relpath, "permission denied"))
@@ -136,40 +182,50 @@ def _walk(root: bytes, rel: bytes, exts, files, skipped, seen) -> None:
 
 
 def _irmas_tags(relpath: str, root: Path) -> list[str]:
-    name = Path(relpath).name
-    tags = _TAG.findall(name)
+    tags = _TAG.findall(relpath.rsplit("/", 1)[-1])
     if tags:
-        return [tags[0].strip()]
+        return [tags[0].strip()]  # by position: later tags are drums and genre ([cla] = classical)
     txt = (root / relpath).with_suffix(".txt")
     try:
-        text = txt.read_text(encoding="utf-8", errors="replace")
+        text = txt.read_text(encoding="utf-8-sig", errors="replace")
     except OSError:
         return []
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
-def assign_labels(root, relpaths: list[str], mode: str | Callable = "folder"):
+def assign_labels(root, relpaths: list[str], mode: str | Callable = "folder") -> tuple[list[str], np.ndarray]:
     """Label each file.
+
+    Parameters
+    ----------
+    root : str or os.PathLike
+        The audio root (``"irmas"`` mode reads ``.txt`` files beside the audio).
+    relpaths : list of str
+        POSIX paths relative to ``root``, as :func:`scan_audio` returns them.
+    mode : {"folder", "irmas", "none"} or callable
+        See the module docstring; a callable maps a relative path to a class
+        name, a list of class names, or ``None`` (no label).
 
     Returns
     -------
     classes : list of str, sorted
     multihot : ndarray [shape=(n_files, n_classes)], uint8
+        Row ``i`` has a 1 for every class of file ``i``; all zeros = no label.
+
+    Raises
+    ------
+    ParameterError
+        For an unknown mode, or a callable that returns something else than a
+        non-empty string, a list of them, or ``None``.
+
+    Example
+    -------
+    >>> assign_labels("/data", ["vio/a.wav", "cel/b.wav", "c.wav"], "folder")[1].tolist()
+    [[0, 1], [1, 0], [0, 0]]
     """
     root = Path(os.fsdecode(root))
     if callable(mode):
-        raw = []
-        for p in relpaths:
-            value = mode(p)
-            if value is None:
-                raw.append([])
-            elif isinstance(value, str):
-                raw.append([value])
-            elif isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
-                raw.append(list(value))
-            else:
-                raise ParameterError(f"labels callable returned {value!r} for {p!r}; "
-                                     "it must return a str, a list of str or None")
+        raw = [_from_callable(mode, p) for p in relpaths]
     elif mode == "folder":
         raw = [[p.split("/", 1)[0]] if "/" in p else [] for p in relpaths]
     elif mode == "irmas":
@@ -182,14 +238,40 @@ def assign_labels(root, relpaths: list[str], mode: str | Callable = "folder"):
     col = {c: i for i, c in enumerate(classes)}
     multihot = np.zeros((len(relpaths), len(classes)), dtype=np.uint8)
     for i, tags in enumerate(raw):
-        for c in tags:
-            multihot[i, col[c]] = 1
+        multihot[i, [col[c] for c in tags]] = 1
     return classes, multihot
 
 
+def _from_callable(fn: Callable, relpath: str) -> list[str]:
+    value = fn(relpath)
+    if value is None:
+        return []
+    values = [value] if isinstance(value, str) else value
+    if not isinstance(values, list | tuple) or not all(isinstance(v, str) and v for v in values):
+        raise ParameterError(f"labels callable returned {value!r} for {relpath!r}; "
+                             "it must return a non-empty str, a list of them, or None")
+    return list(values)
+
+
 def label_index(multihot: np.ndarray) -> np.ndarray:
-    """Class index of each row with exactly one label, else -1 (int32)."""
+    """Class index of each row with exactly one label, else -1.
+
+    Parameters
+    ----------
+    multihot : ndarray [shape=(n_files, n_classes)]
+
+    Returns
+    -------
+    ndarray [shape=(n_files,)], int32
+
+    Example
+    -------
+    >>> label_index(np.array([[0, 1], [1, 1], [0, 0]], np.uint8)).tolist()
+    [1, -1, -1]
+    """
     multihot = np.asarray(multihot)
+    if multihot.ndim != 2:
+        raise ParameterError(f"multihot of shape {multihot.shape} must be 2-D (n_files, n_classes)")
     out = np.full(multihot.shape[0], -1, dtype=np.int32)
     if multihot.shape[1]:
         single = multihot.sum(axis=1) == 1
