@@ -443,3 +443,16 @@ def test_bad_configuration_types():
 def test_docstring_examples_run():
     failed, attempted = doctest.testmod(features, optionflags=doctest.ELLIPSIS)
     assert attempted >= 8 and failed == 0
+
+
+def test_benchmark_script_runs_and_checks_agreement(capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "tools" / "bench_features.py"
+    spec = importlib.util.spec_from_file_location("bench_features", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--files", "2", "--seconds", "1", "--reps", "1", "--threads", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "vs librosa" in out and "librosa.feature.melspectrogram" in out and "1.00x" in out
