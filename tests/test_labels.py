@@ -92,3 +92,120 @@ def test_none_and_callable_and_bad_mode():
     with pytest.raises(ParameterError, match="labels callable returned 3"):
         assign_labels("/x", ["a.wav"], lambda p: 3)
     assert np.asarray(label_index(np.zeros((2, 0), np.uint8))).tolist() == [-1, -1]
+
+
+def test_link_to_a_real_folder_sorted_first_is_not_a_loop(tmp_path):
+    touch(tmp_path / "z" / "a.wav")
+    os.symlink(tmp_path / "z", tmp_path / "alias")       # sorts before the real folder
+    os.symlink(tmp_path / "z", tmp_path / "z" / "self")  # a real loop: a link to its own folder
+    res = scan_audio(tmp_path, extensions=(".wav",))
+    assert res.files == ["alias/a.wav", "z/a.wav"]
+    assert dict(res.skipped) == {"alias/self": "symlink loop (links to a folder above it)",
+                                 "z/self": "symlink loop (links to a folder above it)"}
+
+
+def test_link_chain_loop_and_link_named_like_audio_to_a_folder(tmp_path):
+    touch(tmp_path / "ok.wav")
+    os.symlink(tmp_path / "b.wav", tmp_path / "a.wav")
+    os.symlink(tmp_path / "a.wav", tmp_path / "b.wav")   # ELOOP when resolved
+    (tmp_path / "d").mkdir()
+    os.symlink(tmp_path / "d", tmp_path / "folder.wav")
+    os.mkfifo(tmp_path / "pipe.wav")                     # must not be opened: it would block
+    res = scan_audio(tmp_path, extensions=("WAV",))      # without the dot, upper case
+    assert res.files == ["ok.wav"]
+    reasons = dict(res.skipped)
+    assert reasons["a.wav"] == reasons["b.wav"] == "symlink loop"
+    assert reasons["folder.wav"].startswith("not a regular file")
+    assert reasons["pipe.wav"] == "not a regular file"
+
+
+def test_unreadable_folder_is_listed_not_fatal(tmp_path):
+    touch(tmp_path / "ok" / "a.wav")
+    touch(tmp_path / "locked" / "b.wav")
+    (tmp_path / "locked").chmod(0)
+    try:
+        res = scan_audio(tmp_path, extensions=(".wav",))
+    finally:
+        (tmp_path / "locked").chmod(0o755)
+    if os.geteuid() == 0:  # root lists any folder
+        assert res.files == ["locked/b.wav", "ok/a.wav"]
+    else:
+        assert res.files == ["ok/a.wav"] and res.skipped == [("locked", "permission denied")]
+
+
+def test_sort_is_by_bytes_and_names_survive(tmp_path):
+    names = ["b.wav", "a b.wav", "a.wav", "a/x.wav", "Z.wav", "é.wav", "e\u0301.wav", "日本.wav"]
+    for n in names:
+        touch(tmp_path / n)
+    with open(os.path.join(os.fsencode(tmp_path), b"\xff.wav"), "wb"):
+        pass
+    res = scan_audio(os.fsencode(tmp_path), extensions=(".wav",))  # a bytes root works too
+    raw = [os.fsencode(f) for f in res.files]
+    assert raw == sorted(raw) and len(raw) == 9
+    assert b"\xff.wav" in raw and "e\u0301.wav" in res.files and "é.wav" in res.files
+    assert all(os.path.exists(os.path.join(os.fsencode(tmp_path), r)) for r in raw)
+
+
+def test_default_extensions_come_from_the_audio_module(tmp_path):
+    from memstore.audio import audio_extensions
+
+    touch(tmp_path / "a.wav")
+    touch(tmp_path / "notes.txt")
+    assert scan_audio(tmp_path).files == ["a.wav"]
+    (tmp_path / "a.wav").unlink()
+    with pytest.raises(BuildError, match=r"searched for .*\.wav"):
+        scan_audio(tmp_path)
+    assert ".wav" in audio_extensions()
+
+
+def test_root_errors_name_the_root(tmp_path):
+    f = touch(tmp_path / "file.wav")
+    with pytest.raises(BuildError, match="is not a folder"):
+        scan_audio(f)
+    touch(tmp_path / "d" / "x.txt")
+    with pytest.raises(BuildError, match=r"no audio files under .*d'"):
+        scan_audio(tmp_path / "d", extensions=(".wav",))
+    (tmp_path / "e").mkdir()
+    os.symlink(tmp_path / "nowhere", tmp_path / "e" / "b.wav")
+    with pytest.raises(BuildError, match="1 entry was skipped"):
+        scan_audio(tmp_path / "e", extensions=(".wav",))
+    for bad in (".wav", [""], [3]):
+        with pytest.raises(ParameterError, match="extensions="):
+            scan_audio(tmp_path, extensions=bad)
+
+
+def test_scan_of_written_wavs_is_deterministic(tmp_path):
+    from memstore.audio import write_wav
+
+    rng = np.random.default_rng(0)
+    for i in rng.permutation(12):  # creation order must not matter
+        (tmp_path / f"c{i % 3}").mkdir(exist_ok=True)
+        write_wav(tmp_path / f"c{i % 3}" / f"f{i:02d}.wav", np.zeros(10), 8000)
+    first = scan_audio(tmp_path)
+    assert first == scan_audio(tmp_path) and len(first.files) == 12 and first.skipped == []
+    classes, m = assign_labels(tmp_path, first.files, "folder")
+    assert classes == ["c0", "c1", "c2"] and m.sum(axis=0).tolist() == [4, 4, 4]
+
+
+def test_irmas_edge_cases(tmp_path):
+    touch(tmp_path / "T" / "bom.txt", "\ufeffvoi\r\n\t\r\ngac\t\n".encode())
+    touch(tmp_path / "T" / "dup.txt", b"pia\npia\n")
+    touch(tmp_path / "T" / "dotted.name.txt", b"org\n")
+    files = ["[cla][cla]0001__1.wav",                       # first tag only: clarinet
+             "x/012__[sax][nod][cla]2217__3.wav",            # later [cla] is a genre
+             "T/bom.wav", "T/dup.wav", "T/dotted.name.wav"]
+    classes, m = assign_labels(tmp_path, files, "irmas")
+    assert classes == ["cla", "gac", "org", "pia", "sax", "voi"]
+    got = [[classes[k] for k in np.flatnonzero(row)] for row in m]
+    assert got == [["cla"], ["sax"], ["gac", "voi"], ["pia"], ["org"]]
+    assert label_index(m).tolist() == [0, 4, -1, 3, 2]
+
+
+def test_callable_labels_validated():
+    classes, m = assign_labels("/x", ["a/1.wav", "b/2.wav"], lambda p: ("k", "j") if p[0] == "a" else "j")
+    assert classes == ["j", "k"] and m.tolist() == [[1, 1], [1, 0]]
+    for bad in ("", [""], ["a", 1], {"a"}):
+        with pytest.raises(ParameterError, match="labels callable returned"):
+            assign_labels("/x", ["a.wav"], lambda p, bad=bad: bad)
+    with pytest.raises(ParameterError, match="must be 2-D"):
+        label_index(np.zeros(3))
