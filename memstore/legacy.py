@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -26,24 +27,46 @@ __all__ = ["read_tensor", "write_tensor", "import_legacy", "export_legacy"]
 
 
 def read_tensor(data_path) -> np.ndarray:
-    """Read ``X.data`` with the shape from ``X.shape``, as the tutorial's ``loadTensor`` does."""
+    """Read ``X.data`` with the shape from ``X.shape``, as the tutorial's ``loadTensor`` does.
+
+    Parameters
+    ----------
+    data_path : str or os.PathLike
+        The ``.data`` file; the shape is read from the ``.shape`` file beside it.
+
+    Returns
+    -------
+    ndarray, float64, of the shape in the ``.shape`` file
+
+    Raises
+    ------
+    ParameterError
+        Naming the file, if the shape file is missing or its first line is not
+        ``#d0<TAB>d1...``, or the data file does not hold exactly that many
+        float64 values.
+    """
     data_path = Path(data_path)
     shape_path = data_path.with_suffix(".shape")
     try:
-        line = shape_path.read_text().strip()
+        lines = shape_path.read_text(encoding="ascii", errors="replace").splitlines()
     except OSError as err:
         raise ParameterError(f"{shape_path}: cannot read the shape file ({err.strerror or err})") from err
+    line = lines[0].strip() if lines else ""
     try:
         if not line.startswith("#"):
             raise ValueError("no leading '#'")
-        shape = tuple(int(v) for v in line[1:].split("\t") if v.strip())
+        shape = tuple(int(v) for v in line[1:].split())  # tabs as written; any blank accepted, as util.get_shape
         if not shape or min(shape) < 0:
             raise ValueError("empty or negative shape")
     except ValueError as err:
         raise ParameterError(f"{shape_path}: bad shape line {line!r} ({err}); expected '#d0<TAB>d1'") from err
-    size = data_path.stat().st_size
+    try:
+        size = data_path.stat().st_size
+    except OSError as err:
+        raise ParameterError(f"{data_path}: cannot read the data file ({err.strerror or err})") from err
     if size != 8 * int(np.prod(shape)):
-        raise ParameterError(f"{data_path}: {size} bytes do not hold a float64 array of shape {shape}")
+        raise ParameterError(f"{data_path}: {size} bytes do not hold a float64 array of shape {shape} "
+                             f"({8 * int(np.prod(shape))} bytes)")
     return np.fromfile(data_path, dtype="<f8").reshape(shape)
 
 
@@ -55,14 +78,47 @@ def write_tensor(x: np.ndarray, data_path) -> None:
 
 
 def import_legacy(feature_dir, store_path, *, suffix_in: str = "_mel_", suffix_out: str = "_label_",
-                  transform: Spectrogram | None = None, allow_rounding: bool = False):
+                  transform: Spectrogram | None = None, sample_rate: int = 44100, allow_rounding: bool = False):
     """Read a folder of tutorial ``.data``/``.shape`` files into a store.
 
-    ``transform`` records how the features were made; by default the
-    tutorial's (a 96-band ``MelSpectrogram``, or ``Spectrogram`` for 513 bins).
+    Parameters
+    ----------
+    feature_dir : str or os.PathLike
+        Folder holding ``NAME<suffix_in>.data`` + ``.shape`` and, for labelled
+        files, ``NAME<suffix_out>.data`` + ``.shape`` (one float class index).
+    store_path : str or os.PathLike
+        Store to write (atomically, through :func:`memstore.build.write_store_from_arrays`).
+    transform : Spectrogram or MelSpectrogram, optional
+        How the features were made, recorded in the store; default the
+        tutorial's: a ``MelSpectrogram`` with as many bands as the files have
+        bins (a ``Spectrogram`` for 513 bins) at ``sample_rate``.
+    sample_rate : int
+        Rate for the default transform (IRMAS is 44.1 kHz); gives frame times.
+    allow_rounding : bool
+        Accept float64 values that float32 cannot hold exactly (rounded, with a
+        warning); by default they are refused, so that a store holds exactly
+        the imported values and ``export_legacy`` gives back the same bytes.
+
+    Returns
+    -------
+    BuildReport
+
+    Raises
+    ------
+    ParameterError
+        Naming the file: missing or malformed ``.shape``, size mismatch,
+        non-finite or non-float32 values, a bad label, differing bin counts.
+
+    Notes
+    -----
+    Class ``k`` of the tutorial (its label value) is stored as class index
+    ``k`` named ``str(k)`` zero-padded, so sorted names keep numeric order.
+    The features are held in memory while the store is written.
     """
     from .build import write_store_from_arrays
 
+    if not suffix_in or suffix_in == suffix_out:
+        raise ParameterError(f"suffix_in={suffix_in!r} must be non-empty and differ from suffix_out={suffix_out!r}")
     feature_dir = Path(feature_dir)
     if not feature_dir.is_dir():
         raise ParameterError(f"{feature_dir} is not a folder")
@@ -77,6 +133,9 @@ def import_legacy(feature_dir, store_path, *, suffix_in: str = "_mel_", suffix_o
         x = read_tensor(feature_dir / name)
         if x.ndim != 2:
             raise ParameterError(f"{feature_dir / name}: features of shape {x.shape} must be 2-D (frames, bins)")
+        if not np.isfinite(x).all():
+            raise ParameterError(f"{feature_dir / name}: {int(np.count_nonzero(~np.isfinite(x)))} value(s) "
+                                 "are NaN or infinite; a store holds finite features only")
         x32 = x.astype(np.float32)
         bad = int(np.count_nonzero(x32.astype(np.float64) != x))
         if bad and not allow_rounding:
@@ -86,7 +145,7 @@ def import_legacy(feature_dir, store_path, *, suffix_in: str = "_mel_", suffix_o
         label_file = feature_dir / (base + suffix_out + ".data")
         if label_file.exists():
             lab = read_tensor(label_file).ravel()
-            if lab.size != 1 or lab[0] != int(lab[0]) or lab[0] < 0:
+            if lab.size != 1 or not np.isfinite(lab[0]) or lab[0] != int(lab[0]) or lab[0] < 0:
                 raise ParameterError(f"{label_file}: a label must be one non-negative integer class index")
             labels.append(str(int(lab[0])))
         else:
@@ -99,35 +158,64 @@ def import_legacy(feature_dir, store_path, *, suffix_in: str = "_mel_", suffix_o
     if any(f.shape[1] != n_bins for f in feats):
         raise ParameterError("feature files have different numbers of bins")
     if transform is None:
-        transform = Spectrogram() if n_bins == 513 else MelSpectrogram(n_mels=n_bins)
-    classes = sorted({c for c in labels if c is not None}, key=int)
+        transform = (Spectrogram(sample_rate=sample_rate) if n_bins == 513
+                     else MelSpectrogram(n_mels=n_bins, sample_rate=sample_rate))
+    # Classes 0..max, zero-padded so that sorted names keep numeric order: the store's class index
+    # is then the tutorial's label value itself, even when some class has no file here.
+    top = max((int(c) for c in labels if c is not None), default=-1)
+    classes = [str(k).zfill(len(str(top))) for k in range(top + 1)]
     multihot = np.zeros((len(feats), len(classes)), np.uint8)
     for i, c in enumerate(labels):
         if c is not None:
-            multihot[i, classes.index(c)] = 1
+            multihot[i, int(c)] = 1
     notes = [f"imported from {feature_dir} (suffixes {suffix_in!r}, {suffix_out!r})"]
     return write_store_from_arrays(store_path, feats, bases, classes, multihot, transform,
                                    label_mode="legacy", notes=notes)
 
 
 def export_legacy(store_path, out_dir, *, suffix_in: str = "_mel_", suffix_out: str = "_label_") -> int:
-    """Write every file of a store as tutorial ``.data``/``.shape`` files; returns the file count."""
+    """Write every file of a store as tutorial ``.data``/``.shape`` files.
+
+    Each file becomes ``<name><suffix_in>.data`` (its name without folders
+    and audio extension) and, if it has exactly one label,
+    ``<name><suffix_out>.data`` holding the class index as float64: the class
+    name itself when the classes are integers (an imported store), else the
+    index into the sorted class list, as the tutorial numbers instruments.
+
+    Returns
+    -------
+    int
+        Files written.
+
+    Raises
+    ------
+    StoreFormatError
+        If two files would get the same name in the flat output folder.
+    """
+    from .audio import audio_extensions
     from .store import open_store
 
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    exts = tuple(e.lower() for e in audio_extensions())
     with open_store(store_path) as store:
-        if len({Path(p).name for p in store.paths}) != len(store.paths):
-            raise StoreFormatError("two files share a name; the flat legacy folder would overwrite one")
-        for i, path in enumerate(store.paths):
-            base = Path(path).name
-            base = base.rsplit(".", 1)[0] if base.lower().endswith((".wav", ".flac", ".ogg", ".mp3")) else base
+        bases = []
+        for path in store.paths:
+            base = path.rsplit("/", 1)[-1]
+            bases.append(base.rsplit(".", 1)[0] if base.lower().endswith(exts) else base)
+        if len(set(bases)) != len(bases):
+            dup = sorted(b for b, n in Counter(bases).items() if n > 1)[:3]
+            raise StoreFormatError(f"{store_path}: files share the name(s) {dup}; the flat legacy folder "
+                                   "would overwrite one with another")
+        numeric = all(c.isdigit() for c in store.classes)
+        multi = int(np.count_nonzero(store.labels.sum(axis=1) > 1))
+        if multi:
+            warnings.warn(f"{multi} multi-label file(s) get no label file: the legacy format holds one "
+                          "class index per file", stacklevel=2)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for i, base in enumerate(bases):
             write_tensor(np.asarray(store.frames(i), np.float64), out_dir / (base + suffix_in + ".data"))
             k = int(store.label_index[i])
             if k >= 0:
-                try:
-                    value = float(int(store.classes[k]))
-                except ValueError:
-                    value = float(k)  # named classes: the tutorial's index into the sorted class list
+                value = float(int(store.classes[k])) if numeric else float(k)
                 write_tensor(np.array([value]), out_dir / (base + suffix_out + ".data"))
         return len(store)

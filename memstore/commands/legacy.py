@@ -20,6 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     if name == "import-legacy":
         parser.add_argument("feature_dir", metavar="FEATURE_DIR", help="folder of .data/.shape files")
         parser.add_argument("store", metavar="STORE", help="store file to write")
+        parser.add_argument("--sample-rate", type=int, default=44100,
+                            help="audio rate the features were computed at (default: 44100, IRMAS)")
         parser.add_argument("--allow-rounding", action="store_true",
                             help="accept float64 values that float32 cannot hold exactly (rounded, with a warning)")
     else:
@@ -34,7 +36,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.command == "import-legacy":
         report = import_legacy(args.feature_dir, args.store, suffix_in=args.suffix_in,
-                               suffix_out=args.suffix_out, allow_rounding=args.allow_rounding)
+                               suffix_out=args.suffix_out, allow_rounding=args.allow_rounding,
+                               sample_rate=args.sample_rate)
         print(f"{args.store}: imported {report.stored} file(s), {report.frames} frames")
     else:
         n = export_legacy(args.store, args.out_dir, suffix_in=args.suffix_in, suffix_out=args.suffix_out)
