@@ -6,8 +6,6 @@ import argparse
 import json
 import os
 
-import numpy as np
-
 DESCRIPTIONS = {"info": (
     "Summarise a store: files, frames and hours of audio, classes with counts, the\n"
     "feature configuration and dtype, size on disk, skipped files and statistics.")}
@@ -20,21 +18,35 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
 
 
 def summary(store) -> dict:
+    """Everything ``memstore info`` prints, as JSON-ready Python values."""
     idx = store.index
-    seconds = float((idx["n_samples"] / np.maximum(idx["source_rate"], 1)).sum())
+    known = (idx["n_samples"] > 0) & (idx["source_rate"] > 0)
+    seconds = float((idx["n_samples"][known] / idx["source_rate"][known]).sum())
+    rate = store.config.sample_rate
+    if not known.all() and rate:  # imported features carry no sample counts: hop x frames instead
+        seconds += float(idx["n_frames"][~known].sum()) * store.config.hop / rate
     counts = store.labels.sum(axis=0).tolist() if store.labels.size else [0] * len(store.classes)
     skipped = [tuple(s) for r in store.report for s in r.get("skipped", [])]
     st = store.stats
     return {
         "path": str(store.path), "files": len(store), "frames": int(store.n_frames_total),
         "hours": seconds / 3600, "classes": dict(zip(store.classes, map(int, counts), strict=True)),
-        "unlabelled": int((store.labels.sum(axis=1) == 0).sum()), "dtype": str(store.dtype),
+        "unlabelled": int((store.labels.sum(axis=1) == 0).sum()),
+        "multi_label": int((store.labels.sum(axis=1) > 1).sum()), "dtype": str(store.dtype),
         "n_bins": store.n_bins, "config": store.config.to_dict(), "bytes_on_disk": os.path.getsize(store.path),
         "segments": len(store.segments), "generation": store.generation, "skipped": skipped,
         "stats": {"count": int(st["count"]) if "count" in st else 0,
                   "mean_range": [float(st["mean"].min()), float(st["mean"].max())] if "mean" in st else None,
                   "std_range": [float(st["std"].min()), float(st["std"].max())] if "std" in st else None},
     }
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.2f} h"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,12 +57,13 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(s, indent=2))
         return 0
-    print(f"{s['path']}: {s['files']} files, {s['frames']} frames, {s['hours']:.2f} h of audio, "
+    print(f"{s['path']}: {s['files']} files, {s['frames']} frames, {_duration(s['hours'] * 3600)} of audio, "
           f"{s['bytes_on_disk'] / 1e6:.1f} MB on disk, {s['segments']} segment(s), generation {s['generation']}")
     print(f"features: {s['n_bins']} bins, {s['dtype']}; configuration:")
     print("  " + ", ".join(f"{k}={v}" for k, v in sorted(s["config"].items())))
     print(f"classes ({len(s['classes'])}): " + ", ".join(f"{c} ({n})" for c, n in s["classes"].items())
-          + (f"; {s['unlabelled']} unlabelled" if s["unlabelled"] else ""))
+          + (f"; {s['unlabelled']} unlabelled" if s["unlabelled"] else "")
+          + (f"; {s['multi_label']} with several labels" if s["multi_label"] else ""))
     st = s["stats"]
     if st["mean_range"]:
         print(f"statistics over {st['count']} frames: mean in [{st['mean_range'][0]:.4g}, {st['mean_range'][1]:.4g}], "
