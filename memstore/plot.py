@@ -1,4 +1,9 @@
-"""Drawing stores (optional ``plot`` extra): spectrograms as the tutorial plots them, histograms."""
+"""Drawing stores (optional ``plot`` extra): spectrograms as the tutorial plots them, and histograms.
+
+The figure is drawn on a :class:`matplotlib.figure.Figure` with the Agg
+canvas directly, never through ``pyplot``: no global backend switch, no
+figure registry, nothing left open in the caller's process.
+"""
 
 from __future__ import annotations
 
@@ -7,75 +12,153 @@ import fnmatch
 import numpy as np
 
 from .errors import ParameterError, require
-from .features import MelSpectrogram, mel_to_hz
+from .features import MelSpectrogram, hz_to_mel, mel_to_hz
 
-__all__ = ["select_files", "plot_store"]
+__all__ = ["select_files", "band_frequencies", "display_image", "plot_store"]
+
+#: longest time axis drawn as is; longer files are reduced by the maximum over groups of frames
+MAX_COLUMNS = 4000
 
 
-def select_files(store, *, file=None, path=None, cls=None, limit: int = 4) -> list[int]:
-    """Indices of the files to draw: one index, a glob over paths, or a class; at most ``limit``."""
+def select_files(store, *, file: int | None = None, path: str | None = None, cls: str | None = None,
+                 limit: int = 4) -> list[int]:
+    """Indices of the files to draw.
+
+    Parameters
+    ----------
+    store : Store
+    file : int, optional
+        One file by its index (negative counts from the end).
+    path : str, optional
+        ``fnmatch`` glob over the source paths (``"vio/*"``).
+    cls : str, optional
+        Only files carrying this class.
+    limit : int
+        At most this many files, in store order.
+
+    Raises
+    ------
+    ParameterError
+        For an index out of range, an unknown class, a bad limit, or a
+        selection that matches nothing.
+    """
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ParameterError(f"limit={limit!r} must be a positive integer")
+    n = len(store)
     if file is not None:
-        if not -len(store) <= file < len(store):
-            raise ParameterError(f"--file {file} must be in [0, {len(store)})")
-        return [file % len(store)]
-    chosen = range(len(store))
+        if isinstance(file, bool) or not isinstance(file, int | np.integer) or not -n <= file < n:
+            raise ParameterError(f"--file {file} must be an integer in [-{n}, {n})")
+        chosen = [int(file) % n]
+    else:
+        chosen = list(range(n))
     if path is not None:
-        chosen = [i for i in chosen if fnmatch.fnmatch(store.paths[i], path)]
+        chosen = [i for i in chosen if fnmatch.fnmatchcase(store.paths[i], path)]
     if cls is not None:
         if cls not in store.classes:
-            raise ParameterError(f"--class {cls!r} is not one of {store.classes}")
+            raise ParameterError(f"--class {cls!r} is not one of the store's classes {store.classes}")
         k = store.classes.index(cls)
         chosen = [i for i in chosen if store.labels[i, k]]
-    chosen = list(chosen)[:limit]
     if not chosen:
-        raise ParameterError("no file matches the selection")
-    return chosen
+        raise ParameterError("no file matches the selection"
+                             + "".join(f" {o}={v!r}" for o, v in (("file", file), ("path", path), ("class", cls))
+                                       if v is not None))
+    return chosen[:limit]
+
+
+def band_frequencies(config) -> np.ndarray:
+    """Centre frequency in Hz of every feature bin of ``config`` (mel band centres or FFT bins)."""
+    rate = config.sample_rate
+    if not rate:
+        raise ParameterError("the store's configuration has no sample rate; frequencies are unknown")
+    if isinstance(config, MelSpectrogram):
+        htk = config.mel_scale == "htk"
+        fmax = config.fmax if config.fmax is not None else rate / 2
+        edges = mel_to_hz(np.linspace(hz_to_mel(config.fmin, htk), hz_to_mel(fmax, htk), config.n_mels + 2), htk)
+        return np.asarray(edges[1:-1])
+    return np.fft.rfftfreq(config.n_fft, 1.0 / rate)
+
+
+def display_image(frames: np.ndarray, config) -> tuple[np.ndarray, int]:
+    """The ``(n_bins, n_columns)`` image to draw and the frames per column.
+
+    Linear features get the tutorial's ``log10(1 + 100 x)``; features the
+    store already compressed (``log="log10p"`` or ``"db"``) are drawn as they
+    are. Files longer than :data:`MAX_COLUMNS` frames are reduced by the
+    maximum over groups of frames, so short events stay visible.
+    """
+    x = np.asarray(frames, dtype=np.float32)
+    step = max(1, -(-len(x) // MAX_COLUMNS))
+    if step > 1:
+        pad = (-len(x)) % step
+        x = np.concatenate([x, np.repeat(x[-1:], pad, axis=0)]) if pad else x
+        x = x.reshape(-1, step, x.shape[1]).max(axis=1)
+    if config.log is None:
+        x = np.log10(1 + 100 * np.maximum(x, 0))
+    return x.T, step
 
 
 def plot_store(store, out, files: list[int], *, dpi: int = 100):
-    """Draw ``files``' spectrograms (``log10(1 + 100 x)``, time in s, frequency in Hz) and two histograms."""
-    matplotlib = require("matplotlib", "plot")
-    matplotlib.use("Agg")
-    plt = require("matplotlib.pyplot", "plot")
-    cfg = store.config
-    rate = cfg.sample_rate or 1
-    n = len(files)
-    fig, axes = plt.subplots(n + 1, 2, figsize=(12, 3 * (n + 1)), squeeze=False,
-                             gridspec_kw={"height_ratios": [3] * n + [2]})
-    if isinstance(cfg, MelSpectrogram):
-        fmax = cfg.fmax or rate / 2
-        from .features import hz_to_mel
+    """Draw the files' spectrograms and histograms of classes and file lengths into an image file.
 
-        edges = mel_to_hz(np.linspace(hz_to_mel(cfg.fmin, cfg.mel_scale == "htk"),
-                                      hz_to_mel(fmax, cfg.mel_scale == "htk"), cfg.n_mels + 2),
-                          cfg.mel_scale == "htk")
-        centres = edges[1:-1]
-    else:
-        centres = np.fft.rfftfreq(cfg.n_fft, 1 / rate)
+    Parameters
+    ----------
+    store : Store
+    out : str or os.PathLike
+        Image file; its extension picks the format (PNG usually).
+    files : list of int
+        File indices, e.g. from :func:`select_files`.
+    dpi : int
+        Resolution; the image is ``12 x 3 (len(files) + 1)`` inches.
+
+    Raises
+    ------
+    MissingDependencyError
+        Naming the ``plot`` extra when matplotlib is not installed.
+    """
+    require("matplotlib", "plot")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    if isinstance(dpi, bool) or not isinstance(dpi, int) or dpi < 1:
+        raise ParameterError(f"dpi={dpi!r} must be a positive integer")
+    cfg = store.config
+    rate = cfg.sample_rate
+    centres = band_frequencies(cfg)
+    n = len(files)
+    fig = Figure(figsize=(12, 3 * (n + 1)), dpi=dpi)
+    FigureCanvasAgg(fig)
+    grid = fig.add_gridspec(n + 1, 2, height_ratios=[3] * n + [2])
     for row, i in enumerate(files):
-        ax = fig.add_subplot(n + 1, 1, row + 1)
-        axes[row, 0].remove()
-        axes[row, 1].remove()
-        x = np.asarray(store.frames(i), np.float32)
-        image = np.log10(1 + 100 * np.maximum(x, 0)) if cfg.log is None else x
-        t_end = len(x) * cfg.hop / rate
-        ax.imshow(image.T, origin="lower", aspect="auto", interpolation="none",
-                  extent=[0, t_end, 0, len(centres)])
-        ticks = np.linspace(0, len(centres) - 1, 6).astype(int)
+        ax = fig.add_subplot(grid[row, :])
+        image, step = display_image(store.frames(i), cfg)
+        seconds = int(store.index["n_frames"][i]) * cfg.hop / rate
+        # bins are drawn as equal rows (mel bands are not equally spaced in Hz); ticks name their centres
+        ax.imshow(image, origin="lower", aspect="auto", interpolation="none",
+                  extent=(0.0, seconds, 0.0, float(len(centres))))
+        ticks = np.unique(np.linspace(0, len(centres) - 1, 6).round().astype(int))
         ax.set_yticks(ticks + 0.5, [f"{centres[k]:.0f}" for k in ticks])
-        label = store.classes[store.label_index[i]] if store.label_index[i] >= 0 else "(no single label)"
-        ax.set_title(f"{store.paths[i]} [{label}]", fontsize=9)
+        tags = [c for c, on in zip(store.classes, store.labels[i], strict=True) if on]
+        title = f"{store.paths[i]}  [{', '.join(tags) if tags else 'no label'}]"
+        ax.set_title(title + (f"  (max over {step} frames per column)" if step > 1 else ""), fontsize=9)
         ax.set_xlabel("time (s)")
         ax.set_ylabel("frequency (Hz)")
-    counts = store.labels.sum(axis=0)
-    axes[n, 0].bar(range(len(store.classes)), counts)
-    axes[n, 0].set_xticks(range(len(store.classes)), store.classes, rotation=45, fontsize=8)
-    axes[n, 0].set_title("files per class")
-    seconds = store.index["n_frames"] * cfg.hop / rate
-    axes[n, 1].hist(seconds, bins=min(30, max(1, len(seconds))))
-    axes[n, 1].set_title("file lengths")
-    axes[n, 1].set_xlabel("seconds")
+    ax = fig.add_subplot(grid[n, 0])
+    counts = store.labels.sum(axis=0).astype(int).tolist()
+    names = list(store.classes)
+    unlabelled = int((store.labels.sum(axis=1) == 0).sum())
+    if unlabelled:
+        names.append("(none)")
+        counts.append(unlabelled)
+    ax.bar(range(len(names)), counts)
+    ax.set_xticks(range(len(names)), names, rotation=45, fontsize=8)
+    ax.set_ylabel("files")
+    ax.set_title("files per class")
+    ax = fig.add_subplot(grid[n, 1])
+    lengths = store.index["n_frames"] * cfg.hop / rate
+    ax.hist(lengths, bins=min(30, max(1, len(lengths))))
+    ax.set_xlabel("length (s)")
+    ax.set_ylabel("files")
+    ax.set_title("file lengths")
     fig.tight_layout()
     fig.savefig(out, dpi=dpi)
-    plt.close(fig)
     return out
