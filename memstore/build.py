@@ -98,14 +98,19 @@ def _file_stats(rows: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
 
 
 def _merge(a, b):
-    """Chan et al.'s parallel merge of (count, mean, co-moment) triples."""
+    """Chan et al.'s parallel merge of (count, mean, m2) triples.
+
+    ``m2`` is the co-moment matrix, or (1-D) only its diagonal, the per-bin sums
+    of squared deviations.
+    """
     if a is None:
         return b
     na, ma, m2a = a
     nb, mb, m2b = b
     n = na + nb
     delta = mb - ma
-    return n, ma + delta * (nb / n), m2a + m2b + np.outer(delta, delta) * (na * nb / n)
+    spread = np.outer(delta, delta) if np.ndim(m2a) == 2 else delta**2
+    return n, ma + delta * (nb / n), m2a + m2b + spread * (na * nb / n)
 
 
 def _compute(audio_path: str, transform, rate: int, n_frames: int, n_bins: int, dtype: str) -> np.ndarray:

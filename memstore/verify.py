@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .build import _merge
 from .errors import ParameterError
 from .store import open_store
 
@@ -165,17 +166,6 @@ def _check_features(store, report: VerifyReport, progress: bool, chunk_bytes: in
     for i in np.flatnonzero(bad_rows):
         report.problems.append((store.paths[i], f"{int(bad_rows[i])} feature row(s) hold NaN or infinity"))
     return None if bad_rows.any() or row < total else stats
-
-
-def _merge(a, b):
-    """Chan et al.'s merge of (count, mean, sum of squared deviations) per bin."""
-    if a is None:
-        return b
-    na, ma, sa = a
-    nb, mb, sb = b
-    n = na + nb
-    delta = mb - ma
-    return n, ma + delta * (nb / n), sa + sb + delta**2 * (na * nb / n)
 
 
 def _check_index(store, problems: list) -> None:
