@@ -72,6 +72,8 @@ WINDOWS = ("hann_symmetric", "hann")
 FRAMINGS = ("tutorial", "center")
 MAGNITUDE_NORMS = ("sqrt_nfft", "none")
 LOGS = (None, "log10p", "db")
+#: the lowest value of ``log="db"``: 10 log10(1e-10) for power 2, 20 log10(1e-5) for power 1
+DB_FLOOR = -100.0
 MEL_SCALES = ("slaney", "htk")
 #: Frames per chunk. 256 frames of 1024 samples keep the windowed frames
 #: (1 MB) and their spectrum (1 MB) in the L2 cache between the three passes;
@@ -493,6 +495,9 @@ class Spectrogram:
             np.maximum(out, np.float32(1e-10 if self.power == 2 else 1e-5), out=out)
             np.log10(out, out=out)
             out *= factor
+            # the floor is -100 dB exactly: numpy's AVX-512 float32 log10 gives log10(1e-10) = -10.000001, one
+            # ulp below the baseline kernels, so clip to the exact constant to make the floor the same on every CPU
+            np.maximum(out, np.float32(DB_FLOOR), out=out)
             if self.top_db is not None and out.size:
                 np.maximum(out, out.max() - np.float32(self.top_db), out=out)
         return out

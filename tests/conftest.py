@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
 from memstore.build import build_store
 from memstore.demo import make_demo_folder
+
+
+def pytest_report_header(config):
+    """Which SIMD kernels numpy and numba run: .ci/run repeats the suite on a second path (tools/cpu_paths.py)."""
+    try:
+        from numpy.lib._utils_impl import _opt_info  # "X86_V3* X86_V4?": * in use, ? present but switched off
+        numpy_line = _opt_info()
+    except ImportError:  # a numpy without the helper: the variable alone
+        numpy_line = "?"
+    disabled = os.environ.get("NPY_DISABLE_CPU_FEATURES", "")
+    return [f"numpy SIMD targets: {numpy_line} (NPY_DISABLE_CPU_FEATURES={disabled!r}); "
+            f"numba CPU: {os.environ.get('NUMBA_CPU_NAME', 'host')}"]
 
 
 @pytest.fixture(scope="session")

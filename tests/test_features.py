@@ -7,11 +7,12 @@ import doctest
 import json
 import math
 import tracemalloc
+import warnings
 
 import librosa
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import memstore.features as features
@@ -147,6 +148,13 @@ def test_librosa_oracle_property(signal, sr, n_fft, hop, power, htk, norm, n_mel
     p = dict(n_fft=n_fft, hop=hop, power=power, htk=htk, norm=norm, n_mels=n_mels, fmin=fmin,
              fmax=None if fmax_frac is None else fmax_frac * sr / 2)
     x = signal[1000:1000 + n]
+    # too many mels for a small n_fft leaves bands empty: both libraries warn, and that case has its own test
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        try:
+            mel_filterbank(sr, n_fft, n_mels, fmin, p["fmax"], htk=htk, norm=norm)
+        except UserWarning:
+            assume(False)
     assert rel_err(ours_librosa(p)(x, sr), librosa_mel(x, sr, p)) < 1e-4
 
 
