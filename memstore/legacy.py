@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import _progress
 from .errors import ParameterError, StoreFormatError
 from .features import MelSpectrogram, Spectrogram
 
@@ -78,7 +79,8 @@ def write_tensor(x: np.ndarray, data_path) -> None:
 
 
 def import_legacy(feature_dir, store_path, *, suffix_in: str = "_mel_", suffix_out: str = "_label_",
-                  transform: Spectrogram | None = None, sample_rate: int = 44100, allow_rounding: bool = False):
+                  transform: Spectrogram | None = None, sample_rate: int = 44100, allow_rounding: bool = False,
+                  progress: bool | None = None):
     """Read a folder of tutorial ``.data``/``.shape`` files into a store.
 
     Parameters
@@ -98,6 +100,9 @@ def import_legacy(feature_dir, store_path, *, suffix_in: str = "_mel_", suffix_o
         Accept float64 values that float32 cannot hold exactly (rounded, with a
         warning); by default they are refused, so that a store holds exactly
         the imported values and ``export_legacy`` gives back the same bytes.
+    progress : bool or None
+        A bar on stderr while files are read; ``None`` shows it when stderr is
+        a terminal (the library's one rule, see ``memstore._progress``).
 
     Returns
     -------
@@ -128,7 +133,7 @@ def import_legacy(feature_dir, store_path, *, suffix_in: str = "_mel_", suffix_o
         raise ParameterError(f"no '*{ending}' files in {feature_dir}")
     feats, bases, labels = [], [], []
     rounded = 0
-    for name in names:
+    for name in _progress.track(names, desc="importing", unit="file", progress=progress):
         base = name[: -len(ending)]
         x = read_tensor(feature_dir / name)
         if x.ndim != 2:
@@ -173,7 +178,8 @@ def import_legacy(feature_dir, store_path, *, suffix_in: str = "_mel_", suffix_o
                                    label_mode="legacy", notes=notes)
 
 
-def export_legacy(store_path, out_dir, *, suffix_in: str = "_mel_", suffix_out: str = "_label_") -> int:
+def export_legacy(store_path, out_dir, *, suffix_in: str = "_mel_", suffix_out: str = "_label_",
+                  progress: bool | None = None) -> int:
     """Write every file of a store as tutorial ``.data``/``.shape`` files.
 
     Each file becomes ``<name><suffix_in>.data`` (its name without folders
@@ -181,6 +187,10 @@ def export_legacy(store_path, out_dir, *, suffix_in: str = "_mel_", suffix_out: 
     ``<name><suffix_out>.data`` holding the class index as float64: the class
     name itself when the classes are integers (an imported store), else the
     index into the sorted class list, as the tutorial numbers instruments.
+
+    progress : bool or None
+        A bar on stderr while files are written; ``None`` shows it when stderr
+        is a terminal.
 
     Returns
     -------
@@ -212,7 +222,7 @@ def export_legacy(store_path, out_dir, *, suffix_in: str = "_mel_", suffix_out: 
             warnings.warn(f"{multi} multi-label file(s) get no label file: the legacy format holds one "
                           "class index per file", stacklevel=2)
         out_dir.mkdir(parents=True, exist_ok=True)
-        for i, base in enumerate(bases):
+        for i, base in _progress.track(list(enumerate(bases)), desc="exporting", unit="file", progress=progress):
             write_tensor(np.asarray(store.frames(i), np.float64), out_dir / (base + suffix_in + ".data"))
             k = int(store.label_index[i])
             if k >= 0:

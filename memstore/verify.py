@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import _progress
 from .build import _merge
 from .errors import ParameterError
 from .store import open_store
@@ -72,14 +73,15 @@ class VerifyReport:
         return [where for where, what in self.problems if what.startswith("checksum mismatch")]
 
 
-def verify_store(path, *, progress: bool = False, chunk_bytes: int = CHUNK_BYTES) -> VerifyReport:
+def verify_store(path, *, progress: bool | None = None, chunk_bytes: int = CHUNK_BYTES) -> VerifyReport:
     """Recompute checksums and check a store's consistency.
 
     Parameters
     ----------
     path : str or os.PathLike
-    progress : bool
-        Show a tqdm bar (bytes read) on stderr.
+    progress : bool or None
+        A bar (bytes read) on stderr; ``None`` shows it when stderr is a
+        terminal (the library's one rule, see ``memstore._progress``).
     chunk_bytes : int
         Size of each sequential read; memory use is about this much.
 
@@ -111,10 +113,8 @@ def verify_store(path, *, progress: bool = False, chunk_bytes: int = CHUNK_BYTES
     return report
 
 
-def _check_features(store, report: VerifyReport, progress: bool, chunk_bytes: int):
+def _check_features(store, report: VerifyReport, progress: bool | None, chunk_bytes: int):
     """One sequential pass: per-file crc32 and non-finite rows; returns (count, mean, m2 diagonal)."""
-    from tqdm.auto import tqdm
-
     idx = store.index
     row_bytes = store.n_bins * store.dtype.itemsize
     rows_per_chunk = max(1, chunk_bytes // max(row_bytes, 1))
@@ -129,7 +129,8 @@ def _check_features(store, report: VerifyReport, progress: bool, chunk_bytes: in
     file_i = 0
     row = 0
     with open(store.path, "rb", buffering=0) as f, \
-            tqdm(total=total * row_bytes, unit="B", unit_scale=True, desc="verifying", disable=not progress) as bar:
+            _progress.bar(total=total * row_bytes, unit="B", unit_scale=True, desc="verifying",
+                          progress=progress) as bar:
         f.seek(store.data_offset)
         while row < total:
             n = min(rows_per_chunk, total - row)

@@ -130,4 +130,6 @@ def test_unopenable_stores(tmp_path, copy, capsys):
 def test_cli_clean_prints_ok_and_progress_goes_to_stderr(demo_store, capsys):
     assert cli.main(["verify", str(demo_store)]) == 0
     captured = capsys.readouterr()
-    assert "OK, 18 file(s) verified" in captured.out and "verifying" in captured.err
+    assert "OK, 18 file(s) verified" in captured.out and "verifying" not in captured.out
+    verify_store(demo_store, progress=True)
+    assert "verifying" in capsys.readouterr().err

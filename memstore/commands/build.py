@@ -53,7 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument("--dask", default=None, metavar="ADDRESS",
                         help="run extraction on a Dask cluster: tcp://HOST:PORT, or local[:N] for a "
                              "LocalCluster of N worker processes (needs memstore[dask])")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar (shown when stderr is a terminal)")
 
 
 def _transform(args):
@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
             args.audio_root, args.store, transform=transform, labels=args.labels, workers=args.workers,
             sample_rate=args.sample_rate, dtype=args.dtype, strict=args.strict,
             resume=not args.no_resume, mode="append" if args.append else "create",
-            executor=client, progress=not args.quiet,
+            executor=client, progress=False if args.quiet else None,
         )
     finally:
         if client is not None:

@@ -40,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument("--memory-limit", default=None, metavar="SIZE",
                         help="streaming budget, e.g. 2MB (default: the batch buffers plus half the "
                              "store's feature bytes, so the out-of-core path runs)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars (shown when stderr is a terminal)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -69,7 +69,7 @@ def _demo(root: Path, args: argparse.Namespace) -> int:
 
     store_path = root / "demo.h5"
     report = build_store(
-        audio_root, store_path, workers=args.workers, progress=not args.quiet,
+        audio_root, store_path, workers=args.workers, progress=False if args.quiet else None,
         mode="create", resume=False,
     )
     speed = report.audio_seconds / max(report.wall_seconds, 1e-9)

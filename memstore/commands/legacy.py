@@ -29,6 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
         parser.add_argument("out_dir", metavar="OUT_DIR", help="folder to write the .data/.shape files into")
     parser.add_argument("--suffix-in", default="_mel_", help="suffix of the feature files (default: _mel_)")
     parser.add_argument("--suffix-out", default="_label_", help="suffix of the label files (default: _label_)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar (shown when stderr is a terminal)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -37,9 +38,10 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "import-legacy":
         report = import_legacy(args.feature_dir, args.store, suffix_in=args.suffix_in,
                                suffix_out=args.suffix_out, allow_rounding=args.allow_rounding,
-                               sample_rate=args.sample_rate)
+                               sample_rate=args.sample_rate, progress=False if args.quiet else None)
         print(f"{args.store}: imported {report.stored} file(s), {report.frames} frames")
     else:
-        n = export_legacy(args.store, args.out_dir, suffix_in=args.suffix_in, suffix_out=args.suffix_out)
+        n = export_legacy(args.store, args.out_dir, suffix_in=args.suffix_in, suffix_out=args.suffix_out,
+                          progress=False if args.quiet else None)
         print(f"{args.out_dir}: wrote {n} feature file(s)")
     return 0

@@ -12,13 +12,13 @@ DESCRIPTIONS = {"verify": (
 
 def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument("store", metavar="STORE", help="store file to check")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar (shown when stderr is a terminal)")
 
 
 def run(args: argparse.Namespace) -> int:
     from ..verify import verify_store
 
-    report = verify_store(args.store, progress=not args.quiet)
+    report = verify_store(args.store, progress=False if args.quiet else None)
     if report.ok:
         print(f"{args.store}: OK, {report.files} file(s) verified")
         return 0
