@@ -43,7 +43,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from . import layout
+from . import _progress, layout
 from .audio import audio_info, open_signal, read_audio, resampled_length
 from .errors import AudioDecodeError, BuildError, MemstoreError, ParameterError, StoreFormatError
 from .features import MelSpectrogram, Spectrogram, transform_from_json
@@ -277,7 +277,7 @@ def _copy_rows(src: np.ndarray, dst: np.ndarray) -> None:
 def build_store(audio_root, store_path, *, transform: Spectrogram = MelSpectrogram(),  # noqa: B008 - frozen
                 labels="folder", workers: int | None = None, sample_rate: int | None = None,
                 dtype: str = "float32", strict: bool = False, resume: bool = True,
-                mode: str = "create", executor=None, progress: bool = True) -> BuildReport:
+                mode: str = "create", executor=None, progress: bool | None = None) -> BuildReport:
     """Build one HDF5 feature store from a folder of audio.
 
     Parameters
@@ -303,8 +303,9 @@ def build_store(audio_root, store_path, *, transform: Spectrogram = MelSpectrogr
         ``append`` adds the new files of ``audio_root`` as a new segment.
     executor : concurrent.futures.Executor or dask.distributed.Client, optional
         Runs the extraction tasks instead of a local process pool.
-    progress : bool
-        Show a tqdm progress bar on stderr.
+    progress : bool or None
+        A bar on stderr while files are extracted; ``None`` shows it when
+        stderr is a terminal (the library's one rule, see ``memstore._progress``).
 
     Returns
     -------
@@ -551,10 +552,8 @@ def _tasks(files, pending, root, new):
 
 def _extract(files, pending, root, partial, data_offset, n_bins, dtype, config_json, rate, new,
              done, checksum, file_stats, failed, workers, executor, progress) -> None:
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=len(files), initial=len(files) - len(pending), unit="file", desc="extracting",
-               disable=not progress, dynamic_ncols=True)
+    bar = _progress.bar(total=len(files), initial=len(files) - len(pending), unit="file", desc="extracting",
+                        progress=progress)
     args = (os.fsdecode(partial), int(data_offset), int(n_bins), dtype, config_json, int(rate))
 
     def record(results):
