@@ -406,7 +406,13 @@ def _build_store(t0, audio_root, store_path, *, transform, labels, workers, samp
         raise BuildError(f"no readable audio files under {root}; skipped: {report.skipped[:5]}")
 
     label_mode = labels if isinstance(labels, str) else "custom"
-    classes, multihot = assign_labels(root, files, labels)
+    unreadable: list[tuple[str, str]] = []
+    classes, multihot = assign_labels(root, files, labels, problems=unreadable)
+    for p, why in unreadable:
+        report.notes.append(f"{p}: label file unreadable ({why}); stored without a label")
+    if strict and unreadable:
+        raise BuildError(f"strict build: {len(unreadable)} label file(s) could not be read; nothing was written:\n"
+                         + "\n".join(f"  {p}: {why}" for p, why in unreadable[:20]))
     n_bins = transform.n_bins
     config_json = transform.to_json()
     old_n = 0 if old is None else len(old["index"])

@@ -181,19 +181,37 @@ def _walk(root: bytes, rel: bytes, exts, files, skipped, ancestors) -> None:
                 files.append(relpath)
 
 
-def _irmas_tags(relpath: str, root: Path) -> list[str]:
+def _irmas_tags(relpath: str, root: Path, problems: list | None = None) -> list[str]:
     tags = _TAG.findall(relpath.rsplit("/", 1)[-1])
     if tags:
         return [tags[0].strip()]  # by position: later tags are drums and genre ([cla] = classical)
     txt = (root / relpath).with_suffix(".txt")
     try:
-        text = txt.read_text(encoding="utf-8-sig", errors="replace")
-    except OSError:
+        text = _read_label_file(txt)
+    except FileNotFoundError:  # no .txt (or a dangling link): the file has no label
+        return []
+    except OSError as err:  # there, but unreadable: the caller reports it
+        if problems is not None:
+            problems.append((relpath, f"{txt.name}: {_reason(err)}"))
         return []
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
-def assign_labels(root, relpaths: list[str], mode: str | Callable = "folder") -> tuple[list[str], np.ndarray]:
+def _read_label_file(path: Path) -> str:
+    """A label file's text; a FIFO, device or folder is refused at once instead of blocking on it."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read()
+    finally:
+        os.close(fd)
+    return data.decode("utf-8-sig", errors="replace")
+
+
+def assign_labels(root, relpaths: list[str], mode: str | Callable = "folder", *,
+                  problems: list | None = None) -> tuple[list[str], np.ndarray]:
     """Label each file.
 
     Parameters
@@ -205,6 +223,11 @@ def assign_labels(root, relpaths: list[str], mode: str | Callable = "folder") ->
     mode : {"folder", "irmas", "none"} or callable
         See the module docstring; a callable maps a relative path to a class
         name, a list of class names, or ``None`` (no label).
+    problems : list, optional
+        Receives ``(relpath, reason)`` for each file whose label could not be
+        read (in ``"irmas"`` mode: a ``.txt`` that exists but cannot be read, or
+        is not a regular file). Such a file gets no label; a missing ``.txt``
+        is no problem, just no label.
 
     Returns
     -------
@@ -229,7 +252,7 @@ def assign_labels(root, relpaths: list[str], mode: str | Callable = "folder") ->
     elif mode == "folder":
         raw = [[p.split("/", 1)[0]] if "/" in p else [] for p in relpaths]
     elif mode == "irmas":
-        raw = [_irmas_tags(p, root) for p in relpaths]
+        raw = [_irmas_tags(p, root, problems) for p in relpaths]
     elif mode == "none":
         raw = [[] for _ in relpaths]
     else:

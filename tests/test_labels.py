@@ -209,3 +209,33 @@ def test_callable_labels_validated():
             assign_labels("/x", ["a.wav"], lambda p, bad=bad: bad)
     with pytest.raises(ParameterError, match="must be 2-D"):
         label_index(np.zeros(3))
+
+
+def test_unreadable_irmas_txt_is_reported_not_silently_unlabelled(tmp_path):
+    """A .txt that is a folder or a FIFO is reported (a FIFO used to block the build forever); a missing one is not."""
+    from memstore.audio import write_wav
+    from memstore.build import build_store
+
+    root = tmp_path / "Testing"
+    root.mkdir()
+    tone = np.sin(np.arange(8000) / 5.0).astype(np.float32) * 0.3
+    for name in ("good", "folder", "fifo", "missing"):
+        write_wav(root / f"{name}.wav", tone, 8000)
+    (root / "good.txt").write_text("pia\n")
+    (root / "folder.txt").mkdir()
+    os.mkfifo(root / "fifo.txt")
+    files = ["fifo.wav", "folder.wav", "good.wav", "missing.wav"]
+    problems = []
+    classes, m = assign_labels(root, files, "irmas", problems=problems)
+    assert classes == ["pia"] and m[:, 0].tolist() == [0, 0, 1, 0]
+    assert [p for p, _ in problems] == ["fifo.wav", "folder.wav"]
+    assert all(why.startswith(p.replace(".wav", ".txt")) for p, why in problems)
+    assert "not a regular file" in problems[0][1]
+
+    with pytest.raises(BuildError, match=r"2 label file\(s\) could not be read"):
+        build_store(root, tmp_path / "strict.h5", labels="irmas", strict=True, workers=1, progress=False)
+    assert not (tmp_path / "strict.h5").exists() and not list(tmp_path.glob("strict.h5*"))
+    report = build_store(root, tmp_path / "s.h5", labels="irmas", workers=1, progress=False)
+    assert report.stored == 4
+    unreadable = [n for n in report.notes if "label file unreadable" in n]
+    assert len(unreadable) == 2 and unreadable[0].startswith("fifo.wav: label file unreadable (fifo.txt:")
