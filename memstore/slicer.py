@@ -36,51 +36,63 @@ else:  # pragma: no cover - exercised by a subprocess test
 
 
 @njit(nogil=True, cache=True)
-def _emit(x, out, b, t, mean, scale, proj, mode):  # pragma: no cover - jitted
-    n_bins = out.shape[2]
-    if mode == 0:
+def _emit(x, o1, o, mean, scale, proj, mode):  # pragma: no cover - jitted
+    """One normalised row ``x`` into the flat output at ``o`` (modes 1 and 2)."""
+    n_bins = x.shape[0]
+    if mode == 1:
         for f in range(n_bins):
-            out[b, t, f] = x[f]
-    elif mode == 1:
-        for f in range(n_bins):
-            out[b, t, f] = (x[f] - mean[f]) * scale[f]
+            o1[o + f] = (x[f] - mean[f]) * scale[f]
     else:
         for g in range(n_bins):
-            out[b, t, g] = 0.0
+            o1[o + g] = 0.0
         for f in range(n_bins):
             d = x[f] - mean[f]
             for g in range(n_bins):
-                out[b, t, g] += d * proj[f, g]
+                o1[o + g] += d * proj[f, g]
 
 
 @njit(nogil=True, cache=True)
 def gather(src, starts, valid, out, mean, scale, proj, mode):  # pragma: no cover - jitted
-    """float32 ``src``: copy rows ``starts[b] .. starts[b] + valid[b]`` into ``out[b]``, zero-pad."""
-    n_bins = out.shape[2]
-    for b in range(out.shape[0]):
-        s = starts[b]
-        for t in range(valid[b]):
-            _emit(src[s + t], out, b, t, mean, scale, proj, mode)
-        for t in range(valid[b], out.shape[1]):
-            for f in range(n_bins):
-                out[b, t, f] = 0.0
+    """float32 ``src``: copy rows ``starts[b] .. starts[b] + valid[b]`` into ``out[b]``, zero-pad.
+
+    Works on flat views: a block is one contiguous run of ``valid[b] * F``
+    values in both arrays, so mode 0 is one slice copy per block, which LLVM
+    turns into a memcpy (3x the per-element loop it replaced).
+    """
+    B, T, F = out.shape
+    s1 = src.reshape(-1)
+    o1 = out.reshape(-1)
+    for b in range(B):
+        s = starts[b] * F
+        n = valid[b] * F
+        o = b * T * F
+        if mode == 0:
+            o1[o:o + n] = s1[s:s + n]
+        else:
+            for t in range(valid[b]):
+                _emit(src[starts[b] + t], o1, o + t * F, mean, scale, proj, mode)
+        o1[o + n:o + T * F] = 0.0
 
 
 @njit(nogil=True, cache=True)
 def gather_half(src, table, starts, valid, out, mean, scale, proj, mode):  # pragma: no cover - jitted
     """float16 ``src`` seen as uint16 bits; ``table`` maps every bit pattern to its float32 value
     (numba has no float16 type, and a 256 KiB table is faster than decoding bits)."""
-    n_bins = out.shape[2]
-    row = np.empty(n_bins, np.float32)
-    for b in range(out.shape[0]):
-        s = starts[b]
+    B, T, F = out.shape
+    o1 = out.reshape(-1)
+    row = np.empty(F, np.float32)
+    for b in range(B):
+        o = b * T * F
         for t in range(valid[b]):
-            for f in range(n_bins):
-                row[f] = table[src[s + t, f]]
-            _emit(row, out, b, t, mean, scale, proj, mode)
-        for t in range(valid[b], out.shape[1]):
-            for f in range(n_bins):
-                out[b, t, f] = 0.0
+            r = src[starts[b] + t]
+            if mode == 0:
+                for f in range(F):
+                    o1[o + t * F + f] = table[r[f]]
+            else:
+                for f in range(F):
+                    row[f] = table[r[f]]
+                _emit(row, o1, o + t * F, mean, scale, proj, mode)
+        o1[o + valid[b] * F:o + T * F] = 0.0
 
 
 HALF_TABLE = np.arange(65536, dtype=np.uint16).view(np.float16).astype(np.float32)
