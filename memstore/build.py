@@ -77,6 +77,8 @@ class BuildReport:
     resumed: int = 0
     segment: int = 0
     notes: list[str] = dataclasses.field(default_factory=list)
+    #: files left out for their extension (not audio memstore reads), counted by extension ("" = none)
+    ignored: dict[str, int] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -358,6 +360,10 @@ def _build_store(t0, audio_root, store_path, *, transform, labels, workers, samp
 
     scan = scan_audio(root)
     report.skipped.extend(scan.skipped)
+    report.ignored = scan.ignored
+    if scan.ignored:
+        report.notes.append("not audio by extension, not read: "
+                            + ", ".join(f"{ext or '(none)'} {n}" for ext, n in scan.ignored.items()))
     files = scan.files
     if old is not None:
         present = set(old["paths"])
