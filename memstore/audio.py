@@ -438,7 +438,11 @@ def _convert(path, raw: np.ndarray, wav: _Wav, first_frame: int) -> np.ndarray:
         y *= np.float32(1 / 128)
         return y
     if kind == "i":
-        if width in (3, 5, 6, 7):
+        if width == 3 and order == "<":
+            # raw starts one byte early: the int32 that ends on each sample's last byte holds the sample
+            # in its top 24 bits; masking the borrowed low byte leaves it left-justified, with no copy
+            x = np.ndarray(((raw.size - 1) // 3,), dtype="<i4", buffer=raw, strides=(3,)) & np.int32(-256)
+        elif width in (3, 5, 6, 7):
             # no numpy type of that size: put the bytes in the top of a 4- or 8-byte integer, so the
             # value is left-justified there and keeps its sign; the scale below then divides by
             # 2**(8 * container - 1) of that wider integer, which is the same number
@@ -457,7 +461,7 @@ def _convert(path, raw: np.ndarray, wav: _Wav, first_frame: int) -> np.ndarray:
         return y
     x = np.frombuffer(raw, dtype=f"{order}f{width}")
     with np.errstate(over="ignore"):  # float64 beyond float32's range becomes inf, caught just below
-        y = x.astype(np.float32)
+        y = x.astype(np.float32, copy=False)  # native float32: a view of the mapped bytes, copied once by the caller
     bad = ~np.isfinite(y)
     if bad.any():
         frame = first_frame + int(np.argmax(bad)) // wav.info.channels
@@ -469,28 +473,47 @@ def _decode(path, wav: _Wav, mono: bool, first: int = 0, last: int | None = None
     n, ch = wav.info.n_samples, wav.info.channels
     last = n if last is None else last
     width = wav.width
-    try:
-        raw = np.memmap(path, dtype=np.uint8, mode="r", offset=wav.data_offset, shape=(n * ch * width,))
-    except (OSError, ValueError) as err:  # the file shrank or vanished since its header was read
-        raise _fail(path, f"cannot map the sample data: {err}") from err
+    lead = 1 if (wav.kind, width, wav.order) == ("i", 3, "<") else 0  # see _convert: 24-bit reads one byte early
     out = np.empty((last - first,) if mono else (last - first, ch), dtype=np.float32)
+    if last <= first:
+        return out
+    # plain reads into one reused buffer, not a memory map: page faults on a fresh mapping cost
+    # more than the copy out of the page cache (tools/bench_decode.py)
+    direct = not mono and (wav.kind, width) == ("f", 4) and np.dtype(wav.order + "f4").isnative
     step = max(1, CHUNK_SAMPLES // ch)
-    try:
+    buf = None if direct else np.empty(min(step, last - first) * ch * width + lead, np.uint8)
+    f, _ = _open(path)
+    with f:
         for start in range(first, last, step):
             stop = min(last, start + step)
-            x = _convert(path, raw[start * ch * width: stop * ch * width], wav, start).reshape(-1, ch)
             dst = out[start - first: stop - first]
-            if not mono:
-                dst[:] = x
+            size = (stop - start) * ch * width + lead
+            f.seek(wav.data_offset - lead + start * ch * width)
+            target = dst if direct else buf[:size]
+            try:
+                got = f.readinto(memoryview(target).cast("B"))
+            except OSError as err:
+                raise _fail(path, f"cannot read the sample data: {err.strerror or err}") from err
+            if got != size:  # the file shrank since its header was read
+                raise _fail(path, f"file ended while reading (frame {start}); it changed after its header was read")
+            if direct:
+                _convert(path, dst.reshape(-1).view(np.uint8), wav, start)  # checks finiteness; samples are in place
                 continue
-            dst[:] = x[:, 0]
-            for c in range(1, ch):  # a loop over channels: no (chunk, ch) float64 temporary as mean() makes
-                dst += x[:, c]
-            if ch > 1:
-                dst *= np.float32(1.0 / ch)
-    finally:
-        del raw
+            _mix(dst, _convert(path, target, wav, start).reshape(-1, ch), mono)
     return out
+
+
+def _mix(dst: np.ndarray, x: np.ndarray, mono: bool) -> None:
+    """Copy ``x`` [shape=(k, ch)] into ``dst``, as the mean of its channels when ``mono``."""
+    if not mono:
+        dst[:] = x
+        return
+    dst[:] = x[:, 0]
+    # a loop over channels: mean(axis=1) is several times slower, and makes a float64 temporary without dtype
+    for c in range(1, x.shape[1]):
+        dst += x[:, c]
+    if x.shape[1] > 1:
+        dst *= np.float32(1.0 / x.shape[1])
 
 
 class WavSignal:
@@ -579,7 +602,7 @@ def _read_soundfile(path, sf, mono: bool) -> tuple[np.ndarray, int]:
                     break
                 if not np.isfinite(got).all():
                     raise _fail(path, f"data contains NaN or infinite samples (near frame {done})")
-                out[done:done + len(got)] = got.mean(axis=1, dtype=np.float32) if mono else got
+                _mix(out[done:done + len(got)], got, mono)
                 done += len(got)
     except AudioDecodeError:
         raise
