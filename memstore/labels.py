@@ -23,6 +23,11 @@ Label modes
     No classes.
 callable
     ``f(relative_path) -> str | list[str] | None``.
+a table
+    A :class:`~memstore.labeltable.LabelTable`, or the path of a ``.csv``,
+    ``.tsv`` or ``.jsonl`` metadata table (Hugging Face AudioFolder's
+    ``file_name``/``label`` convention): see :mod:`memstore.labeltable`.
+    :func:`memstore.build_store` matches the table to the scanned files.
 """
 
 from __future__ import annotations
