@@ -23,7 +23,7 @@ import wavs
 from memstore import audio
 from memstore.audio import audio_extensions, audio_info, open_signal, read_audio
 from memstore.build import build_store
-from memstore.errors import AudioDecodeError
+from memstore.errors import AudioDecodeError, BuildError
 
 sf = pytest.importorskip("soundfile")
 
@@ -294,3 +294,28 @@ def test_gtzan_style_folder_builds(tmp_path):
     report = build_store(root, tmp_path / "gtzan.h5", workers=1, progress=False)
     assert report.stored == 4 and report.skipped == []
     assert report.ignored == {".mf": 1}
+
+
+def test_extensions_follow_the_installed_libsndfile(monkeypatch):
+    every = audio_extensions()
+    assert {".wav", ".flac", ".au", ".aiff", ".caf", ".w64", ".ogg", ".opus"} <= set(every)
+    assert ".raw" not in every and ".mat" not in every
+    monkeypatch.setattr(sf, "available_formats", lambda: {"WAV": "WAV", "FLAC": "FLAC"})
+    assert audio_extensions() == (".wav", ".flac", ".wave")
+
+
+def test_scan_counts_what_it_leaves_out_by_extension(tmp_path):
+    from memstore.labels import scan_audio
+
+    _wav = tmp_path / "a" / "x.wav"
+    _wav.parent.mkdir()
+    sf.write(_wav, _signal(100, 1), 8000)
+    for name in ("README", "a/notes.TXT", "a/b.txt", "a/cover.jpg", "a/.hidden"):
+        (tmp_path / name).write_text("x")
+    (tmp_path / "a" / "empty.d").mkdir()  # folders are walked, not counted
+    res = scan_audio(tmp_path)
+    assert res.files == ["a/x.wav"]
+    assert res.ignored == {"": 2, ".jpg": 1, ".txt": 2}
+    (tmp_path / "a" / "x.wav").unlink()
+    with pytest.raises(BuildError, match=r"no audio files .*; found only \(none\) 2, \.jpg 1, \.txt 2"):
+        scan_audio(tmp_path)
