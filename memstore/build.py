@@ -456,6 +456,8 @@ def _build_store(t0, audio_root, store_path, *, transform, labels, workers, samp
         layout.FORMAT_VERSION, config_json, dtype, classes, label_mode,
         [(p, infos[p], os.stat(root / p).st_mtime_ns) for p in files],
         None if old is None else (old["generation"], old["file_size"], old_total),
+        # a table's rows can change without the class list changing; the partial file holds the labels
+        *([hashlib.sha256(all_labels.tobytes()).hexdigest()] if table is not None else []),
     )
 
     partial = store_path.with_name(store_path.name + PARTIAL_SUFFIX)

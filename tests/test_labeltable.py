@@ -139,3 +139,26 @@ def test_cli_labels_path_and_columns(tmp_path, capsys):
     code = cli.main(["build", str(esc / "audio"), str(tmp_path / "t.h5"), "--file-column", "filename"])
     assert code != 0
     assert "need --labels PATH" in capsys.readouterr().err
+
+
+def test_a_changed_table_does_not_resume_with_stale_labels(tmp_path, monkeypatch):
+    """An interrupted build leaves its .partial (labels included); a corrected table is a new plan."""
+    from memstore import build
+
+    root = tmp_path / "data"
+    _audiofolder(root)
+    table = root / "metadata.csv"
+    table.write_text("file_name,label\na.wav,dog\nsub/b.wav,cat\nc.wav,cat\n")
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt  # an interruption after every file was extracted
+
+    monkeypatch.setattr(build, "_finalize", stop)
+    with pytest.raises(KeyboardInterrupt):
+        build_store(root, tmp_path / "s.h5", labels=table, workers=1, progress=False)
+    assert (tmp_path / "s.h5.partial").exists()
+    monkeypatch.undo()
+    table.write_text("file_name,label\na.wav,cat\nsub/b.wav,dog\nc.wav,cat\n")  # same classes, fixed rows
+    report = build_store(root, tmp_path / "s.h5", labels=table, workers=1, progress=False)
+    assert report.resumed == 0
+    assert _labels_of(tmp_path / "s.h5") == {"a.wav": ["cat"], "sub/b.wav": ["dog"], "c.wav": ["cat"]}
