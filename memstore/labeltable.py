@@ -13,7 +13,8 @@ are relative to the ``audio/`` folder (``relative_to=``).
 A build with a table (:func:`memstore.build_store` ``labels=``) lists a file
 that has no row as skipped (``no row in esc50.csv``), and a row whose file is
 not among the audio files found as skipped too (``listed in esc50.csv but not
-found``), so ``strict=True`` stops on either. A file named in two rows, a
+found``), so ``strict=True`` stops on either; a table none of whose rows
+names a scanned file is an error (almost always a wrong ``relative_to``). A file named in two rows, a
 missing column, or a line that is not valid JSON raises
 :class:`~memstore.errors.BuildError` naming the table and the line.
 """
@@ -182,10 +183,20 @@ class LabelTable:
         missing : list of str
             For each row whose file was not found, its path relative to
             ``root`` when it lies inside it, else the name as the table gives it.
+
+        Raises
+        ------
+        BuildError
+            When no row names any of the files: almost always a wrong ``relative_to``.
         """
         root_abs = os.path.normpath(os.path.abspath(os.fsdecode(root)))
         found = {os.path.normpath(os.path.join(root_abs, p)): p for p in relpaths}
         labels = {found[k]: v for k, v in self.labels.items() if k in found}
+        if self.labels and found and not labels:
+            example = next(iter(self.names.values()))
+            raise BuildError(f"{self.path}: none of its {len(self.labels)} rows names a file found under {root_abs} "
+                             f"(names such as {example!r} are read relative to {self.relative_to}; "
+                             "set relative_to= / --relative-to to the folder they are relative to)")
         missing = []
         for key in self.labels:
             if key in found:
