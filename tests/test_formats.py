@@ -319,3 +319,16 @@ def test_scan_counts_what_it_leaves_out_by_extension(tmp_path):
     (tmp_path / "a" / "x.wav").unlink()
     with pytest.raises(BuildError, match=r"no audio files .*; found only \(none\) 2, \.jpg 1, \.txt 2"):
         scan_audio(tmp_path)
+
+
+def test_decode_benchmark_runs_and_checks_agreement(capsys):
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "tools" / "bench_decode.py"
+    spec = importlib.util.spec_from_file_location("bench_decode", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--files", "1", "--seconds", "0.2", "--reps", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "same samples as soundfile: 6 of 6 files" in out
+    assert all(f"\n{fmt:8} mono" in out for fmt in bench.FORMATS)
