@@ -321,7 +321,7 @@ def build_store(audio_root, store_path, *, transform: Spectrogram = MelSpectrogr
     >>> report.stored, report.skipped[:1]                               # doctest: +SKIP
     """
     t0 = time.perf_counter()
-    labels = as_label_table(labels) or labels
+    labels = as_label_table(labels, audio_root) or labels
     _check_args(transform, labels, workers, sample_rate, dtype, mode)
     n_workers = workers or os.cpu_count() or 1
     # spawn the workers now, so their start-up (interpreters, numpy, numba) overlaps the scan

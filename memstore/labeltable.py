@@ -1,6 +1,6 @@
 """Labels from a metadata table: Hugging Face AudioFolder's ``metadata.csv`` and its kin.
 
-The convention (``datasets``' AudioFolder): a table beside the audio names each
+The convention (``datasets``' AudioFolder): a table in the data folder names each
 file in a ``file_name`` column, relative to the table's folder, and gives its
 class in a ``label`` column. The table is CSV (``.csv``), tab-separated
 (``.tsv``) or JSON Lines (``.jsonl``, one object per line). Several labels for
@@ -10,7 +10,8 @@ unlabelled). Other tables name their columns with :class:`LabelTable`, for
 example ESC-50's ``meta/esc50.csv`` (``filename``, ``category``), whose names
 are relative to the ``audio/`` folder (``relative_to=``).
 
-A build with a table (:func:`memstore.build_store` ``labels=``) lists a file
+A build given a table's path (``labels="metadata.csv"``) looks for it in the
+audio root first, then relative to the working directory. It lists a file
 that has no row as skipped (``no row in esc50.csv``), and a row whose file is
 not among the audio files found as skipped too (``listed in esc50.csv but not
 found``), so ``strict=True`` stops on either; a table none of whose rows
@@ -28,7 +29,7 @@ from pathlib import Path
 
 from .errors import BuildError, ParameterError
 
-__all__ = ["LabelTable", "TABLE_SUFFIXES", "as_label_table"]
+__all__ = ["LabelTable", "TABLE_SUFFIXES", "as_label_table", "find_table"]
 
 #: table suffixes a plain path passed as ``labels=`` is read as
 TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl")
@@ -206,11 +207,30 @@ class LabelTable:
         return labels, sorted(missing)
 
 
-def as_label_table(labels) -> LabelTable | None:
-    """``labels`` as a :class:`LabelTable` when it is one or a path to a table; ``None`` for modes and callables."""
+def find_table(path, root=None) -> Path:
+    """Where a table named ``path`` is: a relative path is looked up in the audio ``root`` first.
+
+    AudioFolder keeps ``metadata.csv`` in the data folder, so
+    ``build_store("my_dataset", "my.h5", labels="metadata.csv")`` means
+    ``my_dataset/metadata.csv``; when no such file is there, the path is taken
+    as it is (relative to the working directory).
+    """
+    path = Path(os.fsdecode(path))
+    if root is not None and not path.is_absolute():
+        inside = Path(os.fsdecode(root)) / path
+        if inside.is_file():
+            return inside
+    return path
+
+
+def as_label_table(labels, root=None) -> LabelTable | None:
+    """``labels`` as a :class:`LabelTable` when it is one or a path to a table; ``None`` for modes and callables.
+
+    A relative path is found with :func:`find_table` (the audio ``root`` first).
+    """
     if isinstance(labels, LabelTable):
         return labels
     is_mode = isinstance(labels, str) and labels in ("folder", "irmas", "none")
     if isinstance(labels, str | os.PathLike) and not is_mode and os.fsdecode(labels).lower().endswith(TABLE_SUFFIXES):
-        return LabelTable(labels)
+        return LabelTable(find_table(labels, root))
     return None

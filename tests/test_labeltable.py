@@ -162,3 +162,20 @@ def test_a_changed_table_does_not_resume_with_stale_labels(tmp_path, monkeypatch
     report = build_store(root, tmp_path / "s.h5", labels=table, workers=1, progress=False)
     assert report.resumed == 0
     assert _labels_of(tmp_path / "s.h5") == {"a.wav": ["cat"], "sub/b.wav": ["dog"], "c.wav": ["cat"]}
+
+
+def test_a_bare_table_name_is_looked_up_in_the_audio_root(tmp_path, monkeypatch):
+    root = tmp_path / "data"
+    _audiofolder(root)
+    (root / "metadata.csv").write_text("file_name,label\na.wav,dog\nsub/b.wav,cat\nc.wav,cat\n")
+    monkeypatch.chdir(tmp_path)  # no metadata.csv here
+    report = build_store(root, tmp_path / "s.h5", labels="metadata.csv", workers=1, progress=False)
+    assert report.stored == 3
+    assert cli.main(["build", str(root), str(tmp_path / "t.h5"), "--workers", "1", "--quiet",
+                     "--labels", "metadata.csv"]) == 0
+    assert _labels_of(tmp_path / "t.h5") == _labels_of(tmp_path / "s.h5") == {
+        "a.wav": ["dog"], "sub/b.wav": ["cat"], "c.wav": ["cat"]}
+    # a table outside the root is found relative to the working directory
+    (tmp_path / "other.csv").write_text("file_name,label\ndata/a.wav,x\ndata/sub/b.wav,x\ndata/c.wav,y\n")
+    build_store(root, tmp_path / "u.h5", labels="other.csv", workers=1, progress=False)
+    assert _labels_of(tmp_path / "u.h5")["c.wav"] == ["y"]

@@ -29,7 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument("--labels", default="folder", metavar="{folder,irmas,none,PATH}",
                         help="folder: first folder under the root is the class; irmas: IRMAS "
                              "[cls] tags and .txt files; none: no labels; PATH: a .csv, .tsv or .jsonl "
-                             "table with file_name and label columns (Hugging Face AudioFolder) (default: folder)")
+                             "table with file_name and label columns (Hugging Face AudioFolder), looked up in "
+                             "AUDIO_ROOT first, then here (default: folder)")
     parser.add_argument("--file-column", default="file_name", metavar="NAME",
                         help="with --labels PATH: the column of file names (default: file_name)")
     parser.add_argument("--label-column", default="label", metavar="NAME",
@@ -81,7 +82,7 @@ def _transform(args):
 
 def _labels(args):
     from ..errors import ParameterError
-    from ..labeltable import LabelTable
+    from ..labeltable import LabelTable, find_table
 
     if args.labels in ("folder", "irmas", "none"):
         table_options = (args.file_column != "file_name" or args.label_column != "label" or args.label_sep != ";"
@@ -90,8 +91,8 @@ def _labels(args):
             raise ParameterError(f"--file-column, --label-column, --label-sep and --relative-to need --labels PATH, "
                                  f"not --labels {args.labels}")
         return args.labels
-    return LabelTable(args.labels, file_column=args.file_column, label_column=args.label_column,
-                      sep=args.label_sep, relative_to=args.relative_to)
+    return LabelTable(find_table(args.labels, args.audio_root), file_column=args.file_column,
+                      label_column=args.label_column, sep=args.label_sep, relative_to=args.relative_to)
 
 
 def run(args: argparse.Namespace) -> int:
