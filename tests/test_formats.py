@@ -98,7 +98,7 @@ def test_every_wav_scipy_reads_is_read():
         if name != TRUNCATED:
             read.append(name)
             read_audio(SCIPY_DATA / name)
-    assert len(read) == 17
+    assert len(read) >= 17  # 17 in scipy 1.17; a newer corpus may hold more
 
 
 # container, subtype, extension: the pairs users have (ADPCM and ALAC as they come)
