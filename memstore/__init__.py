@@ -43,6 +43,7 @@ _EXPORTS = {
     "transform_from_json": "features",
     # store
     "build_store": "build",
+    "LabelTable": "labeltable",
     "BuildReport": "build",
     "open_store": "store",
     "Store": "store",
@@ -82,5 +83,6 @@ if TYPE_CHECKING:  # pragma: no cover
         StoreFormatError,
     )
     from .features import MelSpectrogram, Spectrogram, mel_filterbank, stft, transform_from_json
+    from .labeltable import LabelTable
     from .pager import parse_memory
     from .store import Store, open_store

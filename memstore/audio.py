@@ -12,26 +12,41 @@ chunk.
 
 Formats
 -------
-``WAVE_FORMAT_PCM`` unsigned 8-bit (``"u8"``) and signed 16-, 24- and 32-bit
-(``"pcm16"``, ``"pcm24"``, ``"pcm32"``); ``WAVE_FORMAT_IEEE_FLOAT`` 32- and
-64-bit (``"float32"``, ``"float64"``); ``WAVE_FORMAT_EXTENSIBLE`` whose
-sub-format GUID is PCM or float; 1 to :data:`MAX_CHANNELS` channels (8: the
-7.1 layouts that WAV speaker masks describe; more is almost always a broken
+memstore reads WAV itself, in every variant that ``scipy.io.wavfile`` reads:
+``RIFF`` (little-endian), ``RIFX`` (big-endian, sizes and samples) and
+``RF64``/``BW64`` (64-bit sizes from the ``ds64`` chunk, for files over 4 GiB);
+``WAVE_FORMAT_PCM`` with 1 to 64 bits per sample in a container of the size the
+block align gives (1 to 8 bytes: 12-bit samples in 2 bytes, 20-bit in 3, 36-bit
+in 5 ...); ``WAVE_FORMAT_IEEE_FLOAT`` 32- and 64-bit; ``WAVE_FORMAT_EXTENSIBLE``
+whose sub-format GUID is PCM or float; 1 to :data:`MAX_CHANNELS` channels (8:
+the 7.1 layouts that WAV speaker masks describe; more is almost always a broken
 header). Unknown chunks (``LIST``, ``bext``, ``fact``, ``cue `` ...) are
-skipped, honouring the pad byte after odd-sized chunks. Compressed codecs
-(ADPCM, A-law, mu-law, MP3-in-WAV) are rejected by name. Big-endian ``RIFX``
-and 64-bit ``RF64`` containers are rejected with a message saying so: neither
-is written by common tools for the data memstore targets.
+skipped, honouring the pad byte after odd-sized chunks. This is the fast path
+(``tools/bench_decode.py`` measures it against soundfile).
+
+Everything else goes to libsndfile through ``soundfile`` (a dependency; its
+wheels ship libsndfile): a RIFF file with another codec (mu-law, A-law, ADPCM,
+GSM), W64, AIFF/AIFC, AU/SND, CAF, FLAC, OGG Vorbis and Opus, MP3, and the
+other formats :func:`audio_extensions` lists. Which decoder runs depends on the
+file's first bytes, not its name, so a FLAC file called ``.wav`` is read too.
+Samples are then exactly ``soundfile.read(dtype="float32")``'s.
+
+A file that ends before its header says it should is refused by name (a WAV
+data chunk shorter than declared; a FLAC or MP3 that decodes to fewer frames
+than its header announces), not read in part: the build plan counts frames
+from headers, and a damaged download should be listed, not stored short.
 
 Scaling
 -------
 Integer samples are divided by ``2**(bits - 1)`` where ``bits`` is the
-container size (8, 16, 24, 32), so full scale negative is exactly -1 and
-positive full scale is ``1 - 2**(1 - bits)``. Unsigned 8-bit samples become
-``(x - 128) / 128``. An extensible header's smaller "valid bits" does not
-change this: its samples are left-justified in the container. Float samples
-are taken as they are (they may exceed 1 when a mix was not clipped) and must
-be finite: NaN or inf raises :class:`AudioDecodeError`.
+container size (8, 16, 24, 32, 40, 48, 56, 64), so full scale negative is
+exactly -1 and positive full scale is ``1 - 2**(1 - bits)``. Unsigned 8-bit
+samples (every WAV of 8 bits or fewer) become ``(x - 128) / 128``. This is
+libsndfile's rule too. Smaller "valid bits" (an extensible header's, or 12 or
+20 in ``wBitsPerSample``) do not change it: samples are left-justified in the
+container. Wider integers round once to float32 (24 significant bits). Float
+samples are taken as they are (they may exceed 1 when a mix was not clipped)
+and must be finite: NaN or inf raises :class:`AudioDecodeError`.
 
 Mono
 ----
@@ -41,8 +56,9 @@ a mono and a stereo recording of the same sound would differ by a factor of
 two (six for 5.1). The mean keeps samples in range and features comparable
 across files with different channel counts.
 
-Other formats (FLAC, OGG, MP3, AIFF) are read through ``soundfile`` when the
-``audio`` extra is installed; without it the error names the extra.
+Without a loadable soundfile (``import soundfile`` fails, or libsndfile
+does not load) memstore still reads WAV; other formats raise
+:class:`~memstore.errors.MissingDependencyError` naming the fix.
 """
 
 from __future__ import annotations
@@ -74,8 +90,10 @@ __all__ = [
 _PCM = 0x0001
 _FLOAT = 0x0003
 _EXTENSIBLE = 0xFFFE
-# KSDATAFORMAT_SUBTYPE_* GUIDs are the format tag followed by this fixed tail
+# KSDATAFORMAT_SUBTYPE_* GUIDs: a 32-bit format tag, then this fixed tail, whose first two
+# fields follow the container's byte order (RIFX writes them big-endian)
 _GUID_TAIL = b"\x00\x00\x00\x00\x10\x00\x80\x00\x00\xaa\x00\x38\x9b\x71"
+_GUID_DATA4 = b"\x80\x00\x00\xaa\x00\x38\x9b\x71"
 _CODEC_NAMES = {
     0x0002: "MS ADPCM",
     0x0006: "A-law",
@@ -89,17 +107,20 @@ _CODEC_NAMES = {
 MAX_CHANNELS = 8
 #: samples (frames x channels) converted per step when reading; bounds the temporary memory
 CHUNK_SAMPLES = 1 << 21
-# (tag, bits) -> (sample_format, numpy dtype of one stored sample; "pcm24" has none)
-_LAYOUTS = {
-    (_PCM, 8): ("u8", "u1"),
-    (_PCM, 16): ("pcm16", "<i2"),
-    (_PCM, 24): ("pcm24", "pcm24"),
-    (_PCM, 32): ("pcm32", "<i4"),
-    (_FLOAT, 32): ("float32", "<f4"),
-    (_FLOAT, 64): ("float64", "<f8"),
+# RIFF-family magic -> (byte order, 64-bit sizes in a ds64 chunk)
+_CONTAINERS = {b"RIFF": ("<", False), b"RIFX": (">", False), b"RF64": ("<", True), b"BW64": ("<", True)}
+_WAV_SUFFIXES = (".wav", ".wave")
+# soundfile format name -> file extensions it serves. Left out on purpose: RAW (no header, so
+# nothing says how to decode it), MAT4/MAT5 (.mat is MATLAB data far more often than audio),
+# MPC2K (.mpc is Musepack, which libsndfile does not read) and HTK (.htk is mostly feature files).
+_SOUNDFILE_FORMATS = {
+    "WAV": (".wav", ".wave"), "WAVEX": (".wav", ".wave"), "RF64": (".rf64", ".bw64"), "W64": (".w64",),
+    "AIFF": (".aiff", ".aif", ".aifc"), "AU": (".au", ".snd"), "CAF": (".caf",), "FLAC": (".flac",),
+    "OGG": (".ogg", ".oga", ".opus"), "MP3": (".mp3", ".mp2"), "MPEG": (".mp3", ".mp2"),
+    "AVR": (".avr",), "SVX": (".iff", ".svx", ".8svx"), "PAF": (".paf",), "PVF": (".pvf",),
+    "SD2": (".sd2",), "SDS": (".sds",), "IRCAM": (".sf", ".ircam"), "VOC": (".voc",), "NIST": (".nist", ".sph"),
+    "WVE": (".wve",), "XI": (".xi",),
 }
-# soundfile container name -> file extensions it serves
-_SOUNDFILE_FORMATS = {"FLAC": (".flac",), "OGG": (".ogg",), "MP3": (".mp3",), "AIFF": (".aiff", ".aif")}
 _SOUNDFILE_SUBTYPES = {"PCM_U8": "u8", "PCM_S8": "pcm8", "PCM_16": "pcm16", "PCM_24": "pcm24",
                        "PCM_32": "pcm32", "FLOAT": "float32", "DOUBLE": "float64"}
 
@@ -115,9 +136,12 @@ class AudioInfo(NamedTuple):
         Frames per second.
     channels : int
     sample_format : str
-        ``"u8"``, ``"pcm16"``, ``"pcm24"``, ``"pcm32"``, ``"float32"``,
-        ``"float64"``; for soundfile formats the lower-cased subtype
-        (e.g. ``"vorbis"``) when it has no such name.
+        For WAV read by memstore: ``"u8"``, ``"pcm16"``, ``"pcm24"``,
+        ``"pcm32"``, ``"pcm40"`` ... ``"pcm64"`` (named by the sample
+        *container*: 12-bit samples in 16-bit containers are ``"pcm16"``),
+        ``"float32"``, ``"float64"``; for files read through soundfile the
+        same names where they apply, else the lower-cased subtype
+        (``"vorbis"``, ``"ulaw"`` ...).
     """
 
     n_samples: int
@@ -129,11 +153,17 @@ class AudioInfo(NamedTuple):
 class _Wav(NamedTuple):
     info: AudioInfo
     data_offset: int
-    dtype: str  # numpy dtype string of one stored sample, or "pcm24"
+    kind: str   # "u" (offset binary, 1 byte), "i" (two's complement) or "f" (IEEE float)
+    width: int  # bytes per sample container
+    order: str  # "<" or ">"
 
 
-def _fail(path, reason: str) -> AudioDecodeError:
-    return AudioDecodeError(f"{os.fsdecode(path)}: {reason}")
+class _Unsupported(AudioDecodeError):
+    """A well-formed WAV whose codec memstore does not decode itself (libsndfile may)."""
+
+
+def _fail(path, reason: str, cls=AudioDecodeError) -> AudioDecodeError:
+    return cls(f"{os.fsdecode(path)}: {reason}")
 
 
 def _open(path):
@@ -153,46 +183,61 @@ def _open(path):
         raise _fail(path, f"cannot open: {err.strerror or err}") from err
 
 
-def _parse_fmt(path, fmt: bytes) -> tuple[int, int, int, int, int]:
-    """Validate a ``fmt `` chunk body; return (tag, channels, rate, bits, frame bytes)."""
-    tag, channels, rate, _, align, bits = struct.unpack("<HHIIHH", fmt[:16])
+def _parse_fmt(path, fmt: bytes, order: str) -> tuple[str, int, int, int, int]:
+    """Validate a ``fmt `` chunk body; return (kind, container bytes, channels, rate, frame bytes)."""
+    tag, channels, rate, _, align, bits = struct.unpack(order + "HHIIHH", fmt[:16])
     if tag == _EXTENSIBLE:
-        if len(fmt) < 40 or struct.unpack("<H", fmt[16:18])[0] < 22:
+        if len(fmt) < 40 or struct.unpack(order + "H", fmt[16:18])[0] < 22:
             raise _fail(path, "WAVE_FORMAT_EXTENSIBLE 'fmt ' chunk is truncated (40 bytes needed)")
-        valid_bits = struct.unpack("<H", fmt[18:20])[0]
+        valid_bits = struct.unpack(order + "H", fmt[18:20])[0]
         if valid_bits > bits:
             raise _fail(path, f"extensible header says {valid_bits} valid bits in a {bits}-bit container")
-        if fmt[26:40] != _GUID_TAIL:
-            raise _fail(path, f"unsupported codec: unknown extensible sub-format GUID {fmt[24:40].hex()}")
-        tag = struct.unpack("<H", fmt[24:26])[0]
+        guid = fmt[24:40]
+        tail = (b"\x00\x00\x10\x00" if order == "<" else b"\x00\x00\x00\x10") + _GUID_DATA4
+        sub = struct.unpack(order + "I", guid[:4])[0]
+        if guid[4:] != tail or sub > 0xFFFF:
+            raise _fail(path, f"unsupported codec: unknown extensible sub-format GUID {guid.hex()}", _Unsupported)
+        tag = sub
     if tag not in (_PCM, _FLOAT):
         name = _CODEC_NAMES.get(tag, f"format tag 0x{tag:04x}")
-        raise _fail(path, f"unsupported codec {name} (format tag {tag}); only PCM and IEEE float WAV are read")
+        raise _fail(path, f"unsupported codec {name} (format tag {tag}); only PCM and IEEE float WAV are read",
+                    _Unsupported)
     if not 1 <= channels <= MAX_CHANNELS:
         raise _fail(path, f"{channels} channels; 1 to {MAX_CHANNELS} are supported")
     if rate <= 0:
         raise _fail(path, f"sample rate {rate} must be positive")
-    if (tag, bits) not in _LAYOUTS:
-        kind = "PCM" if tag == _PCM else "float"
-        raise _fail(path, f"unsupported sample size: {bits}-bit {kind}")
-    frame_bytes = channels * (bits // 8)
-    if align != frame_bytes:
+    if align == 0 or align % channels:
         raise _fail(path, f"block align {align} does not match {channels} channels x {bits} bits")
-    return tag, channels, rate, bits, frame_bytes
+    # the container is what the block align says (as in scipy.io.wavfile and libsndfile): 20-bit
+    # samples may sit in 3 or 4 bytes, 12-bit ones in 2; samples are left-justified in it
+    width = align // channels
+    kind = "f" if tag == _FLOAT else ("u" if bits <= 8 else "i")
+    if tag == _FLOAT:
+        ok = bits in (32, 64) and width == bits // 8
+    else:
+        ok = 1 <= bits <= 64 and (width == 1 if bits <= 8 else 8 * width >= bits and width <= 8)
+    if not ok:
+        what = "PCM" if tag == _PCM else "float"
+        raise _fail(path, f"unsupported sample size: {bits}-bit {what} in a {width}-byte container")
+    return kind, width, channels, rate, align
 
 
 def _parse_wav(path) -> _Wav:
     f, size = _open(path)
     with f:
         head = f.read(12)
-        if head[:4] == b"RIFX":
-            raise _fail(path, "RIFX (big-endian) WAV is not supported")
-        if head[:4] == b"RF64":
-            raise _fail(path, "RF64 (64-bit) WAV is not supported")
         if len(head) < 12:
             raise _fail(path, f"truncated header ({len(head)} bytes; a WAV header needs at least 44)")
-        if head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        if head[:4] not in _CONTAINERS or head[8:12] != b"WAVE":
             raise _fail(path, f"not a RIFF/WAVE file (starts with {head[:4]!r})")
+        order, wide = _CONTAINERS[head[:4]]
+        name = head[:4].decode()
+        data_size = None  # the 64-bit size of the data chunk, from ds64
+        if wide:
+            ds64 = f.read(8 + 16)
+            if len(ds64) < 24 or ds64[:4] != b"ds64":
+                raise _fail(path, f"{name} file without its 'ds64' chunk (64-bit sizes) right after the header")
+            data_size = struct.unpack("<Q", ds64[16:24])[0]
         fmt = None
         pos = 12
         while True:
@@ -202,7 +247,7 @@ def _parse_wav(path) -> _Wav:
                 if fmt is None:
                     raise _fail(path, "truncated header: no 'fmt ' chunk")
                 raise _fail(path, "no 'data' chunk")
-            cid, clen = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+            cid, clen = chunk[:4], struct.unpack(order + "I", chunk[4:])[0]
             body = pos + 8
             if cid == b"fmt ":
                 if clen < 16:
@@ -213,23 +258,34 @@ def _parse_wav(path) -> _Wav:
             elif cid == b"data":
                 if fmt is None:
                     raise _fail(path, "no 'fmt ' chunk before the 'data' chunk")
-                tag, channels, rate, bits, frame_bytes = _parse_fmt(path, fmt)
+                kind, width, channels, rate, frame_bytes = _parse_fmt(path, fmt, order)
+                if data_size is not None and clen == 0xFFFFFFFF:
+                    clen = data_size
                 available = size - body
                 if clen > available:
+                    # refused rather than read in part: a cut file is a damaged download, and a
+                    # partial read would put a silently shorter file into the store
                     raise _fail(path, f"data chunk shorter than declared ({available} of {clen} bytes present);"
                                       " the file is truncated")
                 n = clen // frame_bytes  # a trailing partial frame is ignored
                 if n == 0:
                     raise _fail(path, "zero samples")
-                sample_format, dtype = _LAYOUTS[tag, bits]
-                return _Wav(AudioInfo(n, rate, channels, sample_format), body, dtype)
+                fmt_name = {"u": "u8", "f": f"float{8 * width}"}.get(kind, f"pcm{8 * width}")
+                return _Wav(AudioInfo(n, rate, channels, fmt_name), body, kind, width, order)
+            if wide and clen == 0xFFFFFFFF:
+                raise _fail(path, f"chunk {cid!r} needs a 64-bit size from the ds64 table, which memstore does not"
+                                  " read for chunks other than 'data'")
             pos = body + clen + (clen & 1)  # chunks are padded to even sizes
             if pos > size + 1:  # a missing final pad byte is common and harmless
                 raise _fail(path, f"chunk {cid!r} of {clen} bytes runs past the end of the file")
 
 
 def audio_extensions() -> tuple[str, ...]:
-    """File extensions memstore reads: ``.wav``, plus soundfile's formats if installed.
+    """File extensions memstore reads: ``.wav``, plus those of every format the installed libsndfile reads.
+
+    Derived from :func:`soundfile.available_formats`, so a libsndfile without
+    MP3 support does not claim ``.mp3``. Without a loadable soundfile, only
+    ``.wav`` (memstore's own reader).
 
     Example
     -------
@@ -241,12 +297,8 @@ def audio_extensions() -> tuple[str, ...]:
     except (ImportError, OSError):  # OSError: the package is there but libsndfile is not
         return (".wav",)
     available = soundfile.available_formats()
-    return (".wav",) + tuple(ext for name, exts in _SOUNDFILE_FORMATS.items() if name in available for ext in exts)
-
-
-def _is_soundfile_path(path) -> bool:
-    suffix = os.path.splitext(os.fsdecode(path))[1].lower()
-    return any(suffix in exts for exts in _SOUNDFILE_FORMATS.values())
+    exts = {ext for name, group in _SOUNDFILE_FORMATS.items() if name in available for ext in group}
+    return (".wav",) + tuple(sorted(exts - {".wav"}))
 
 
 def _soundfile(path):
@@ -258,6 +310,39 @@ def _soundfile(path):
     except OSError as err:
         raise MissingDependencyError(f"{os.fsdecode(path)}: soundfile is installed but cannot load libsndfile "
                                      f"({err}); reinstall it with pip install 'memstore[audio]'") from err
+
+
+def _dispatch(path, own, other):
+    """Run ``own(path)`` for WAV, ``other(path)`` (soundfile) for the rest.
+
+    A RIFF file whose codec memstore does not decode (mu-law, A-law, ADPCM,
+    GSM ...) goes to libsndfile; a ``.wav`` file that is not RIFF goes to
+    libsndfile too (files are misnamed), and if that fails as well the error
+    is memstore's own, which says what the header holds.
+    """
+    f, _ = _open(path)
+    with f:
+        head = f.read(4)
+    if head in _CONTAINERS:
+        try:
+            return own(path)
+        except _Unsupported as err:
+            try:
+                sf = _soundfile(path)
+            except MissingDependencyError:
+                raise err from None
+            try:
+                return other(path, sf)
+            except AudioDecodeError as sf_err:
+                raise _fail(path, f"{str(err).removeprefix(os.fsdecode(path) + ': ')}; libsndfile cannot decode "
+                                  f"it either ({str(sf_err).removeprefix(os.fsdecode(path) + ': ')})") from sf_err
+    if os.fsdecode(path).lower().endswith(_WAV_SUFFIXES):
+        try:
+            sf = _soundfile(path)
+            return other(path, sf)
+        except (AudioDecodeError, MissingDependencyError):
+            return own(path)  # raises memstore's own account of the header
+    return other(path, _soundfile(path))
 
 
 def audio_info(path) -> AudioInfo:
@@ -286,11 +371,10 @@ def audio_info(path) -> AudioInfo:
     >>> audio_info("001__[vio][nod][cou_fol]2194__1.wav")   # doctest: +SKIP
     AudioInfo(n_samples=132299, sample_rate=44100, channels=2, sample_format='pcm16')
     """
-    if not _is_soundfile_path(path):
-        return _parse_wav(path).info
-    sf = _soundfile(path)
-    f, _ = _open(path)
-    f.close()
+    return _dispatch(path, lambda p: _parse_wav(p).info, _soundfile_info)
+
+
+def _soundfile_info(path, sf) -> AudioInfo:
     try:
         meta = sf.info(os.fspath(path))
     except Exception as err:  # soundfile raises its own RuntimeError subclasses
@@ -333,43 +417,54 @@ def read_audio(path, *, mono: bool = True, sample_rate: int | None = None) -> tu
     if sample_rate is not None and (isinstance(sample_rate, bool) or not isinstance(sample_rate, int | np.integer)
                                     or sample_rate <= 0):
         raise ParameterError(f"sample_rate={sample_rate!r} must be a positive integer")
-    if _is_soundfile_path(path):
-        out, rate = _read_soundfile(path, mono)
-    else:
-        wav = _parse_wav(path)
-        out = _decode(path, wav, mono)
-        rate = wav.info.sample_rate
+    out, rate = _dispatch(path, lambda p: _read_wav(p, mono), lambda p, sf: _read_soundfile(p, sf, mono))
     if sample_rate is not None and sample_rate != rate:
         out = _resample(out, rate, int(sample_rate))
         rate = int(sample_rate)
     return out, rate
 
 
-def _convert(path, raw: np.ndarray, dtype: str, channels: int, first_frame: int) -> np.ndarray:
+def _read_wav(path, mono: bool) -> tuple[np.ndarray, int]:
+    wav = _parse_wav(path)
+    return _decode(path, wav, mono), wav.info.sample_rate
+
+
+def _convert(path, raw: np.ndarray, wav: _Wav, first_frame: int) -> np.ndarray:
     """Bytes of whole samples -> float32 samples, scaled as documented."""
-    if dtype == "pcm24":
-        # place the 3 bytes in the top of an int32 and shift back: the arithmetic shift sign-extends
-        wide = np.zeros((raw.size // 3, 4), np.uint8)
-        wide[:, 1:] = raw.reshape(-1, 3)
-        x = (wide.view("<i4").ravel() >> 8).astype(np.float32)
-        x *= np.float32(2.0**-23)
-        return x
-    x = np.frombuffer(raw, dtype=dtype)
-    if dtype == "u1":
-        y = x.astype(np.float32)
+    kind, width, order = wav.kind, wav.width, wav.order
+    if kind == "u":
+        y = raw.astype(np.float32)
         y -= 128
         y *= np.float32(1 / 128)
         return y
-    if dtype[1] == "i":
-        # one rounding to float32 (exact up to 24 bits), then an exact power-of-two scale
+    if kind == "i":
+        if width == 3 and order == "<":
+            # raw starts one byte early: the int32 that ends on each sample's last byte holds the sample
+            # in its top 24 bits; masking the borrowed low byte leaves it left-justified, with no copy
+            x = np.ndarray(((raw.size - 1) // 3,), dtype="<i4", buffer=raw, strides=(3,)) & np.int32(-256)
+        elif width in (3, 5, 6, 7):
+            # no numpy type of that size: put the bytes in the top of a 4- or 8-byte integer, so the
+            # value is left-justified there and keeps its sign; the scale below then divides by
+            # 2**(8 * container - 1) of that wider integer, which is the same number
+            full = 4 if width == 3 else 8
+            wide = np.zeros((raw.size // width, full), np.uint8)
+            if order == "<":
+                wide[:, full - width:] = raw.reshape(-1, width)
+            else:
+                wide[:, :width] = raw.reshape(-1, width)
+            x = wide.view(f"{order}i{full}").ravel()
+        else:
+            x = np.frombuffer(raw, dtype=f"{order}i{width}")
+        # one rounding to float32 (exact up to 24 significant bits), then an exact power-of-two scale
         y = x.astype(np.float32)
         y *= np.float32(2.0 ** (1 - 8 * x.itemsize))
         return y
+    x = np.frombuffer(raw, dtype=f"{order}f{width}")
     with np.errstate(over="ignore"):  # float64 beyond float32's range becomes inf, caught just below
-        y = x.astype(np.float32)
+        y = x.astype(np.float32, copy=False)  # native float32: a view of the mapped bytes, copied once by the caller
     bad = ~np.isfinite(y)
     if bad.any():
-        frame = first_frame + int(np.argmax(bad)) // channels
+        frame = first_frame + int(np.argmax(bad)) // wav.info.channels
         raise _fail(path, f"float data contains NaN or infinite samples (first at frame {frame})")
     return y
 
@@ -377,29 +472,48 @@ def _convert(path, raw: np.ndarray, dtype: str, channels: int, first_frame: int)
 def _decode(path, wav: _Wav, mono: bool, first: int = 0, last: int | None = None) -> np.ndarray:
     n, ch = wav.info.n_samples, wav.info.channels
     last = n if last is None else last
-    width = 3 if wav.dtype == "pcm24" else np.dtype(wav.dtype).itemsize
-    try:
-        raw = np.memmap(path, dtype=np.uint8, mode="r", offset=wav.data_offset, shape=(n * ch * width,))
-    except (OSError, ValueError) as err:  # the file shrank or vanished since its header was read
-        raise _fail(path, f"cannot map the sample data: {err}") from err
+    width = wav.width
+    lead = 1 if (wav.kind, width, wav.order) == ("i", 3, "<") else 0  # see _convert: 24-bit reads one byte early
     out = np.empty((last - first,) if mono else (last - first, ch), dtype=np.float32)
+    if last <= first:
+        return out
+    # plain reads into one reused buffer, not a memory map: page faults on a fresh mapping cost
+    # more than the copy out of the page cache (tools/bench_decode.py)
+    direct = not mono and (wav.kind, width) == ("f", 4) and np.dtype(wav.order + "f4").isnative
     step = max(1, CHUNK_SAMPLES // ch)
-    try:
+    buf = None if direct else np.empty(min(step, last - first) * ch * width + lead, np.uint8)
+    f, _ = _open(path)
+    with f:
         for start in range(first, last, step):
             stop = min(last, start + step)
-            x = _convert(path, raw[start * ch * width: stop * ch * width], wav.dtype, ch, start).reshape(-1, ch)
             dst = out[start - first: stop - first]
-            if not mono:
-                dst[:] = x
+            size = (stop - start) * ch * width + lead
+            f.seek(wav.data_offset - lead + start * ch * width)
+            target = dst if direct else buf[:size]
+            try:
+                got = f.readinto(memoryview(target).cast("B"))
+            except OSError as err:
+                raise _fail(path, f"cannot read the sample data: {err.strerror or err}") from err
+            if got != size:  # the file shrank since its header was read
+                raise _fail(path, f"file ended while reading (frame {start}); it changed after its header was read")
+            if direct:
+                _convert(path, dst.reshape(-1).view(np.uint8), wav, start)  # checks finiteness; samples are in place
                 continue
-            dst[:] = x[:, 0]
-            for c in range(1, ch):  # a loop over channels: no (chunk, ch) float64 temporary as mean() makes
-                dst += x[:, c]
-            if ch > 1:
-                dst *= np.float32(1.0 / ch)
-    finally:
-        del raw
+            _mix(dst, _convert(path, target, wav, start).reshape(-1, ch), mono)
     return out
+
+
+def _mix(dst: np.ndarray, x: np.ndarray, mono: bool) -> None:
+    """Copy ``x`` [shape=(k, ch)] into ``dst``, as the mean of its channels when ``mono``."""
+    if not mono:
+        dst[:] = x
+        return
+    dst[:] = x[:, 0]
+    # a loop over channels: mean(axis=1) is several times slower, and makes a float64 temporary without dtype
+    for c in range(1, x.shape[1]):
+        dst += x[:, c]
+    if x.shape[1] > 1:
+        dst *= np.float32(1.0 / x.shape[1])
 
 
 class WavSignal:
@@ -436,9 +550,14 @@ class WavSignal:
         return _decode(self.path, self._wav, True, first, max(first, last))
 
 
-def open_signal(path) -> WavSignal:
-    """Open a WAV file as a lazily decoded mono signal (see :class:`WavSignal`)."""
-    return WavSignal(path)
+def open_signal(path) -> WavSignal | np.ndarray:
+    """Open an audio file as a mono signal, decoded lazily when memstore reads the WAV itself.
+
+    Returns a :class:`WavSignal` for WAV files that memstore decodes (PCM and
+    float); any other file (FLAC, MP3, mu-law WAV ...) is decoded whole by
+    :func:`read_audio` and returned as an array, which slices the same way.
+    """
+    return _dispatch(path, WavSignal, lambda p, sf: _read_soundfile(p, sf, True)[0])
 
 
 def _resample(x: np.ndarray, source: int, target: int) -> np.ndarray:
@@ -468,13 +587,12 @@ def resampled_length(n_samples: int, source_rate: int, target_rate: int) -> int:
     return -(-int(n_samples) * up // down)
 
 
-def _read_soundfile(path, mono: bool) -> tuple[np.ndarray, int]:
-    sf = _soundfile(path)
-    f, _ = _open(path)
-    f.close()
+def _read_soundfile(path, sf, mono: bool) -> tuple[np.ndarray, int]:
     try:
         with sf.SoundFile(os.fspath(path)) as snd:
             rate, ch, n = int(snd.samplerate), int(snd.channels), int(snd.frames)
+            if n <= 0:
+                raise _fail(path, "zero samples")
             out = np.empty((n,) if mono else (n, ch), np.float32)
             buf = np.empty((min(n, max(1, CHUNK_SAMPLES // ch)), ch), np.float32)
             done = 0
@@ -484,18 +602,21 @@ def _read_soundfile(path, mono: bool) -> tuple[np.ndarray, int]:
                     break
                 if not np.isfinite(got).all():
                     raise _fail(path, f"data contains NaN or infinite samples (near frame {done})")
-                out[done:done + len(got)] = got.mean(axis=1, dtype=np.float32) if mono else got
+                _mix(out[done:done + len(got)], got, mono)
                 done += len(got)
     except AudioDecodeError:
         raise
     except Exception as err:  # soundfile raises RuntimeError subclasses for corrupt files
         raise _fail(path, f"cannot decode: {err}") from err
-    if done == 0:
-        raise _fail(path, "zero samples")
-    return out[:done], rate
+    if done < n:
+        # refused, like a cut WAV: the plan counts the frames the header announces
+        raise _fail(path, f"decoded {done} of the {n} frames the header announces; the file is truncated or corrupt")
+    return out, rate
 
 
-_WRITE_FORMATS = {fmt: key for key, (fmt, _) in _LAYOUTS.items()}
+_LAYOUTS = {"u8": (_PCM, 8), "pcm16": (_PCM, 16), "pcm24": (_PCM, 24), "pcm32": (_PCM, 32),
+            "float32": (_FLOAT, 32), "float64": (_FLOAT, 64)}
+_WRITE_FORMATS = _LAYOUTS
 
 
 def write_wav(path, samples, sample_rate: int, *, sample_format: str = "pcm16",

@@ -48,6 +48,7 @@ from .audio import audio_info, open_signal, read_audio, resampled_length
 from .errors import AudioDecodeError, BuildError, MemstoreError, ParameterError, StoreFormatError
 from .features import MelSpectrogram, Spectrogram, transform_from_json
 from .labels import assign_labels, label_index, scan_audio
+from .labeltable import LabelTable, as_label_table
 from .store import PARTIAL_SUFFIX, read_metadata
 
 __all__ = ["BuildReport", "build_store"]
@@ -77,6 +78,8 @@ class BuildReport:
     resumed: int = 0
     segment: int = 0
     notes: list[str] = dataclasses.field(default_factory=list)
+    #: files left out for their extension (not audio memstore reads), counted by extension ("" = none)
+    ignored: dict[str, int] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -194,8 +197,9 @@ def _extract_shard(shard: str, n_bins: int, dtype: str, config_json: str, rate: 
 def _check_args(transform, labels, workers, sample_rate, dtype, mode) -> None:
     if not isinstance(transform, Spectrogram):
         raise ParameterError(f"transform={transform!r} must be a MelSpectrogram or Spectrogram")
-    if not (callable(labels) or labels in ("folder", "irmas", "none")):
-        raise ParameterError(f"labels={labels!r} must be 'folder', 'irmas', 'none' or a callable")
+    if not (callable(labels) or isinstance(labels, LabelTable) or labels in ("folder", "irmas", "none")):
+        raise ParameterError(f"labels={labels!r} must be 'folder', 'irmas', 'none', a callable, a LabelTable "
+                             "or the path of a .csv/.tsv/.jsonl table")
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
         raise ParameterError(f"workers={workers!r} must be None or a positive integer")
     if sample_rate is not None and (isinstance(sample_rate, bool) or not isinstance(sample_rate, int)
@@ -288,8 +292,9 @@ def build_store(audio_root, store_path, *, transform: Spectrogram = MelSpectrogr
         The store to write (``mode="create"`` replaces an existing one atomically at the end).
     transform : MelSpectrogram or Spectrogram
         Feature configuration; its ``sample_rate`` is filled in with the target rate.
-    labels : {"folder", "irmas", "none"} or callable
-        See :mod:`memstore.labels`.
+    labels : {"folder", "irmas", "none"}, callable, LabelTable or path
+        See :mod:`memstore.labels`; a path ending in .csv, .tsv or .jsonl is
+        read as ``LabelTable(path)`` (:mod:`memstore.labeltable`).
     workers : int, optional
         Worker processes; ``None`` means all cores. ``1`` extracts in this process.
     sample_rate : int, optional
@@ -317,6 +322,7 @@ def build_store(audio_root, store_path, *, transform: Spectrogram = MelSpectrogr
     >>> report.stored, report.skipped[:1]                               # doctest: +SKIP
     """
     t0 = time.perf_counter()
+    labels = as_label_table(labels, audio_root) or labels
     _check_args(transform, labels, workers, sample_rate, dtype, mode)
     n_workers = workers or os.cpu_count() or 1
     # spawn the workers now, so their start-up (interpreters, numpy, numba) overlaps the scan
@@ -359,7 +365,18 @@ def _build_store(t0, audio_root, store_path, *, transform, labels, workers, samp
 
     scan = scan_audio(root)
     report.skipped.extend(scan.skipped)
+    report.ignored = scan.ignored
+    if scan.ignored:
+        report.notes.append("not audio by extension, not read: "
+                            + ", ".join(f"{ext or '(none)'} {n}" for ext, n in scan.ignored.items()))
     files = scan.files
+    table = labels if isinstance(labels, LabelTable) else None
+    if table is not None:
+        tagged, missing = table.match(root, files + [p for p, _ in scan.skipped])
+        report.skipped.extend((p, f"no row in {table.name}") for p in files if p not in tagged)
+        report.skipped.extend((p, f"listed in {table.name} but not found") for p in missing)
+        files = [p for p in files if p in tagged]
+        labels = tagged.__getitem__
     if old is not None:
         present = set(old["paths"])
         report.skipped.extend((p, "already in store") for p in files if p in present)
@@ -405,7 +422,7 @@ def _build_store(t0, audio_root, store_path, *, transform, labels, workers, samp
             return report
         raise BuildError(f"no readable audio files under {root}; skipped: {report.skipped[:5]}")
 
-    label_mode = labels if isinstance(labels, str) else "custom"
+    label_mode = "table" if table is not None else labels if isinstance(labels, str) else "custom"
     unreadable: list[tuple[str, str]] = []
     classes, multihot = assign_labels(root, files, labels, problems=unreadable)
     for p, why in unreadable:
@@ -446,6 +463,8 @@ def _build_store(t0, audio_root, store_path, *, transform, labels, workers, samp
         layout.FORMAT_VERSION, config_json, dtype, classes, label_mode,
         [(p, infos[p], os.stat(root / p).st_mtime_ns) for p in files],
         None if old is None else (old["generation"], old["file_size"], old_total),
+        # a table's rows can change without the class list changing; the partial file holds the labels
+        *([hashlib.sha256(all_labels.tobytes()).hexdigest()] if table is not None else []),
     )
 
     partial = store_path.with_name(store_path.name + PARTIAL_SUFFIX)

@@ -109,7 +109,7 @@ def not_riff() -> bytes:
 
 
 def rifx() -> bytes:
-    """Big-endian RIFX container."""
+    """A RIFX (big-endian) magic over little-endian sizes: the byte-swapped chunk sizes run past the end."""
     return b"RIFX" + pcm16()[4:]
 
 
@@ -146,7 +146,7 @@ def too_many_channels() -> bytes:
 
 
 def bad_bits() -> bytes:
-    """12-bit PCM: not a whole-byte sample container."""
+    """12-bit PCM in a 1-byte container (block align 1): the samples cannot fit."""
     return riff(fmt_chunk(1, 1, 44100, 12), data_chunk(bytes(300)))
 
 
@@ -174,6 +174,11 @@ def huge_declared() -> bytes:
 def chunk_past_end() -> bytes:
     """A LIST chunk before the data whose size runs past the end of the file."""
     return riff(fmt_chunk(), b"LIST" + struct.pack("<I", 1 << 30) + b"INFO", data_chunk(bytes(200)))
+
+
+def unknown_codec() -> bytes:
+    """Format tag 0x2222, a codec neither memstore nor libsndfile knows."""
+    return riff(fmt_chunk(0x2222, 1, 8000, 8), data_chunk(bytes(100)))
 
 
 def extensible_unknown() -> bytes:

@@ -8,7 +8,8 @@ import sys
 DESCRIPTIONS = {
     "build": (
         "Build one HDF5 feature store from a folder of audio, on every core.\n\n"
-        "Files are found recursively (.wav; FLAC/OGG/MP3 with memstore[audio]). Every\n"
+        "Files are found recursively (WAV, FLAC, MP3, OGG, AIFF, AU, CAF, W64 ...: every\n"
+        "format the installed libsndfile reads; other files are counted by extension). Every\n"
         "file is either stored or listed as skipped with its reason. An interrupted\n"
         "build resumes when run again; the store appears only when complete.\n\n"
         "Defaults are the tutorial's features: 96-band mel, n_fft 1024, hop 512,\n"
@@ -25,9 +26,19 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
                         help="worker processes (default: all cores; 1 = in this process)")
     parser.add_argument("--sample-rate", type=int, default=None, metavar="HZ",
                         help="resample every file to this rate (default: the most common rate)")
-    parser.add_argument("--labels", choices=["folder", "irmas", "none"], default="folder",
+    parser.add_argument("--labels", default="folder", metavar="{folder,irmas,none,PATH}",
                         help="folder: first folder under the root is the class; irmas: IRMAS "
-                             "[cls] tags and .txt files; none: no labels (default: folder)")
+                             "[cls] tags and .txt files; none: no labels; PATH: a .csv, .tsv or .jsonl "
+                             "table with file_name and label columns (Hugging Face AudioFolder), looked up in "
+                             "AUDIO_ROOT first, then here (default: folder)")
+    parser.add_argument("--file-column", default="file_name", metavar="NAME",
+                        help="with --labels PATH: the column of file names (default: file_name)")
+    parser.add_argument("--label-column", default="label", metavar="NAME",
+                        help="with --labels PATH: the column of labels (default: label)")
+    parser.add_argument("--label-sep", default=";", metavar="SEP",
+                        help="with --labels PATH: separator of several labels in one cell (default: ;)")
+    parser.add_argument("--relative-to", default=None, metavar="DIR",
+                        help="with --labels PATH: folder the file names are relative to (default: the table's)")
     parser.add_argument("--dtype", choices=["float32", "float16"], default="float32",
                         help="feature storage type (default: float32)")
     parser.add_argument("--strict", action="store_true",
@@ -69,10 +80,26 @@ def _transform(args):
     return MelSpectrogram(n_mels=args.n_mels, fmin=args.fmin, fmax=args.fmax, **settings)
 
 
+def _labels(args):
+    from ..errors import ParameterError
+    from ..labeltable import LabelTable, find_table
+
+    if args.labels in ("folder", "irmas", "none"):
+        table_options = (args.file_column != "file_name" or args.label_column != "label" or args.label_sep != ";"
+                         or args.relative_to is not None)
+        if table_options:
+            raise ParameterError(f"--file-column, --label-column, --label-sep and --relative-to need --labels PATH, "
+                                 f"not --labels {args.labels}")
+        return args.labels
+    return LabelTable(find_table(args.labels, args.audio_root), file_column=args.file_column,
+                      label_column=args.label_column, sep=args.label_sep, relative_to=args.relative_to)
+
+
 def run(args: argparse.Namespace) -> int:
     from ..build import build_store
 
     transform = _transform(args)
+    labels = _labels(args)
     client = cluster = None
     if args.dask:
         from ..distributed import connect
@@ -80,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
         client, cluster = connect(args.dask)
     try:
         report = build_store(
-            args.audio_root, args.store, transform=transform, labels=args.labels, workers=args.workers,
+            args.audio_root, args.store, transform=transform, labels=labels, workers=args.workers,
             sample_rate=args.sample_rate, dtype=args.dtype, strict=args.strict,
             resume=not args.no_resume, mode="append" if args.append else "create",
             executor=client, progress=False if args.quiet else None,
