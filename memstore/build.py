@@ -45,7 +45,7 @@ import numpy as np
 
 from . import layout
 from .audio import audio_info, open_signal, read_audio, resampled_length
-from .errors import AudioDecodeError, BuildError, MemstoreError, ParameterError, StoreFormatError
+from .errors import AudioDecodeError, BuildError, MissingDependencyError, ParameterError, StoreFormatError
 from .features import MelSpectrogram, Spectrogram, transform_from_json
 from .labels import assign_labels, label_index, scan_audio
 from .store import PARTIAL_SUFFIX, read_metadata
@@ -113,41 +113,65 @@ def _merge(a, b):
     return n, ma + delta * (nb / n), m2a + m2b + spread * (na * nb / n)
 
 
+class _Skip(Exception):
+    """This one file cannot be stored; ``reason`` goes into the report's skipped list."""
+
+    def __init__(self, err: Exception):
+        self.reason = f"{type(err).__name__}: {err}"
+        super().__init__(self.reason)
+
+
 def _compute(audio_path: str, transform, rate: int, n_frames: int, n_bins: int, dtype: str) -> np.ndarray:
-    """One file's feature rows in the store dtype; raises on anything unusable.
+    """One file's feature rows in the store dtype.
+
+    Raises :class:`_Skip` when this file cannot be read or decoded, or its
+    features are unusable (not finite, or beyond float16). Anything else is
+    not about the file and propagates: a bug, or memory running out.
 
     A long WAV at the target rate is decoded chunk by chunk as the transform
     consumes it, so memory holds its features, not its samples.
     """
-    samples = None
-    if audio_path.lower().endswith(".wav"):
-        info = audio_info(audio_path)
-        if info.sample_rate == rate and info.n_samples > LONG_SAMPLES:
-            samples = open_signal(audio_path)
-    if samples is None:
-        samples, _ = read_audio(audio_path, sample_rate=rate)
-    feats = transform(samples, rate)
-    if feats.shape != (n_frames, n_bins):
+    try:
+        samples = None
+        if audio_path.lower().endswith(".wav"):
+            info = audio_info(audio_path)
+            if info.sample_rate == rate and info.n_samples > LONG_SAMPLES:
+                samples = open_signal(audio_path)
+        if samples is None:
+            samples, _ = read_audio(audio_path, sample_rate=rate)
+    except OSError as err:  # AudioDecodeError, or the OS refusing to open or read this file
+        raise _Skip(err) from err
+    try:
+        feats = transform(samples, rate)
+    except AudioDecodeError as err:  # a lazily decoded long WAV meets its bad chunk here
+        raise _Skip(err) from err
+    if feats.shape != (n_frames, n_bins):  # the plan and the transform disagree: a bug, not the file
         raise BuildError(f"{audio_path}: computed {feats.shape} frames, planned {(n_frames, n_bins)}")
     if not np.isfinite(feats).all():
-        raise BuildError(f"{audio_path}: features contain NaN or infinity")
+        raise _Skip(BuildError(f"{audio_path}: features contain NaN or infinity"))
     rows = np.ascontiguousarray(feats.astype(dtype, copy=False))
     if dtype == "float16" and not np.isfinite(rows).all():
-        raise BuildError(f"{audio_path}: features overflow float16; build with dtype='float32'")
+        raise _Skip(BuildError(f"{audio_path}: features overflow float16; build with dtype='float32'"))
     return rows
 
 
-_FAILURES = (MemstoreError, OSError, ValueError, MemoryError)
-
-
 def _computed(config_json: str, rate: int, n_bins: int, dtype: str, items):
-    """Yield ``(i, planned row, rows)`` per file, or ``(i, planned row, reason)`` when it fails."""
+    """Yield ``(i, planned row, rows)`` per file, or ``(i, planned row, reason)`` when it is skipped.
+
+    Only :class:`_Skip` becomes a skip. A :class:`MemoryError` gets the file's
+    name and propagates, so the build stops (resumably) instead of losing the
+    file; any other exception is a bug and propagates as it is.
+    """
     transform = transform_from_json(config_json)
     for i, audio_path, row, n_frames in items:
         try:
-            yield i, row, _compute(audio_path, transform, rate, n_frames, n_bins, dtype)
-        except _FAILURES as err:
-            yield i, row, f"{type(err).__name__}: {err}"
+            rows = _compute(audio_path, transform, rate, n_frames, n_bins, dtype)
+        except _Skip as skip:
+            yield i, row, skip.reason
+            continue
+        except MemoryError as err:
+            raise MemoryError(f"{audio_path} ({n_frames} x {n_bins} features): {err}") from err
+        yield i, row, rows
 
 
 def _extract_task(partial: str, data_offset: int, n_bins: int, dtype: str, config_json: str,
@@ -368,7 +392,7 @@ def _build_store(t0, audio_root, store_path, *, transform, labels, workers, samp
     for p in files:
         try:
             infos[p] = audio_info(root / p)
-        except (AudioDecodeError, MemstoreError) as err:
+        except (AudioDecodeError, MissingDependencyError) as err:  # what audio_info raises for one file
             report.skipped.append((p, str(err).removeprefix(str(root / p) + ": ")))
     files = [p for p in files if p in infos]
 
@@ -572,37 +596,49 @@ def _extract(files, pending, root, partial, data_offset, n_bins, dtype, config_j
         bar.update(len(results))
 
     tasks = _tasks(files, pending, root, new)
+    n_workers = workers or os.cpu_count() or 1
+    dask = executor is not None and hasattr(executor, "gather") and hasattr(executor, "scheduler_info")
     try:
-        n_workers = workers or os.cpu_count() or 1
-        if executor is None and n_workers == 1:
+        if executor is None:  # workers=1: build_store hands its own pool over as the executor otherwise
             for items in tasks:
                 record(_extract_task(*args, items))
-            return
-        if executor is not None and hasattr(executor, "gather") and hasattr(executor, "scheduler_info"):
+        elif dask:
             _extract_dask(executor, args, tasks, record)
-            return
-        own = executor is None
-        with _single_threaded_children():  # held until the pool is gone: processes start on submit
-            pool = executor or cf.ProcessPoolExecutor(n_workers, mp_context=multiprocessing.get_context("spawn"))
-            try:
-                limit = 4 * n_workers
-                running = set()
-                for items in tasks:
-                    running.add(pool.submit(_extract_task, *args, items))
-                    if len(running) >= limit:
-                        finished, running = cf.wait(running, return_when=cf.FIRST_COMPLETED)
-                        for fut in finished:
-                            record(fut.result())
-                for fut in cf.as_completed(running):
-                    record(fut.result())
-            except cf.process.BrokenProcessPool as err:
-                raise BuildError(f"a worker process died ({err}); run the same build again to resume "
-                                 f"from {partial}") from err
-            finally:
-                if own:
-                    pool.shutdown(wait=True, cancel_futures=True)
+        else:
+            _extract_pool(executor, n_workers, args, tasks, record, partial)
+    except MemoryError as err:
+        n_done = int(np.count_nonzero(done[: len(files)]))
+        if dask:
+            advice = "fewer tasks at once per Dask worker or more memory per worker"
+        elif n_workers > 1:
+            advice = f"fewer workers (workers={n_workers} now) or more memory"
+        else:
+            advice = "more memory (one file at a time already)"
+        raise BuildError(f"memory ran out while extracting features: {err}. Run the same build again with "
+                         f"{advice}; it resumes from the {n_done} file(s) already done in {partial}") from err
     finally:
         bar.close()
+
+
+def _extract_pool(pool, n_workers, args, tasks, record, partial) -> None:
+    """Run tasks on a ``concurrent.futures`` executor, at most ``4 * n_workers`` in flight."""
+    running = set()
+    with _single_threaded_children():  # the environment of any process the executor starts on submit
+        try:
+            for items in tasks:
+                running.add(pool.submit(_extract_task, *args, items))
+                if len(running) >= 4 * n_workers:
+                    finished, running = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+                    for fut in finished:
+                        record(fut.result())
+            for fut in cf.as_completed(running):
+                record(fut.result())
+        except cf.process.BrokenProcessPool as err:
+            raise BuildError(f"a worker process died ({err}); run the same build again to resume "
+                             f"from {partial}") from err
+        finally:
+            for fut in running:  # after a failure, queued tasks must not go on writing into the partial file
+                fut.cancel()
 
 
 _THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
