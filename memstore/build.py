@@ -30,12 +30,14 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures as cf
+import contextlib
 import dataclasses
 import hashlib
 import logging
 import multiprocessing
 import os
 import time
+import uuid
 import zlib
 from pathlib import Path
 from typing import Any
@@ -667,41 +669,75 @@ def _extract_dask(client, args, tasks, record) -> None:
 
     No two processes write one file: workers write their own shards next to the
     store (a shared file system), and only this process writes the partial store.
+    Paths are made absolute here, because a worker resolves a relative path
+    against its own working directory. If a task fails, the others are
+    cancelled and the error comes back as a :class:`BuildError`; the files
+    already copied stay done, so rerunning the build resumes.
     """
     from distributed import as_completed
 
     partial, data_offset, n_bins, dtype, config_json, rate = args
+    partial = os.path.abspath(partial)
+    itemsize = np.dtype(dtype).itemsize
     shard_dir = Path(partial + ".shards")
     shard_dir.mkdir(exist_ok=True)
-    futures, planned = [], {}
-    for k, items in enumerate(tasks):
-        shard = str(shard_dir / f"{k:08d}.npy")
-        planned[shard] = {i: row for i, _, row, _ in items}
-        futures.append(client.submit(_extract_shard, shard, n_bins, dtype, config_json, rate, items,
-                                     pure=False, key=f"memstore-extract-{k}-{os.getpid()}-{id(planned)}"))
-    shard_of = {f.key: str(shard_dir / f"{k:08d}.npy") for k, f in enumerate(futures)}
-    for fut in as_completed(futures):
-        results = fut.result()
-        shard = shard_of[fut.key]
-        src = np.load(shard, mmap_mode="r", allow_pickle=False) if os.path.exists(shard) else None
-        for item in results:
-            if item[1] is None:
-                continue
-            i, first = item[0], item[3]
-            n = item[2][0]
-            dst = np.memmap(partial, dtype=dtype, mode="r+",
-                            offset=data_offset + planned[shard][i] * n_bins * np.dtype(dtype).itemsize,
-                            shape=(n, n_bins))
-            dst[:] = src[first:first + n]
-            dst.flush()
-            del dst
-        del src
-        record([r[:3] for r in results])
-        os.unlink(shard)
+    _clear_shards(shard_dir)
+    run = uuid.uuid4().hex  # keys and shard names of this run only: never a stale result or shard of another
+    futures, shards, planned = [], {}, {}
     try:
-        shard_dir.rmdir()
-    except OSError:
-        pass
+        for k, items in enumerate(tasks):
+            items = [(i, os.path.abspath(path), row, n) for i, path, row, n in items]
+            shard = str(shard_dir / f"{run}-{k:08d}.npy")
+            fut = client.submit(_extract_shard, shard, n_bins, dtype, config_json, rate, items,
+                                pure=False, key=f"memstore-extract-{run}-{k}")
+            futures.append(fut)
+            shards[fut.key] = shard
+            planned[fut.key] = {i: row for i, _, row, _ in items}
+        for fut in as_completed(futures):
+            try:
+                results = fut.result()
+            except MemoryError:
+                raise
+            except Exception as err:
+                raise BuildError(f"a Dask task failed on a worker ({type(err).__name__}: {err}); the other "
+                                 f"tasks were cancelled; run the same build again to resume from {partial}"
+                                 ) from err
+            shard = shards[fut.key]
+            try:
+                src = np.load(shard, mmap_mode="r", allow_pickle=False)
+            except FileNotFoundError as err:
+                raise BuildError(f"{shard}, written by a Dask worker, is not visible here: the workers must see "
+                                 f"the store's folder at the same path (a shared file system)") from err
+            for item in results:
+                if item[1] is None:
+                    continue
+                i, n, first = item[0], item[2][0], item[3]
+                dst = np.memmap(partial, dtype=dtype, mode="r+",
+                                offset=data_offset + planned[fut.key][i] * n_bins * itemsize, shape=(n, n_bins))
+                dst[:] = src[first:first + n]
+                dst.flush()  # the rows reach the file before record() marks them done
+                del dst
+            del src
+            record([r[:3] for r in results])
+            os.unlink(shard)
+    finally:
+        if futures:  # after a failure the rest must not run on; the finished ones free their results
+            client.cancel(futures)
+        _clear_shards(shard_dir)
+        with contextlib.suppress(OSError):
+            shard_dir.rmdir()
+
+
+def _clear_shards(shard_dir: Path) -> None:
+    """Delete what a failed run left (its names carry its run id: never read again).
+
+    A task that was already running when its build failed may still add its
+    shard later; the next run of the build deletes it.
+    """
+    with contextlib.suppress(FileNotFoundError):
+        for name in os.listdir(shard_dir):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(shard_dir / name)
 
 
 def _compact(partial: Path, store_path: Path, index, keep, paths, labels, classes, config_json,
