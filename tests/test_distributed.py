@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 
+import h5py
 import pytest
 
 distributed = pytest.importorskip("distributed")
@@ -88,8 +89,12 @@ def test_a_worker_error_is_a_build_error_and_a_rerun_resumes(demo_root, demo_sto
                                          r".*run the same build again to resume") as exc:
         build_store(demo_root, store, executor=client, progress=False)
     assert isinstance(exc.value.__cause__, OSError)
+    with h5py.File(tmp_path / "d.h5.partial", "r", locking=False) as f:
+        done = f["build/done"][()]
+    assert set(done.tolist()) <= {0, 1} and done.sum() < 18  # no file skipped, and task 5's not done
     client.run(_restore_shard_writes)
     report = build_store(demo_root, store, executor=client, progress=False)
+    assert report.resumed == done.sum()
     assert report.stored == 18 and report.skipped == []
     same_store(store, demo_store)
     assert not (tmp_path / "d.h5.partial.shards").exists()
