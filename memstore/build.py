@@ -30,12 +30,14 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures as cf
+import contextlib
 import dataclasses
 import hashlib
 import logging
 import multiprocessing
 import os
 import time
+import uuid
 import zlib
 from pathlib import Path
 from typing import Any
@@ -45,7 +47,7 @@ import numpy as np
 
 from . import _progress, layout
 from .audio import audio_info, open_signal, read_audio, resampled_length
-from .errors import AudioDecodeError, BuildError, MemstoreError, ParameterError, StoreFormatError
+from .errors import AudioDecodeError, BuildError, MissingDependencyError, ParameterError, StoreFormatError
 from .features import MelSpectrogram, Spectrogram, transform_from_json
 from .labels import assign_labels, label_index, scan_audio
 from .labeltable import LabelTable, as_label_table
@@ -116,41 +118,65 @@ def _merge(a, b):
     return n, ma + delta * (nb / n), m2a + m2b + spread * (na * nb / n)
 
 
+class _Skip(Exception):
+    """This one file cannot be stored; ``reason`` goes into the report's skipped list."""
+
+    def __init__(self, err: Exception):
+        self.reason = f"{type(err).__name__}: {err}"
+        super().__init__(self.reason)
+
+
 def _compute(audio_path: str, transform, rate: int, n_frames: int, n_bins: int, dtype: str) -> np.ndarray:
-    """One file's feature rows in the store dtype; raises on anything unusable.
+    """One file's feature rows in the store dtype.
+
+    Raises :class:`_Skip` when this file cannot be read or decoded, or its
+    features are unusable (not finite, or beyond float16). Anything else is
+    not about the file and propagates: a bug, or memory running out.
 
     A long WAV at the target rate is decoded chunk by chunk as the transform
     consumes it, so memory holds its features, not its samples.
     """
-    samples = None
-    if audio_path.lower().endswith(".wav"):
-        info = audio_info(audio_path)
-        if info.sample_rate == rate and info.n_samples > LONG_SAMPLES:
-            samples = open_signal(audio_path)
-    if samples is None:
-        samples, _ = read_audio(audio_path, sample_rate=rate)
-    feats = transform(samples, rate)
-    if feats.shape != (n_frames, n_bins):
+    try:
+        samples = None
+        if audio_path.lower().endswith(".wav"):
+            info = audio_info(audio_path)
+            if info.sample_rate == rate and info.n_samples > LONG_SAMPLES:
+                samples = open_signal(audio_path)
+        if samples is None:
+            samples, _ = read_audio(audio_path, sample_rate=rate)
+    except OSError as err:  # AudioDecodeError, or the OS refusing to open or read this file
+        raise _Skip(err) from err
+    try:
+        feats = transform(samples, rate)
+    except AudioDecodeError as err:  # a lazily decoded long WAV meets its bad chunk here
+        raise _Skip(err) from err
+    if feats.shape != (n_frames, n_bins):  # the plan and the transform disagree: a bug, not the file
         raise BuildError(f"{audio_path}: computed {feats.shape} frames, planned {(n_frames, n_bins)}")
     if not np.isfinite(feats).all():
-        raise BuildError(f"{audio_path}: features contain NaN or infinity")
+        raise _Skip(BuildError(f"{audio_path}: features contain NaN or infinity"))
     rows = np.ascontiguousarray(feats.astype(dtype, copy=False))
     if dtype == "float16" and not np.isfinite(rows).all():
-        raise BuildError(f"{audio_path}: features overflow float16; build with dtype='float32'")
+        raise _Skip(BuildError(f"{audio_path}: features overflow float16; build with dtype='float32'"))
     return rows
 
 
-_FAILURES = (MemstoreError, OSError, ValueError, MemoryError)
-
-
 def _computed(config_json: str, rate: int, n_bins: int, dtype: str, items):
-    """Yield ``(i, planned row, rows)`` per file, or ``(i, planned row, reason)`` when it fails."""
+    """Yield ``(i, planned row, rows)`` per file, or ``(i, planned row, reason)`` when it is skipped.
+
+    Only :class:`_Skip` becomes a skip. A :class:`MemoryError` gets the file's
+    name and propagates, so the build stops (resumably) instead of losing the
+    file; any other exception is a bug and propagates as it is.
+    """
     transform = transform_from_json(config_json)
     for i, audio_path, row, n_frames in items:
         try:
-            yield i, row, _compute(audio_path, transform, rate, n_frames, n_bins, dtype)
-        except _FAILURES as err:
-            yield i, row, f"{type(err).__name__}: {err}"
+            rows = _compute(audio_path, transform, rate, n_frames, n_bins, dtype)
+        except _Skip as skip:
+            yield i, row, skip.reason
+            continue
+        except MemoryError as err:
+            raise MemoryError(f"{audio_path} ({n_frames} x {n_bins} features): {err}") from err
+        yield i, row, rows
 
 
 def _extract_task(partial: str, data_offset: int, n_bins: int, dtype: str, config_json: str,
@@ -386,7 +412,7 @@ def _build_store(t0, audio_root, store_path, *, transform, labels, workers, samp
     for p in files:
         try:
             infos[p] = audio_info(root / p)
-        except (AudioDecodeError, MemstoreError) as err:
+        except (AudioDecodeError, MissingDependencyError) as err:  # what audio_info raises for one file
             report.skipped.append((p, str(err).removeprefix(str(root / p) + ": ")))
     files = [p for p in files if p in infos]
 
@@ -596,37 +622,49 @@ def _extract(files, pending, root, partial, data_offset, n_bins, dtype, config_j
         bar.update(len(results))
 
     tasks = _tasks(files, pending, root, new)
+    n_workers = workers or os.cpu_count() or 1
+    dask = executor is not None and hasattr(executor, "gather") and hasattr(executor, "scheduler_info")
     try:
-        n_workers = workers or os.cpu_count() or 1
-        if executor is None and n_workers == 1:
+        if executor is None:  # workers=1: build_store hands its own pool over as the executor otherwise
             for items in tasks:
                 record(_extract_task(*args, items))
-            return
-        if executor is not None and hasattr(executor, "gather") and hasattr(executor, "scheduler_info"):
+        elif dask:
             _extract_dask(executor, args, tasks, record)
-            return
-        own = executor is None
-        with _single_threaded_children():  # held until the pool is gone: processes start on submit
-            pool = executor or cf.ProcessPoolExecutor(n_workers, mp_context=multiprocessing.get_context("spawn"))
-            try:
-                limit = 4 * n_workers
-                running = set()
-                for items in tasks:
-                    running.add(pool.submit(_extract_task, *args, items))
-                    if len(running) >= limit:
-                        finished, running = cf.wait(running, return_when=cf.FIRST_COMPLETED)
-                        for fut in finished:
-                            record(fut.result())
-                for fut in cf.as_completed(running):
-                    record(fut.result())
-            except cf.process.BrokenProcessPool as err:
-                raise BuildError(f"a worker process died ({err}); run the same build again to resume "
-                                 f"from {partial}") from err
-            finally:
-                if own:
-                    pool.shutdown(wait=True, cancel_futures=True)
+        else:
+            _extract_pool(executor, n_workers, args, tasks, record, partial)
+    except MemoryError as err:
+        n_done = int(np.count_nonzero(done[: len(files)]))
+        if dask:
+            advice = "fewer tasks at once per Dask worker or more memory per worker"
+        elif n_workers > 1:
+            advice = f"fewer workers (workers={n_workers} now) or more memory"
+        else:
+            advice = "more memory (one file at a time already)"
+        raise BuildError(f"memory ran out while extracting features: {err}. Run the same build again with "
+                         f"{advice}; it resumes from the {n_done} file(s) already done in {partial}") from err
     finally:
         bar.close()
+
+
+def _extract_pool(pool, n_workers, args, tasks, record, partial) -> None:
+    """Run tasks on a ``concurrent.futures`` executor, at most ``4 * n_workers`` in flight."""
+    running = set()
+    with _single_threaded_children():  # the environment of any process the executor starts on submit
+        try:
+            for items in tasks:
+                running.add(pool.submit(_extract_task, *args, items))
+                if len(running) >= 4 * n_workers:
+                    finished, running = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+                    for fut in finished:
+                        record(fut.result())
+            for fut in cf.as_completed(running):
+                record(fut.result())
+        except cf.process.BrokenProcessPool as err:
+            raise BuildError(f"a worker process died ({err}); run the same build again to resume "
+                             f"from {partial}") from err
+        finally:
+            for fut in running:  # after a failure, queued tasks must not go on writing into the partial file
+                fut.cancel()
 
 
 _THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
@@ -655,41 +693,75 @@ def _extract_dask(client, args, tasks, record) -> None:
 
     No two processes write one file: workers write their own shards next to the
     store (a shared file system), and only this process writes the partial store.
+    Paths are made absolute here, because a worker resolves a relative path
+    against its own working directory. If a task fails, the others are
+    cancelled and the error comes back as a :class:`BuildError`; the files
+    already copied stay done, so rerunning the build resumes.
     """
     from distributed import as_completed
 
     partial, data_offset, n_bins, dtype, config_json, rate = args
+    partial = os.path.abspath(partial)
+    itemsize = np.dtype(dtype).itemsize
     shard_dir = Path(partial + ".shards")
     shard_dir.mkdir(exist_ok=True)
-    futures, planned = [], {}
-    for k, items in enumerate(tasks):
-        shard = str(shard_dir / f"{k:08d}.npy")
-        planned[shard] = {i: row for i, _, row, _ in items}
-        futures.append(client.submit(_extract_shard, shard, n_bins, dtype, config_json, rate, items,
-                                     pure=False, key=f"memstore-extract-{k}-{os.getpid()}-{id(planned)}"))
-    shard_of = {f.key: str(shard_dir / f"{k:08d}.npy") for k, f in enumerate(futures)}
-    for fut in as_completed(futures):
-        results = fut.result()
-        shard = shard_of[fut.key]
-        src = np.load(shard, mmap_mode="r", allow_pickle=False) if os.path.exists(shard) else None
-        for item in results:
-            if item[1] is None:
-                continue
-            i, first = item[0], item[3]
-            n = item[2][0]
-            dst = np.memmap(partial, dtype=dtype, mode="r+",
-                            offset=data_offset + planned[shard][i] * n_bins * np.dtype(dtype).itemsize,
-                            shape=(n, n_bins))
-            dst[:] = src[first:first + n]
-            dst.flush()
-            del dst
-        del src
-        record([r[:3] for r in results])
-        os.unlink(shard)
+    _clear_shards(shard_dir)
+    run = uuid.uuid4().hex  # keys and shard names of this run only: never a stale result or shard of another
+    futures, shards, planned = [], {}, {}
     try:
-        shard_dir.rmdir()
-    except OSError:
-        pass
+        for k, items in enumerate(tasks):
+            items = [(i, os.path.abspath(path), row, n) for i, path, row, n in items]
+            shard = str(shard_dir / f"{run}-{k:08d}.npy")
+            fut = client.submit(_extract_shard, shard, n_bins, dtype, config_json, rate, items,
+                                pure=False, key=f"memstore-extract-{run}-{k}")
+            futures.append(fut)
+            shards[fut.key] = shard
+            planned[fut.key] = {i: row for i, _, row, _ in items}
+        for fut in as_completed(futures):
+            try:
+                results = fut.result()
+            except MemoryError:
+                raise
+            except Exception as err:
+                raise BuildError(f"a Dask task failed on a worker ({type(err).__name__}: {err}); the other "
+                                 f"tasks were cancelled; run the same build again to resume from {partial}"
+                                 ) from err
+            shard = shards[fut.key]
+            try:
+                src = np.load(shard, mmap_mode="r", allow_pickle=False)
+            except FileNotFoundError as err:
+                raise BuildError(f"{shard}, written by a Dask worker, is not visible here: the workers must see "
+                                 f"the store's folder at the same path (a shared file system)") from err
+            for item in results:
+                if item[1] is None:
+                    continue
+                i, n, first = item[0], item[2][0], item[3]
+                dst = np.memmap(partial, dtype=dtype, mode="r+",
+                                offset=data_offset + planned[fut.key][i] * n_bins * itemsize, shape=(n, n_bins))
+                dst[:] = src[first:first + n]
+                dst.flush()  # the rows reach the file before record() marks them done
+                del dst
+            del src
+            record([r[:3] for r in results])
+            os.unlink(shard)
+    finally:
+        if futures:  # after a failure the rest must not run on; the finished ones free their results
+            client.cancel(futures)
+        _clear_shards(shard_dir)
+        with contextlib.suppress(OSError):
+            shard_dir.rmdir()
+
+
+def _clear_shards(shard_dir: Path) -> None:
+    """Delete what a failed run left (its names carry its run id: never read again).
+
+    A task that was already running when its build failed may still add its
+    shard later; the next run of the build deletes it.
+    """
+    with contextlib.suppress(FileNotFoundError):
+        for name in os.listdir(shard_dir):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(shard_dir / name)
 
 
 def _compact(partial: Path, store_path: Path, index, keep, paths, labels, classes, config_json,

@@ -1,12 +1,24 @@
 """Building on a Dask cluster (optional ``dask`` extra, imported lazily).
 
-``build_store(..., executor=client)`` sends the extraction tasks to the
-cluster's workers. Each task reads its audio files from the shared file
-system, computes the features and writes them at their planned offsets of
-the ``.partial`` file through its own memory map, then returns checksums and
-statistics; the parent alone touches HDF5 metadata. The workers therefore
-need the same shared path to the audio root and the store's folder (see
+``build_store(..., executor=client)`` plans the build and allocates the
+``.partial`` store in the client process, as a local build does, then sends
+the extraction tasks to the cluster (``memstore.build._extract_dask``). Each
+task reads its audio files from the shared file system, computes their
+features and writes them to a raw ``.npy`` shard file of its own in
+``<store>.partial.shards/``, then returns checksums and statistics. The
+client copies each shard into the ``.partial`` file at the planned offsets,
+marks those files done and deletes the shard: only the client writes the
+store. Paths are sent as absolute paths, so the workers need the audio root
+and the store's folder at the same paths as the client (see
 ``docs/distributed.md``).
+
+A task that fails stops the build: the other tasks are cancelled and the
+error comes back as a :class:`~memstore.errors.BuildError` (memory running
+out says so). The files already copied stay done, so running the same build
+again resumes.
+
+This module only connects: :func:`connect` turns ``--dask`` addresses into a
+client.
 """
 
 from __future__ import annotations
