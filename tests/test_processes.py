@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import descendants
 from test_build import _done_count, same_store
 
 import memstore
@@ -167,26 +168,6 @@ if __name__ == "__main__":
     b.TASK_AUDIO_SECONDS = 1.0   # one file per task: progress shows early
     b.build_store(sys.argv[1], sys.argv[2], workers=2, progress=False)
 """
-
-
-def descendants(pid: int) -> set[int]:
-    """Every live descendant of ``pid``, from /proc/<pid>/task/*/children."""
-    found, todo = set(), [pid]
-    while todo:
-        p = todo.pop()
-        try:
-            tasks = os.listdir(f"/proc/{p}/task")
-        except OSError:
-            continue
-        for t in tasks:
-            try:
-                with open(f"/proc/{p}/task/{t}/children") as f:
-                    kids = {int(k) for k in f.read().split()}
-            except OSError:
-                continue
-            todo.extend(kids - found)
-            found |= kids
-    return found
 
 
 def running(pid: int) -> bool:
