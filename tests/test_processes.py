@@ -66,6 +66,25 @@ def main():
 main()
 """
 
+UNGUARDED_IN_THREAD = """import sys
+import threading
+from memstore import build_store
+
+errors = []
+
+def build():
+    try:
+        build_store(sys.argv[1], sys.argv[2], workers=2, progress=False)
+    except Exception as err:
+        errors.append(err)
+
+t = threading.Thread(target=build)
+t.start()
+t.join()
+if errors:
+    raise errors[0]
+"""
+
 GUARDED = """import sys
 from memstore import build_store
 
@@ -77,7 +96,7 @@ if "__main__" == __name__:
 """
 
 
-@pytest.mark.parametrize("how", ["script", "function", "module"])
+@pytest.mark.parametrize("how", ["script", "function", "thread", "module"])
 def test_unguarded_script_fails_at_once_and_names_the_guard(tiny_root, tmp_path, how):
     store = tmp_path / "s.h5"
     if how == "module":
@@ -86,7 +105,8 @@ def test_unguarded_script_fails_at_once_and_names_the_guard(tiny_root, tmp_path,
         done = run_python(["-m", "pkg.unguarded", str(tiny_root), str(store)], cwd=tmp_path)
         script = tmp_path / "pkg" / "unguarded.py"
     else:
-        script = write(tmp_path / "build.py", UNGUARDED if how == "script" else UNGUARDED_IN_FUNCTION)
+        text = {"script": UNGUARDED, "function": UNGUARDED_IN_FUNCTION, "thread": UNGUARDED_IN_THREAD}[how]
+        script = write(tmp_path / "build.py", text)
         done = run_python([str(script), str(tiny_root), str(store)], cwd=tmp_path)
     assert done.returncode == 1
     last = done.stderr.strip().splitlines()[-1]
