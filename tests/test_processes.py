@@ -6,6 +6,7 @@ small real WAV folders; nothing about processes is mocked.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -265,7 +266,8 @@ def worker_threads():
 
 def test_workers_run_one_blas_thread(monkeypatch):
     pytest.importorskip("threadpoolctl")
-    # a worker's numpy loads OpenBLAS with this: only the run-time limit can bring it to one
+    # the worker sets its own variables before it first imports numpy (the test below covers a worker
+    # that imported numpy earlier); the caller's values must stay as they are
     monkeypatch.setenv("OPENBLAS_NUM_THREADS", "2")
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
     pool = WorkerPool(2)
@@ -278,6 +280,47 @@ def test_workers_run_one_blas_thread(monkeypatch):
         assert any(p["user_api"] == "blas" for p in pools)
         assert [p["num_threads"] for p in pools] == [1] * len(pools), pools
     assert os.environ["OPENBLAS_NUM_THREADS"] == "2" and os.environ["OMP_NUM_THREADS"] == "2"
+
+
+BLAS_PROBE = """import json
+import os
+import sys
+
+import numpy  # noqa: F401 - loaded (with its BLAS) again by every worker, before the pool's initializer
+
+from memstore._workers import THREAD_VARS, WorkerPool
+
+
+def probe():
+    from threadpoolctl import threadpool_info
+
+    return {k: os.environ.get(k) for k in THREAD_VARS}, threadpool_info()
+
+
+if __name__ == "__main__":
+    pool = WorkerPool(2)
+    results = [f.result(timeout=120) for f in [pool.submit(probe) for _ in range(4)]]
+    pool.shutdown()
+    print(json.dumps({"workers": results, "parent": {k: os.environ.get(k) for k in THREAD_VARS}}))
+"""
+
+
+def test_workers_whose_blas_loaded_early_are_limited_at_run_time(tmp_path):
+    """A script that imports numpy is imported again by each worker before the pool's initializer:
+    its OpenBLAS starts with the caller's thread count, and only the run-time limit brings it to one."""
+    pytest.importorskip("threadpoolctl")
+    script = write(tmp_path / "probe.py", BLAS_PROBE)
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="2", OMP_NUM_THREADS="2",
+               PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    env.pop("MKL_NUM_THREADS", None)
+    done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout)
+    assert out["parent"]["OPENBLAS_NUM_THREADS"] == "2" and out["parent"]["MKL_NUM_THREADS"] is None
+    for env_seen, pools in out["workers"]:
+        assert env_seen == dict.fromkeys(THREAD_VARS, "1")
+        assert any(p["user_api"] == "blas" for p in pools)
+        assert [p["num_threads"] for p in pools] == [1] * len(pools), pools
 
 
 def test_builds_in_two_threads_never_change_the_callers_environment(demo_root, demo_store, tmp_path,
