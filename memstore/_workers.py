@@ -21,7 +21,9 @@ cannot: that is refused up front too, with the ways out. When the check
 cannot decide (no source, a thread started by module-level code), a worker
 that calls ``build_store`` while it is still starting raises the same
 advice, and the parent, seeing workers die before they did any work, says
-so too.
+so too. A build in any process that multiprocessing is still starting is
+refused, even with ``workers=1`` (a child of another library re-running an
+unguarded serial build would write the same files as its siblings).
 
 **Single-threaded workers, without touching the caller's environment.**
 N workers on N cores must not each run a BLAS thread pool (measured: two
@@ -82,17 +84,22 @@ _SETTERS = tuple(f"{p}openblas_set_num_threads{s}" for p in ("", "scipy_") for s
 
 # --- the main guard ------------------------------------------------------------------------
 
-def check_main_guard() -> None:
+def check_main_guard(*, spawns: bool) -> None:
     """Raise :class:`BuildError` if worker processes would run the caller's build again, or cannot start.
 
-    Called before a local pool starts. Passes when spawn does not re-import
-    ``__main__`` (no file, or a package's ``__main__``), when the module-level
-    line that led here is inside ``if __name__ == "__main__":``, and when that
-    cannot be decided.
+    Called by every build; ``spawns`` says whether it is about to start a local
+    pool. In a process that multiprocessing is still starting, any build is
+    the re-run of a main script's module-level code (a sibling process would
+    run the same build on the same files), and is refused. Otherwise, with
+    ``spawns``: passes when spawn does not re-import ``__main__`` (no file, or
+    a package's ``__main__``), when the module-level line that led here is
+    inside ``if __name__ == "__main__":``, and when that cannot be decided.
     """
     if getattr(multiprocessing.current_process(), "_inheriting", False):
         raise BuildError("build_store was called while a worker process was starting, that is, by the "
                          f"module-level code of the main script, which every worker runs again: {GUARD_ADVICE}")
+    if not spawns:
+        return
     main = sys.modules.get("__main__")
     path = _reimported_path(main)
     if path is None:

@@ -318,8 +318,8 @@ def build_store(audio_root, store_path, *, transform: Spectrogram = MelSpectrogr
     t0 = time.perf_counter()
     _check_args(transform, labels, workers, sample_rate, dtype, mode)
     n_workers = workers or os.cpu_count() or 1
-    if executor is None and n_workers > 1:
-        check_main_guard()  # before any worker starts: workers of an unguarded script would re-run it
+    # before any worker starts: workers of an unguarded script would re-run it
+    check_main_guard(spawns=executor is None and n_workers > 1)
     # spawn the workers now, so their start-up (interpreters, numpy, numba) overlaps the scan
     pool = _start_pool(n_workers) if executor is None and n_workers > 1 else None
     try:

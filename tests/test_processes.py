@@ -180,6 +180,32 @@ def test_worker_that_starts_a_build_while_starting_is_reported_as_the_guard(tiny
     assert not store.exists() and not (tmp_path / "s.h5.again.h5").exists()
 
 
+SERIAL_IN_ANY_CHILD = """import multiprocessing
+import sys
+from memstore import build_store
+
+if __name__ == "__mp_main__":
+    # an unguarded workers=1 build, run again by a child process of some other library
+    build_store(sys.argv[1], sys.argv[2], workers=1, progress=False)
+
+if __name__ == "__main__":
+    child = multiprocessing.get_context("spawn").Process(target=print)
+    child.start()
+    child.join()
+    sys.exit(child.exitcode)
+"""
+
+
+def test_no_build_runs_in_a_process_that_is_still_starting(tiny_root, tmp_path):
+    """Siblings re-running one unguarded build would all write the same partial file: refused."""
+    script = write(tmp_path / "child.py", SERIAL_IN_ANY_CHILD)
+    done = run_python([str(script), str(tiny_root), str(tmp_path / "s.h5")], cwd=tmp_path)
+    assert done.returncode == 1
+    assert "BuildError: build_store was called while a worker process was starting" in done.stderr
+    assert 'under `if __name__ == "__main__":`' in done.stderr
+    assert not (tmp_path / "s.h5").exists() and not (tmp_path / "s.h5.partial").exists()
+
+
 # --- 2. workers die with their parent ------------------------------------------------------
 
 KILLED_BUILD = """import sys
