@@ -34,7 +34,6 @@ import contextlib
 import dataclasses
 import hashlib
 import logging
-import multiprocessing
 import os
 import time
 import uuid
@@ -46,6 +45,7 @@ import h5py
 import numpy as np
 
 from . import _progress, layout
+from ._workers import WorkerPool, broken_pool_error, check_main_guard
 from .audio import audio_info, open_signal, read_audio, resampled_length
 from .errors import AudioDecodeError, BuildError, MissingDependencyError, ParameterError, StoreFormatError
 from .features import MelSpectrogram, Spectrogram, transform_from_json
@@ -351,6 +351,8 @@ def build_store(audio_root, store_path, *, transform: Spectrogram = MelSpectrogr
     labels = as_label_table(labels, audio_root) or labels
     _check_args(transform, labels, workers, sample_rate, dtype, mode)
     n_workers = workers or os.cpu_count() or 1
+    # before any worker starts: workers of an unguarded script would re-run it
+    check_main_guard(spawns=executor is None and n_workers > 1)
     # spawn the workers now, so their start-up (interpreters, numpy, numba) overlaps the scan
     pool = _start_pool(n_workers) if executor is None and n_workers > 1 else None
     try:
@@ -362,12 +364,9 @@ def build_store(audio_root, store_path, *, transform: Spectrogram = MelSpectrogr
             pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _start_pool(n_workers: int) -> cf.ProcessPoolExecutor:
-    with _single_threaded_children():  # the environment each spawned worker inherits
-        pool = cf.ProcessPoolExecutor(n_workers, mp_context=multiprocessing.get_context("spawn"))
-        for _ in range(n_workers):  # a spawn-context pool starts one process per waiting task
-            pool.submit(os.getpid)
-    return pool
+def _start_pool(n_workers: int) -> WorkerPool:
+    """Start every worker now, from this thread (see :mod:`memstore._workers`)."""
+    return WorkerPool(n_workers)
 
 
 def _build_store(t0, audio_root, store_path, *, transform, labels, workers, sample_rate, dtype, strict,
@@ -649,43 +648,21 @@ def _extract(files, pending, root, partial, data_offset, n_bins, dtype, config_j
 def _extract_pool(pool, n_workers, args, tasks, record, partial) -> None:
     """Run tasks on a ``concurrent.futures`` executor, at most ``4 * n_workers`` in flight."""
     running = set()
-    with _single_threaded_children():  # the environment of any process the executor starts on submit
-        try:
-            for items in tasks:
-                running.add(pool.submit(_extract_task, *args, items))
-                if len(running) >= 4 * n_workers:
-                    finished, running = cf.wait(running, return_when=cf.FIRST_COMPLETED)
-                    for fut in finished:
-                        record(fut.result())
-            for fut in cf.as_completed(running):
-                record(fut.result())
-        except cf.process.BrokenProcessPool as err:
-            raise BuildError(f"a worker process died ({err}); run the same build again to resume "
-                             f"from {partial}") from err
-        finally:
-            for fut in running:  # after a failure, queued tasks must not go on writing into the partial file
-                fut.cancel()
+    try:
+        for items in tasks:
+            running.add(pool.submit(_extract_task, *args, items))
+            if len(running) >= 4 * n_workers:
+                finished, running = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+                for fut in finished:
+                    record(fut.result())
+        for fut in cf.as_completed(running):
+            record(fut.result())
+    except cf.process.BrokenProcessPool as err:
+        raise broken_pool_error(pool, err, partial) from err
+    finally:
+        for fut in running:  # after a failure, queued tasks must not go on writing into the partial file
+            fut.cancel()
 
-
-_THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
-
-
-class _single_threaded_children:
-    """Spawned workers inherit one BLAS/OpenMP thread each: N workers on N cores must not run
-    N x (threads per BLAS) spinning threads (measured: 3x slower builds with two workers)."""
-
-    def __enter__(self):
-        self.saved = {k: os.environ.get(k) for k in _THREAD_VARS}
-        for k in _THREAD_VARS:
-            os.environ[k] = "1"
-        return self
-
-    def __exit__(self, *exc):
-        for k, v in self.saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def _extract_dask(client, args, tasks, record) -> None:

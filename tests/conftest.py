@@ -1,14 +1,74 @@
-"""Shared fixtures: small real audio folders and stores written into tmp dirs."""
+"""Shared fixtures: small real audio folders and stores written into tmp dirs; no orphans left behind."""
 
 from __future__ import annotations
 
 import os
+import time
+import uuid
 
 import numpy as np
 import pytest
 
 from memstore.build import build_store
 from memstore.demo import make_demo_folder
+
+#: every process this run starts inherits the mark, so an orphan (reparented away from
+#: this process) can still be told apart from other runs' processes on the same machine
+SESSION_MARK = "MEMSTORE_TEST_SESSION"
+os.environ[SESSION_MARK] = uuid.uuid4().hex
+#: how long orphans get to notice their parent is gone (a worker's watchdog looks every 0.5 s)
+ORPHAN_GRACE_SECONDS = 30.0
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live descendant of ``pid``, from /proc/<pid>/task/*/children."""
+    found, todo = set(), [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            tasks = os.listdir(f"/proc/{p}/task")
+        except OSError:
+            continue
+        for t in tasks:
+            try:
+                with open(f"/proc/{p}/task/{t}/children") as f:
+                    kids = {int(k) for k in f.read().split()}
+            except OSError:
+                continue
+            todo.extend(kids - found)
+            found |= kids
+    return found
+
+
+def orphans_of_this_run() -> dict[int, str]:
+    """Live processes carrying this run's mark that are neither this process nor its descendants."""
+    mark = f"{SESSION_MARK}={os.environ[SESSION_MARK]}".encode()
+    mine = descendants(os.getpid()) | {os.getpid()}
+    found = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit() or int(d) in mine:
+            continue
+        try:
+            with open(f"/proc/{d}/environ", "rb") as f:
+                if mark not in f.read().split(b"\0"):
+                    continue
+            with open(f"/proc/{d}/cmdline", "rb") as f:
+                found[int(d)] = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue  # gone, or a zombie (its environ is empty)
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_orphan_processes():
+    """Fail the run if any process it started outlives its parent (e.g. workers of a killed build)."""
+    yield
+    if not os.path.isdir("/proc/self/task"):
+        return
+    deadline = time.monotonic() + ORPHAN_GRACE_SECONDS
+    while (left := orphans_of_this_run()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not left, f"processes started by this test run outlived their parents: {left}"
 
 
 def pytest_report_header(config):

@@ -1,0 +1,268 @@
+"""The local build's worker processes: who may start them, how they start, and when they end.
+
+``build_store(..., workers=N)`` extracts in ``N`` processes started with the
+``spawn`` method (fork is unsafe with HDF5 handles and threads). Three things
+about those processes live here, apart from the build itself:
+
+**The main guard.** A spawned worker imports the caller's main script again
+(as ``__mp_main__``) before it does any work. A script that calls
+``build_store`` at module level, outside ``if __name__ == "__main__":``,
+would have every worker start the build again; multiprocessing refuses, the
+worker dies, and the build used to stop with "a worker process died ... run
+the same build again", which never helps. :func:`check_main_guard` finds that
+case before any worker starts: it walks the stack (and the main thread's) to
+the module-level frame of a file-backed ``__main__`` and asks :mod:`ast`
+whether the line running there sits inside an ``if __name__ == "__main__":``
+block. Code without a file (a notebook, ``python -c``, the interactive
+prompt) and ``python -m pkg`` (a package's ``__main__``, which spawn never
+re-runs) are not re-imported by workers and always pass. A script piped to
+``python -`` has the file name ``<stdin>``, which spawn tries to import and
+cannot: that is refused up front too, with the ways out. When the check
+cannot decide (no source, a thread started by module-level code), a worker
+that calls ``build_store`` while it is still starting raises the same
+advice, and the parent, seeing workers die before they did any work, says
+so too. A build in any process that multiprocessing is still starting is
+refused, even with ``workers=1`` (a child of another library re-running an
+unguarded serial build would write the same files as its siblings).
+
+**Single-threaded workers, without touching the caller's environment.**
+N workers on N cores must not each run a BLAS thread pool (measured: two
+workers with two OpenBLAS threads each were 3x slower than one process).
+The workers used to inherit ``OMP_NUM_THREADS=1`` and friends from a
+temporary change of the parent's ``os.environ``, which raced between two
+builds in two threads and flickered the user's environment. Now each worker
+sets the variables in its *own* environment (for libraries it loads later)
+and, since numpy's BLAS is already loaded by then, limits every loaded
+BLAS/OpenMP library at run time through its own ``*_set_num_threads``
+function (the libraries are found in ``/proc/self/maps``). memstore's numba
+kernels are not parallel, so numba's thread pool is never started.
+
+**Workers die with their parent.** The call queue's pipe is held open by
+every worker, so a worker never sees end-of-file: after a ``kill -9`` of the
+build, its workers used to wait forever (reparented to init, ~180 MB each),
+and so did multiprocessing's resource tracker, which exits only when every
+holder of its pipe is gone. Each worker asks Linux for ``SIGKILL`` when its
+parent dies (``prctl(PR_SET_PDEATHSIG)``) and runs a watchdog thread on
+``os.getppid()`` (portable, and covers a parent that died before the
+``prctl``). ``PR_SET_PDEATHSIG`` fires when the *thread* that started the
+child exits: the pool belongs to one ``build_store`` call and every worker is
+started by the thread running that call (``ProcessPoolExecutor`` starts
+spawn-context workers on ``submit``, in the submitting thread, and only the
+build's thread submits), which outlives the pool.
+"""
+
+from __future__ import annotations
+
+import ast
+import concurrent.futures as cf
+import ctypes
+import multiprocessing
+import os
+import re
+import signal
+import sys
+import threading
+import time
+import tokenize
+
+from .errors import BuildError
+
+#: thread-count variables each worker sets to 1 in its own environment
+THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+#: how often a worker's watchdog looks at its parent, in seconds
+WATCHDOG_SECONDS = 0.5
+
+GUARD_ADVICE = ('put the call under `if __name__ == "__main__":` (spawned worker processes import the '
+                'main script again), or use workers=1')
+
+_PR_SET_PDEATHSIG = 1
+#: shared libraries whose thread count is set at run time in a worker
+_NATIVE_POOLS = re.compile(r"(openblas|mkl_rt|libmkl|blis|gomp|iomp|libomp)[^/]*\.(so|dylib)", re.I)
+_SETTERS = tuple(f"{p}openblas_set_num_threads{s}" for p in ("", "scipy_") for s in ("", "64_", "_64")) + (
+    "MKL_Set_Num_Threads", "bli_thread_set_num_threads", "omp_set_num_threads")
+
+
+# --- the main guard ------------------------------------------------------------------------
+
+def check_main_guard(*, spawns: bool) -> None:
+    """Raise :class:`BuildError` if worker processes would run the caller's build again, or cannot start.
+
+    Called by every build; ``spawns`` says whether it is about to start a local
+    pool. In a process that multiprocessing is still starting, any build is
+    the re-run of a main script's module-level code (a sibling process would
+    run the same build on the same files), and is refused. Otherwise, with
+    ``spawns``: passes when spawn does not re-import ``__main__`` (no file, or
+    a package's ``__main__``), when the module-level line that led here is
+    inside ``if __name__ == "__main__":``, and when that cannot be decided.
+    """
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        raise BuildError("build_store was called while a worker process was starting, that is, by the "
+                         f"module-level code of the main script, which every worker runs again: {GUARD_ADVICE}")
+    if not spawns:
+        return
+    main = sys.modules.get("__main__")
+    path = _reimported_path(main)
+    if path is None:
+        return
+    if not os.path.isfile(path):
+        raise BuildError(f"the main script {getattr(main, '__file__', '')!r} is not a file (read from stdin?), "
+                         "and spawned worker processes must import it again: save it to a file and put the "
+                         "call under `if __name__ == \"__main__\":`, run it with python -c, or use workers=1")
+    where = _unguarded_main_line(main)
+    if where is not None:
+        raise BuildError(f"build_store with worker processes was called at module level of {where[0]} "
+                         f"(line {where[1]}) without a main guard, so every worker would run it again: "
+                         f"{GUARD_ADVICE}")
+
+
+def _reimported_path(main) -> str | None:
+    """The file a spawned worker imports again as ``__mp_main__``, as :mod:`multiprocessing.spawn` decides."""
+    if main is None:
+        return None
+    spec = getattr(main, "__spec__", None)
+    if spec is not None:  # run with -m: re-imported by name, except a package's __main__
+        if spec.name == "__main__" or spec.name.endswith(".__main__"):
+            return None
+        return getattr(main, "__file__", None) or None
+    path = getattr(main, "__file__", None)
+    if not path:
+        return None  # a notebook, python -c, the interactive prompt: nothing to re-import
+    if os.path.splitext(os.path.basename(path))[0] == "ipython":
+        return None
+    original = multiprocessing.process.ORIGINAL_DIR
+    return path if os.path.isabs(path) or original is None else os.path.join(original, path)
+
+
+def _unguarded_main_line(main) -> tuple[str, int] | None:
+    """``(file, line)`` of the unguarded module-level line of ``__main__`` now running, or None."""
+    stacks = [sys._getframe(1)]
+    if threading.current_thread() is not threading.main_thread():
+        main_frame = sys._current_frames().get(threading.main_thread().ident)
+        if main_frame is not None:
+            stacks.append(main_frame)
+    for frame in stacks:
+        while frame is not None:
+            if frame.f_code.co_name == "<module>" and frame.f_globals is vars(main):
+                guarded = _is_guarded(frame.f_code.co_filename, frame.f_lineno)
+                if guarded is False:
+                    return frame.f_code.co_filename, frame.f_lineno
+            frame = frame.f_back
+    return None
+
+
+def _is_guarded(filename: str, lineno: int) -> bool | None:
+    """Whether ``lineno`` of a module's source is inside ``if __name__ == "__main__":``; None if unknown."""
+    try:
+        with tokenize.open(filename) as f:
+            tree = ast.parse(f.read(), filename)
+    except (OSError, SyntaxError, ValueError, UnicodeDecodeError):
+        return None
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and _is_main_test(node.test) and node.body:
+            if node.body[0].lineno <= lineno <= (node.body[-1].end_lineno or node.body[-1].lineno):
+                return True
+    return False
+
+
+def _is_main_test(test: ast.expr) -> bool:
+    if not (isinstance(test, ast.Compare) and len(test.ops) == 1 and isinstance(test.ops[0], ast.Eq)):
+        return False
+    sides = (test.left, test.comparators[0])
+    return (any(isinstance(s, ast.Name) and s.id == "__name__" for s in sides)
+            and any(isinstance(s, ast.Constant) and s.value == "__main__" for s in sides))
+
+
+# --- the pool ------------------------------------------------------------------------------
+
+class WorkerPool(cf.ProcessPoolExecutor):
+    """A spawn-context pool of single-threaded workers that end when this process ends.
+
+    All workers are started at once (a spawn-context pool would start one per
+    waiting task), from the calling thread, which must outlive the pool.
+    """
+
+    def __init__(self, n_workers: int):
+        super().__init__(n_workers, mp_context=multiprocessing.get_context("spawn"),
+                         initializer=_init_worker, initargs=(os.getpid(),))
+        self._startup = [self.submit(os.getpid) for _ in range(n_workers)]
+
+    def died_at_startup(self) -> bool:
+        """Whether the pool broke before every worker had run its first task."""
+        return any(f.done() and not f.cancelled() and f.exception() is not None for f in self._startup)
+
+
+def broken_pool_error(pool, err: BaseException, partial) -> BuildError:
+    """The error for a broken local pool: the main guard if workers died starting, else resume."""
+    if isinstance(pool, WorkerPool) and pool.died_at_startup():
+        return BuildError(f"a worker process died while starting ({err}). If the script that calls "
+                          f"build_store has no main guard, every worker runs it again and fails: {GUARD_ADVICE}. "
+                          f"If a worker was killed, run the same build again to resume from {partial}")
+    return BuildError(f"a worker process died ({err}); run the same build again to resume from {partial}")
+
+
+# --- inside a worker -----------------------------------------------------------------------
+
+def _init_worker(parent_pid: int) -> None:
+    """Runs first in every worker: one native thread, and an end with the parent."""
+    for k in THREAD_VARS:
+        os.environ[k] = "1"  # this process only: libraries loaded from now on start one thread
+    limit_native_threads(1)
+    _die_with_parent(parent_pid)
+
+
+def limit_native_threads(n: int) -> int:
+    """Set every loaded BLAS/OpenMP library of this process to ``n`` threads; return how many calls worked.
+
+    Libraries are found in ``/proc/self/maps`` (Linux); elsewhere this does
+    nothing and the environment variables set for later loads are all there is.
+    """
+    try:
+        with open("/proc/self/maps") as f:
+            paths = sorted({line.split(None, 5)[5].strip() for line in f
+                            if len(line.split(None, 5)) == 6 and _NATIVE_POOLS.search(line)})
+    except OSError:
+        return 0
+    done = 0
+    for path in paths:
+        try:
+            lib = ctypes.CDLL(path)  # already loaded: the same handle, nothing new runs
+        except OSError:
+            continue
+        for name in _SETTERS:
+            fn = getattr(lib, name, None)
+            if fn is not None:
+                fn.argtypes, fn.restype = [ctypes.c_int], None
+                fn(n)
+                done += 1
+    return done
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    direct = os.getppid() == parent_pid  # False if the parent is already gone, or a wrapper sits between
+    if not direct and not _alive(parent_pid):
+        os._exit(1)
+    if direct and sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        except (OSError, AttributeError):
+            pass  # the watchdog below still ends the worker
+        if os.getppid() != parent_pid:  # the parent died before the prctl took effect
+            os._exit(1)
+
+    def watch() -> None:
+        while (os.getppid() == parent_pid) if direct else _alive(parent_pid):
+            time.sleep(WATCHDOG_SECONDS)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="memstore-parent-watchdog", daemon=True).start()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
