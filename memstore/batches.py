@@ -87,6 +87,11 @@ class BatchStream:
         Also serve a last block ending at each file's end (see :mod:`memstore.blocks`).
     prefetch : bool
         Assemble batches in a background thread.
+    return_file : bool
+        Yield ``(x, y, file)``: ``file`` is an int64 array [shape=(N,)] with the store
+        file index (row of ``store.index``) of each block, for per-file evaluation
+        (:func:`memstore.aggregate_by_file`). With ``shuffle=False`` blocks come file
+        by file in store order and by start frame within a file, on both paths.
 
     Example
     -------
@@ -99,7 +104,7 @@ class BatchStream:
                  split: str = "train", valid_fraction: float = 0.2, seed: int = 0, shuffle: bool = True,
                  drop_last: bool = True, layout: str = "NCTF", labels: str = "onehot", normalize=False,
                  memory_limit=None, shard=None, split_by: str = "file", valid_files=None,
-                 tail: bool = False, prefetch: bool = True):
+                 tail: bool = False, prefetch: bool = True, return_file: bool = False):
         from .store import Store, open_store
 
         self._own = not isinstance(store, Store)
@@ -108,6 +113,8 @@ class BatchStream:
                              ("step", step, 1), ("seed", seed, 0)):
             if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < low:
                 raise ParameterError(f"{name}={v!r} must be an integer >= {low}")
+        if not isinstance(return_file, bool | np.bool_):
+            raise ParameterError(f"return_file={return_file!r} must be True or False")
         checks = (("split", split, SPLITS), ("layout", layout, LAYOUTS), ("labels", labels, LABEL_KINDS),
                   ("normalize", normalize, NORMALIZE), ("split_by", split_by, ("file", "block")))
         for name, v, allowed in checks:
@@ -125,6 +132,7 @@ class BatchStream:
         self.shuffle, self.drop_last, self.layout = bool(shuffle), bool(drop_last), layout
         self.label_kind, self.normalize, self.shard = labels, normalize, shard
         self.split_by, self.tail, self.prefetch = split_by, bool(tail), bool(prefetch)
+        self.return_file = bool(return_file)
         self.memory_limit = parse_memory(memory_limit)
         self.epoch = 0
         self.iteration_step = 0
@@ -223,8 +231,7 @@ class BatchStream:
     def _windows(self, epoch: int) -> list[Window]:
         if self.out_of_core:
             return plan_epoch(self.block_row, self.block_valid, window_rows=self._window_rows,
-                              seed=self.seed if self.shuffle else 0, epoch=epoch if self.shuffle else 0,
-                              shard=self.shard) if self.shuffle else self._sequential_windows()
+                              seed=self.seed, epoch=epoch, shard=self.shard, shuffle=self.shuffle)
         n = len(self.block_file)
         order = (np.random.default_rng((self.seed, int(epoch))).permutation(n) if self.shuffle
                  else np.arange(n))
@@ -233,17 +240,6 @@ class BatchStream:
             order = order[rank::world][: self.total_points]
         empty = np.zeros(0, np.int64)
         return [Window(empty, empty, empty, 0, order, self.block_row[order])]
-
-    def _sequential_windows(self) -> list[Window]:
-        ws = plan_epoch(self.block_row, self.block_valid, window_rows=self._window_rows, seed=0, epoch=0,
-                        shard=self.shard)
-        # unshuffled: serve windows in store order, blocks sorted within each
-        ws.sort(key=lambda w: int(w.row_start[0]) if len(w.row_start) else 0)
-        out = []
-        for w in ws:
-            k = np.argsort(w.blocks, kind="stable")
-            out.append(Window(w.row_start, w.row_stop, w.buf_start, w.n_rows, w.blocks[k], w.src_row[k]))
-        return out
 
     def order(self, epoch: int | None = None) -> np.ndarray:
         """Block ids (into this split's block table) in serving order for ``epoch``."""
@@ -258,7 +254,7 @@ class BatchStream:
                     block_file=self.block_file, labels=self._labels_all, norm=self._norm,
                     features=None if self.out_of_core else np.asarray(s.features),
                     path=s.path, data_offset=s.data_offset, dtype=s.dtype,
-                    window_rows=self._window_rows if self.out_of_core else 0)
+                    window_rows=self._window_rows if self.out_of_core else 0, return_file=self.return_file)
 
     def _start(self, epoch: int, first_batch: int):
         self._stop_active()
@@ -297,7 +293,7 @@ class BatchStream:
         _stop_active(self._holder)
 
     def __iter__(self):
-        """One epoch of ``(x, y)`` batches, from the current position."""
+        """One epoch of ``(x, y)`` (or ``(x, y, file)``) batches, from the current position."""
         epoch, first = self.epoch, self.iteration_step
         self._start(epoch, first)
         try:
@@ -427,6 +423,7 @@ class _Job:
     data_offset: int
     dtype: np.dtype
     window_rows: int
+    return_file: bool
 
 
 def _shape(x: np.ndarray, layout: str) -> np.ndarray:
@@ -440,7 +437,7 @@ def _shape(x: np.ndarray, layout: str) -> np.ndarray:
 
 
 def _produce(job: _Job, ws: list[Window], first_batch: int, stop: threading.Event):
-    """Yield (x, y) from the windows ``ws`` of an epoch, from batch ``first_batch`` on."""
+    """Yield (x, y) or (x, y, file) from the windows ``ws`` of an epoch, from batch ``first_batch`` on."""
     counts = np.array([len(w.blocks) for w in ws], np.int64)
     cum = np.r_[0, np.cumsum(counts)]
     if job.n_batches == 0 or first_batch >= job.n_batches:
@@ -476,7 +473,11 @@ def _produce(job: _Job, ws: list[Window], first_batch: int, stop: threading.Even
                 ids[filled:filled + take] = blk
                 filled += take
                 pos += take
-            yield _shape(out, job.layout), job.labels[job.block_file[ids]]
+            files = job.block_file[ids]
+            if job.return_file:
+                yield _shape(out, job.layout), job.labels[files], files
+            else:
+                yield _shape(out, job.layout), job.labels[files]
     finally:
         if reader is not None:
             reader.close()

@@ -116,7 +116,7 @@ def plan_pages(block_row: np.ndarray, block_valid: np.ndarray, page_rows: int):
 
 
 def plan_epoch(block_row, block_valid, *, window_rows: int, seed: int, epoch: int, shard=None,
-               page_rows: int | None = None) -> list[Window]:
+               page_rows: int | None = None, shuffle: bool = True) -> list[Window]:
     """The windows of one epoch (see the module notes); a pure function of its arguments.
 
     Parameters
@@ -131,6 +131,9 @@ def plan_epoch(block_row, block_valid, *, window_rows: int, seed: int, epoch: in
         Each rank gets every ``world``-th block of the epoch's sequence, cut to a common length.
     page_rows : int, optional
         Default ``max(max block rows, window_rows // 16)``.
+    shuffle : bool
+        False: pages and blocks in store order (steps 1 and 3 skipped; ``seed`` and
+        ``epoch`` unused), so the epoch is served file by file, each by start frame.
     """
     block_row = np.asarray(block_row, dtype=np.int64)
     block_valid = np.asarray(block_valid, dtype=np.int64)
@@ -142,7 +145,7 @@ def plan_epoch(block_row, block_valid, *, window_rows: int, seed: int, epoch: in
                              f"the longest block ({longest} rows)")
     page_of_block, p_start, p_stop = plan_pages(block_row, block_valid, page_rows)
     rng = np.random.default_rng((int(seed), int(epoch)))
-    order = rng.permutation(len(p_start))
+    order = rng.permutation(len(p_start)) if shuffle else np.arange(len(p_start))
     sizes = (p_stop - p_start)[order]
     # greedy packing of the shuffled pages into windows
     windows_of = []
@@ -166,7 +169,7 @@ def plan_epoch(block_row, block_valid, *, window_rows: int, seed: int, epoch: in
         idx = np.concatenate([np.arange(page_first[p], page_first[p + 1]) for p in pages])
         owner = np.repeat(np.arange(len(pages)), page_first[pages + 1] - page_first[pages])
         src = buf[owner] + block_row[idx] - p_start[pages][owner]
-        perm = rng.permutation(len(idx))
+        perm = rng.permutation(len(idx)) if shuffle else np.arange(len(idx))
         out.append(Window(p_start[pages], p_stop[pages], buf, int(rows.sum()), idx[perm], src[perm]))
     if shard is not None:
         out = _shard(out, shard)
