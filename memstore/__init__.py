@@ -50,6 +50,8 @@ _EXPORTS = {
     "block_table": "blocks",
     "BatchStream": "batches",
     "parse_memory": "pager",
+    # evaluation
+    "aggregate_by_file": "evaluate",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
@@ -81,6 +83,7 @@ if TYPE_CHECKING:  # pragma: no cover
         ParameterError,
         StoreFormatError,
     )
+    from .evaluate import aggregate_by_file
     from .features import MelSpectrogram, Spectrogram, mel_filterbank, stft, transform_from_json
     from .pager import parse_memory
     from .store import Store, open_store
