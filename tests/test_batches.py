@@ -262,3 +262,21 @@ def test_return_file_leaves_the_default_tuples_alone(store):
     assert len(named.get_data()) == 4 and len(named.get_validation()) == 2
     with pytest.raises(ParameterError, match="return_file"):
         BatchStream(store, batch_size=4, return_file="yes")
+
+
+def test_torch_adapter_passes_the_file_index_through(demo_store):
+    torch = pytest.importorskip("torch")
+    from memstore.torch import BlockDataset
+
+    ds = BlockDataset(demo_store, batch_size=4, split="all", shuffle=False, drop_last=False, return_file=True,
+                      with_ids=True)
+    with open_store(demo_store) as s:
+        full = BatchStream(s, batch_size=4, split="all")
+        files, ids = [], []
+        for x, y, f, b in torch.utils.data.DataLoader(ds, batch_size=None, num_workers=0):
+            assert x.shape[0] == y.shape[0] == f.shape[0] == b.shape[0]
+            files.append(f.numpy())
+            ids.append(b.numpy())
+        files, ids = np.concatenate(files), np.concatenate(ids)
+        np.testing.assert_array_equal(ids, np.arange(len(full.block_file)))
+        np.testing.assert_array_equal(files, full.block_file)
