@@ -88,6 +88,15 @@ def test_streams_used_through_call_and_dropped_end_their_threads(store, out_of_c
     check_dropped(make, lambda s: s())  # the tutorial's db(): one batch, then the stream is forgotten
 
 
+def test_unprefetched_out_of_core_streams_dropped_end_their_reader_threads(store):
+    def make():
+        s = BatchStream(store, batch_size=4, memory_limit=ooc_limit(4), prefetch=False)
+        assert s.out_of_core
+        return s
+
+    check_dropped(make, lambda s: s())  # only the pager's reader thread runs; the stream holds its generator
+
+
 def test_stream_that_owns_its_store_ends_its_thread_when_dropped(demo_store):
     check_dropped(lambda: BatchStream(demo_store, batch_size=4, memory_limit=ooc_limit(4)),
                   lambda s: (s(), s()))
