@@ -51,6 +51,8 @@ _EXPORTS = {
     "block_table": "blocks",
     "BatchStream": "batches",
     "parse_memory": "pager",
+    # evaluation
+    "aggregate_by_file": "evaluate",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
@@ -82,6 +84,7 @@ if TYPE_CHECKING:  # pragma: no cover
         ParameterError,
         StoreFormatError,
     )
+    from .evaluate import aggregate_by_file
     from .features import MelSpectrogram, Spectrogram, mel_filterbank, stft, transform_from_json
     from .labeltable import LabelTable
     from .pager import parse_memory

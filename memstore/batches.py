@@ -22,13 +22,21 @@ dropped), the order is a pure function of ``(seed, epoch)``, and
 Batches are assembled by a background thread (the numba kernel releases the
 GIL) one or two batches ahead. Every batch is a new array: it stays valid as
 long as you keep it.
+
+The thread reads a snapshot of the stream's arrays (``_Job``), never the
+stream itself, so a stream dropped without ``close()`` is garbage collected
+and its finalizer stops and joins the thread (and the pager's reader thread
+behind it). ``close()`` still ends them at a moment of your choosing.
 """
 
 from __future__ import annotations
 
 import queue
 import threading
+import time
+import warnings
 import weakref
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -79,6 +87,11 @@ class BatchStream:
         Also serve a last block ending at each file's end (see :mod:`memstore.blocks`).
     prefetch : bool
         Assemble batches in a background thread.
+    return_file : bool
+        Yield ``(x, y, file)``: ``file`` is an int64 array [shape=(N,)] with the store
+        file index (row of ``store.index``) of each block, for per-file evaluation
+        (:func:`memstore.aggregate_by_file`). With ``shuffle=False`` blocks come file
+        by file in store order and by start frame within a file, on both paths.
 
     Example
     -------
@@ -91,7 +104,7 @@ class BatchStream:
                  split: str = "train", valid_fraction: float = 0.2, seed: int = 0, shuffle: bool = True,
                  drop_last: bool = True, layout: str = "NCTF", labels: str = "onehot", normalize=False,
                  memory_limit=None, shard=None, split_by: str = "file", valid_files=None,
-                 tail: bool = False, prefetch: bool = True):
+                 tail: bool = False, prefetch: bool = True, return_file: bool = False):
         from .store import Store, open_store
 
         self._own = not isinstance(store, Store)
@@ -100,6 +113,8 @@ class BatchStream:
                              ("step", step, 1), ("seed", seed, 0)):
             if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < low:
                 raise ParameterError(f"{name}={v!r} must be an integer >= {low}")
+        if not isinstance(return_file, bool | np.bool_):
+            raise ParameterError(f"return_file={return_file!r} must be True or False")
         checks = (("split", split, SPLITS), ("layout", layout, LAYOUTS), ("labels", labels, LABEL_KINDS),
                   ("normalize", normalize, NORMALIZE), ("split_by", split_by, ("file", "block")))
         for name, v, allowed in checks:
@@ -117,10 +132,14 @@ class BatchStream:
         self.shuffle, self.drop_last, self.layout = bool(shuffle), bool(drop_last), layout
         self.label_kind, self.normalize, self.shard = labels, normalize, shard
         self.split_by, self.tail, self.prefetch = split_by, bool(tail), bool(prefetch)
+        self.return_file = bool(return_file)
         self.memory_limit = parse_memory(memory_limit)
         self.epoch = 0
         self.iteration_step = 0
-        self._active = None
+        # (source, thread, stop) of the running epoch; the finalizer shares the list, so it
+        # always stops the current producer when the stream is garbage collected
+        self._holder: list = [None]
+        self._finalizer = weakref.finalize(self, _stop_active, self._holder)
 
         s = self.store
         n_frames = s.index["n_frames"]
@@ -157,7 +176,6 @@ class BatchStream:
         elif self.memory_limit is not None and n_batch_buffers * self._batch_bytes > self.memory_limit:
             raise ParameterError(f"memory_limit={self.memory_limit} bytes is smaller than "
                                  f"{n_batch_buffers} batches ({n_batch_buffers * self._batch_bytes} bytes)")
-        self._finalizer = weakref.finalize(self, _stop_active, [None])
 
     # --- set-up -----------------------------------------------------------------------------
     def _split_mask(self, bf: np.ndarray, valid_files) -> np.ndarray:
@@ -213,8 +231,7 @@ class BatchStream:
     def _windows(self, epoch: int) -> list[Window]:
         if self.out_of_core:
             return plan_epoch(self.block_row, self.block_valid, window_rows=self._window_rows,
-                              seed=self.seed if self.shuffle else 0, epoch=epoch if self.shuffle else 0,
-                              shard=self.shard) if self.shuffle else self._sequential_windows()
+                              seed=self.seed, epoch=epoch, shard=self.shard, shuffle=self.shuffle)
         n = len(self.block_file)
         order = (np.random.default_rng((self.seed, int(epoch))).permutation(n) if self.shuffle
                  else np.arange(n))
@@ -224,126 +241,59 @@ class BatchStream:
         empty = np.zeros(0, np.int64)
         return [Window(empty, empty, empty, 0, order, self.block_row[order])]
 
-    def _sequential_windows(self) -> list[Window]:
-        ws = plan_epoch(self.block_row, self.block_valid, window_rows=self._window_rows, seed=0, epoch=0,
-                        shard=self.shard)
-        # unshuffled: serve windows in store order, blocks sorted within each
-        ws.sort(key=lambda w: int(w.row_start[0]) if len(w.row_start) else 0)
-        out = []
-        for w in ws:
-            k = np.argsort(w.blocks, kind="stable")
-            out.append(Window(w.row_start, w.row_stop, w.buf_start, w.n_rows, w.blocks[k], w.src_row[k]))
-        return out
-
     def order(self, epoch: int | None = None) -> np.ndarray:
         """Block ids (into this split's block table) in serving order for ``epoch``."""
         ws = self._windows(self.epoch if epoch is None else epoch)
         return np.concatenate([w.blocks for w in ws]) if ws else np.zeros(0, np.int64)
 
     # --- batches ----------------------------------------------------------------------------
-    def _shape(self, x: np.ndarray) -> np.ndarray:
-        if self.layout == "NCTF":
-            return x[:, None]
-        if self.layout == "NTFC":
-            return x[..., None]
-        if self.layout == "NFTC":
-            return np.ascontiguousarray(x.transpose(0, 2, 1))[..., None]
-        return x
-
-    def _produce(self, epoch: int, first_batch: int, stop: threading.Event):
-        """Yield (x, y) of ``epoch`` from batch ``first_batch`` on."""
-        ws = self._windows(epoch)
-        counts = np.array([len(w.blocks) for w in ws], np.int64)
-        cum = np.r_[0, np.cumsum(counts)]
-        n_batches = self.iteration_size
-        if n_batches == 0 or first_batch >= n_batches:
-            return
-        first_pos = first_batch * self.batch_size
-        w_idx = int(np.searchsorted(cum, first_pos, side="right") - 1)
+    def _job(self) -> _Job:
         s = self.store
-        if self.out_of_core:
-            reader = WindowReader(s.path, s.data_offset, s.n_bins, s.dtype, ws[w_idx:], self._window_rows)
-            windows = iter(reader)
-        else:
-            reader = None
-            src = np.asarray(s.features)
-            windows = iter([(ws[0], src)])
-        try:
-            w, buf = next(windows)
-            total = int(cum[-1])
-            for b in range(first_batch, n_batches):
-                if stop.is_set():
-                    return
-                pos = b * self.batch_size
-                size = min(self.batch_size, total - pos)
-                out = np.empty((size, self.time_context, s.n_bins), np.float32)
-                ids = np.empty(size, np.int64)
-                filled = 0
-                while filled < size:
-                    while pos >= cum[w_idx + 1]:
-                        w, buf = next(windows)
-                        w_idx += 1
-                    k = pos - int(cum[w_idx])
-                    take = min(size - filled, int(cum[w_idx + 1]) - pos)
-                    blk = w.blocks[k:k + take]
-                    gather_blocks(buf, w.src_row[k:k + take], self.block_valid[blk], out[filled:filled + take],
-                                  **self._norm)
-                    ids[filled:filled + take] = blk
-                    filled += take
-                    pos += take
-                yield self._shape(out), self._labels_all[self.block_file[ids]]
-        finally:
-            if reader is not None:
-                reader.close()
+        return _Job(batch_size=self.batch_size, time_context=self.time_context, n_bins=s.n_bins,
+                    n_batches=self.iteration_size, layout=self.layout, block_valid=self.block_valid,
+                    block_file=self.block_file, labels=self._labels_all, norm=self._norm,
+                    features=None if self.out_of_core else np.asarray(s.features),
+                    path=s.path, data_offset=s.data_offset, dtype=s.dtype,
+                    window_rows=self._window_rows if self.out_of_core else 0, return_file=self.return_file)
 
     def _start(self, epoch: int, first_batch: int):
         self._stop_active()
         stop = threading.Event()
-        gen = self._produce(epoch, first_batch, stop)
+        # the producer gets a snapshot of the arrays it reads, never ``self``: a thread is a GC
+        # root, and a thread holding the stream would keep it (and itself) alive forever
+        gen = _produce(self._job(), self._windows(epoch), first_batch, stop)
         if not self.prefetch:
-            self._active = (gen, None, stop)
+            self._holder[0] = (gen, None, stop)
             return
         q: queue.Queue = queue.Queue(maxsize=PREFETCH)
-
-        def run():
-            try:
-                for item in gen:
-                    while not stop.is_set():
-                        try:
-                            q.put(item, timeout=0.1)
-                            break
-                        except queue.Full:
-                            continue
-                    if stop.is_set():
-                        break
-                q.put(_END)
-            except BaseException as err:
-                q.put(err)
-            finally:
-                gen.close()
-
-        t = threading.Thread(target=run, name="memstore-batches", daemon=True)
+        t = threading.Thread(target=_run_producer, args=(gen, q, stop), name="memstore-batches", daemon=True)
+        self._holder[0] = (q, t, stop)
         t.start()
-        self._active = (q, t, stop)
-        self._finalizer.detach()
-        self._finalizer = weakref.finalize(self, _stop_active, [self._active])
+
+    @property
+    def _active(self):
+        return self._holder[0]
 
     def _next_item(self):
         src, thread, _ = self._active
         if thread is None:
             return next(src, _END)
-        item = src.get()
+        while True:  # bounded waits: a producer that died without a word is an error, not a hang
+            try:
+                item = src.get(timeout=_POLL_S)
+                break
+            except queue.Empty:
+                if not thread.is_alive() and src.empty():
+                    raise RuntimeError("the batch producer thread ended without a result") from None
         if isinstance(item, BaseException):
             raise item
         return item
 
     def _stop_active(self) -> None:
-        if self._active is not None:
-            _stop_active([self._active])
-            self._active = None
+        _stop_active(self._holder)
 
     def __iter__(self):
-        """One epoch of ``(x, y)`` batches, from the current position."""
+        """One epoch of ``(x, y)`` (or ``(x, y, file)``) batches, from the current position."""
         epoch, first = self.epoch, self.iteration_step
         self._start(epoch, first)
         try:
@@ -408,7 +358,7 @@ class BatchStream:
         rows = s.index["offset"][bf] + bs
         valid = np.minimum(self.time_context, s.index["n_frames"][bf] - bs)
         gather_blocks(np.asarray(s.features), rows, valid, out, **self._norm)
-        return self._shape(out), self._labels_all[bf]
+        return _shape(out, self.layout), self._labels_all[bf]
 
     def get_validation(self):
         """``(features_valid, labels_valid)``: every validation block, in store order."""
@@ -449,22 +399,136 @@ class BatchStream:
 
 
 _END = object()
+#: how often blocked producers and consumers look at their stop event / the other side
+_POLL_S = 0.1
+#: how long stopping waits for a producer before giving up with a warning
+_JOIN_S = 30.0
+
+
+@dataclass(frozen=True, eq=False)
+class _Job:
+    """What a producer reads: arrays and scalars of the stream, but not the stream itself."""
+
+    batch_size: int
+    time_context: int
+    n_bins: int
+    n_batches: int
+    layout: str
+    block_valid: np.ndarray
+    block_file: np.ndarray
+    labels: np.ndarray
+    norm: dict
+    features: np.ndarray | None   # the store's mapping (in memory), or None (out of core)
+    path: object
+    data_offset: int
+    dtype: np.dtype
+    window_rows: int
+    return_file: bool
+
+
+def _shape(x: np.ndarray, layout: str) -> np.ndarray:
+    if layout == "NCTF":
+        return x[:, None]
+    if layout == "NTFC":
+        return x[..., None]
+    if layout == "NFTC":
+        return np.ascontiguousarray(x.transpose(0, 2, 1))[..., None]
+    return x
+
+
+def _produce(job: _Job, ws: list[Window], first_batch: int, stop: threading.Event):
+    """Yield (x, y) or (x, y, file) from the windows ``ws`` of an epoch, from batch ``first_batch`` on."""
+    counts = np.array([len(w.blocks) for w in ws], np.int64)
+    cum = np.r_[0, np.cumsum(counts)]
+    if job.n_batches == 0 or first_batch >= job.n_batches:
+        return
+    first_pos = first_batch * job.batch_size
+    w_idx = int(np.searchsorted(cum, first_pos, side="right") - 1)
+    if job.features is None:
+        reader = WindowReader(job.path, job.data_offset, job.n_bins, job.dtype, ws[w_idx:], job.window_rows)
+        windows = iter(reader)
+    else:
+        reader = None
+        windows = iter([(ws[0], job.features)])
+    try:
+        w, buf = next(windows)
+        total = int(cum[-1])
+        for b in range(first_batch, job.n_batches):
+            if stop.is_set():
+                return
+            pos = b * job.batch_size
+            size = min(job.batch_size, total - pos)
+            out = np.empty((size, job.time_context, job.n_bins), np.float32)
+            ids = np.empty(size, np.int64)
+            filled = 0
+            while filled < size:
+                while pos >= cum[w_idx + 1]:
+                    w, buf = next(windows)
+                    w_idx += 1
+                k = pos - int(cum[w_idx])
+                take = min(size - filled, int(cum[w_idx + 1]) - pos)
+                blk = w.blocks[k:k + take]
+                gather_blocks(buf, w.src_row[k:k + take], job.block_valid[blk], out[filled:filled + take],
+                              **job.norm)
+                ids[filled:filled + take] = blk
+                filled += take
+                pos += take
+            files = job.block_file[ids]
+            if job.return_file:
+                yield _shape(out, job.layout), job.labels[files], files
+            else:
+                yield _shape(out, job.layout), job.labels[files]
+    finally:
+        if reader is not None:
+            reader.close()
+
+
+def _put(q: queue.Queue, item, stop: threading.Event) -> bool:
+    """Put ``item`` unless ``stop`` is set first; False if it was not put."""
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=_POLL_S)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def _run_producer(gen, q: queue.Queue, stop: threading.Event) -> None:
+    """Thread target: move batches from ``gen`` into ``q`` until the end, an error or ``stop``."""
+    try:
+        for item in gen:
+            if not _put(q, item, stop):
+                return
+        _put(q, _END, stop)
+    except BaseException as err:  # handed to the consumer
+        _put(q, err, stop)
+    finally:
+        gen.close()
 
 
 def _stop_active(holder: list) -> None:
+    """Stop the producer in ``holder[0]`` and wait for its thread (also the stream's finalizer)."""
     active = holder[0]
+    holder[0] = None
     if active is None:
         return
     src, thread, stop = active
     stop.set()
-    if thread is not None:
-        while thread.is_alive():
-            try:  # unblock a producer waiting on a full queue
-                while True:
-                    src.get_nowait()
-            except queue.Empty:
-                pass
-            thread.join(timeout=0.05)
-    else:
+    if thread is None:
         src.close()
-    holder[0] = None
+        return
+    if thread is threading.current_thread():
+        return  # collected by the producer's own garbage collection: it sees ``stop`` and ends
+    deadline = time.monotonic() + _JOIN_S
+    while thread.is_alive():
+        try:  # free the queue's memory; the producer itself stops on ``stop`` within _POLL_S
+            while True:
+                src.get_nowait()
+        except queue.Empty:
+            pass
+        if time.monotonic() > deadline:
+            warnings.warn(f"memstore: batch producer thread did not stop within {_JOIN_S:.0f} s",
+                          ResourceWarning, stacklevel=2)
+            return
+        thread.join(timeout=_POLL_S)

@@ -29,6 +29,7 @@ import os
 import queue
 import re
 import threading
+import warnings
 import weakref
 from dataclasses import dataclass
 
@@ -115,7 +116,7 @@ def plan_pages(block_row: np.ndarray, block_valid: np.ndarray, page_rows: int):
 
 
 def plan_epoch(block_row, block_valid, *, window_rows: int, seed: int, epoch: int, shard=None,
-               page_rows: int | None = None) -> list[Window]:
+               page_rows: int | None = None, shuffle: bool = True) -> list[Window]:
     """The windows of one epoch (see the module notes); a pure function of its arguments.
 
     Parameters
@@ -130,6 +131,9 @@ def plan_epoch(block_row, block_valid, *, window_rows: int, seed: int, epoch: in
         Each rank gets every ``world``-th block of the epoch's sequence, cut to a common length.
     page_rows : int, optional
         Default ``max(max block rows, window_rows // 16)``.
+    shuffle : bool
+        False: pages and blocks in store order (steps 1 and 3 skipped; ``seed`` and
+        ``epoch`` unused), so the epoch is served file by file, each by start frame.
     """
     block_row = np.asarray(block_row, dtype=np.int64)
     block_valid = np.asarray(block_valid, dtype=np.int64)
@@ -141,7 +145,7 @@ def plan_epoch(block_row, block_valid, *, window_rows: int, seed: int, epoch: in
                              f"the longest block ({longest} rows)")
     page_of_block, p_start, p_stop = plan_pages(block_row, block_valid, page_rows)
     rng = np.random.default_rng((int(seed), int(epoch)))
-    order = rng.permutation(len(p_start))
+    order = rng.permutation(len(p_start)) if shuffle else np.arange(len(p_start))
     sizes = (p_stop - p_start)[order]
     # greedy packing of the shuffled pages into windows
     windows_of = []
@@ -165,7 +169,7 @@ def plan_epoch(block_row, block_valid, *, window_rows: int, seed: int, epoch: in
         idx = np.concatenate([np.arange(page_first[p], page_first[p + 1]) for p in pages])
         owner = np.repeat(np.arange(len(pages)), page_first[pages + 1] - page_first[pages])
         src = buf[owner] + block_row[idx] - p_start[pages][owner]
-        perm = rng.permutation(len(idx))
+        perm = rng.permutation(len(idx)) if shuffle else np.arange(len(idx))
         out.append(Window(p_start[pages], p_stop[pages], buf, int(rows.sum()), idx[perm], src[perm]))
     if shard is not None:
         out = _shard(out, shard)
@@ -195,61 +199,36 @@ class WindowReader:
     """Read windows into two preallocated buffers, the next one in a background thread.
 
     Iterating yields ``(window, buf)``; ``buf`` is an ``(n_rows, n_bins)`` view
-    that stays valid until the next step. ``close()`` (also on exhaustion,
-    as a context manager, and on garbage collection) stops and joins the thread.
+    that stays valid until the next step. ``close()`` -- called on exhaustion,
+    on an error, by ``with``, and when the reader is garbage collected -- stops
+    and joins the thread. The thread holds the file descriptor, the buffers
+    and the queues but not the reader, so dropping the last reference to a
+    reader (even mid-epoch) does collect it and end its thread. A ``buf`` still
+    held after that stays valid memory, but its contents are no longer defined.
     """
 
     def __init__(self, path, data_offset: int, n_bins: int, dtype, windows: list[Window],
                  window_rows: int, *, prefetch: bool = True):
-        self._dtype = np.dtype(dtype)
-        self._row_bytes = n_bins * self._dtype.itemsize
-        self._n_bins = n_bins
-        self._offset = int(data_offset)
-        self._windows = windows
-        self._bufs = [np.empty((max(window_rows, 1), n_bins), self._dtype) for _ in range(2)]
-        self._fd = os.open(path, os.O_RDONLY)
+        dtype = np.dtype(dtype)
+        self._bufs = [np.empty((max(window_rows, 1), n_bins), dtype) for _ in range(2)]
         self._free: queue.Queue = queue.Queue()
         self._ready: queue.Queue = queue.Queue()
         for i in range(2):
             self._free.put(i)
         self._stop = threading.Event()
         self._held = None
-        self._thread = threading.Thread(target=self._run, name="memstore-pager", daemon=True)
-        self._finalizer = weakref.finalize(self, _shutdown, self._stop, self._free, self._thread, self._fd)
-        self._thread.start()
-
-    def _read(self, w: Window, buf: np.ndarray) -> None:
-        flat = buf.reshape(-1).view(np.uint8)
-        for rs, re_, bs in zip(w.row_start.tolist(), w.row_stop.tolist(), w.buf_start.tolist(), strict=True):
-            want = (re_ - rs) * self._row_bytes
-            view = memoryview(flat[bs * self._row_bytes: bs * self._row_bytes + want])
-            pos = self._offset + rs * self._row_bytes
-            got = 0
-            while got < want:
-                n = os.preadv(self._fd, [view[got:]], pos + got)
-                if n <= 0:
-                    raise StoreFormatError(f"store file ended while reading rows {rs}..{re_} "
-                                           "(truncated under the reader?)")
-                got += n
-
-    def _run(self) -> None:
+        fd = os.open(path, os.O_RDONLY)
+        # the thread owns ``fd`` and closes it when it ends: nobody closes it under a running read
+        self._thread = threading.Thread(
+            target=_read_windows, name="memstore-pager", daemon=True,
+            args=(fd, int(data_offset), n_bins * dtype.itemsize, windows, self._bufs, self._free, self._ready,
+                  self._stop))
         try:
-            for w in self._windows:
-                slot = None
-                while slot is None:
-                    if self._stop.is_set():
-                        return
-                    try:
-                        slot = self._free.get(timeout=0.1)
-                    except queue.Empty:
-                        continue
-                if slot < 0 or self._stop.is_set():
-                    return
-                self._read(w, self._bufs[slot])
-                self._ready.put((w, slot))
-            self._ready.put(None)
-        except BaseException as err:  # handed to the consumer
-            self._ready.put(err)
+            self._thread.start()
+        except BaseException:
+            os.close(fd)
+            raise
+        self._finalizer = weakref.finalize(self, _shutdown, self._stop, self._free, self._thread)
 
     def __iter__(self):
         return self
@@ -258,7 +237,14 @@ class WindowReader:
         if self._held is not None:
             self._free.put(self._held)
             self._held = None
-        item = self._ready.get()
+        while True:  # bounded waits: a reader thread that died without a word is an error, not a hang
+            try:
+                item = self._ready.get(timeout=_POLL_S)
+                break
+            except queue.Empty:
+                if not self._thread.is_alive() and self._ready.empty():
+                    self.close()
+                    raise RuntimeError("the window reader thread ended without a result") from None
         if item is None:
             self.close()
             raise StopIteration
@@ -279,15 +265,58 @@ class WindowReader:
         self.close()
 
 
-def _shutdown(stop, free, thread, fd) -> None:
+#: how often the reader thread looks at its stop event while it waits for a free buffer
+_POLL_S = 0.1
+#: how long ``close`` waits for a read in progress to finish
+_JOIN_S = 30.0
+
+
+def _read_window(fd: int, offset: int, row_bytes: int, w: Window, buf: np.ndarray) -> None:
+    flat = buf.reshape(-1).view(np.uint8)
+    for rs, re_, bs in zip(w.row_start.tolist(), w.row_stop.tolist(), w.buf_start.tolist(), strict=True):
+        want = (re_ - rs) * row_bytes
+        view = memoryview(flat[bs * row_bytes: bs * row_bytes + want])
+        pos = offset + rs * row_bytes
+        got = 0
+        while got < want:
+            n = os.preadv(fd, [view[got:]], pos + got)
+            if n <= 0:
+                raise StoreFormatError(f"store file ended while reading rows {rs}..{re_} "
+                                       "(truncated under the reader?)")
+            got += n
+
+
+def _read_windows(fd, offset, row_bytes, windows, bufs, free, ready, stop) -> None:
+    """Thread target: fill free buffers with the windows in turn; ``None`` at the end, or the error."""
+    try:
+        for w in windows:
+            slot = None
+            while slot is None:
+                if stop.is_set():
+                    return
+                try:
+                    slot = free.get(timeout=_POLL_S)
+                except queue.Empty:
+                    continue
+            if slot < 0 or stop.is_set():
+                return
+            _read_window(fd, offset, row_bytes, w, bufs[slot])
+            ready.put((w, slot))
+        ready.put(None)
+    except BaseException as err:  # handed to the consumer
+        ready.put(err)
+    finally:
+        os.close(fd)
+
+
+def _shutdown(stop, free, thread) -> None:
     stop.set()
     free.put(-1)
     if thread.is_alive() and thread is not threading.current_thread():
-        thread.join(timeout=10)
-    try:
-        os.close(fd)
-    except OSError:
-        pass
+        thread.join(timeout=_JOIN_S)
+        if thread.is_alive():
+            warnings.warn(f"memstore: window reader thread did not stop within {_JOIN_S:.0f} s",
+                          ResourceWarning, stacklevel=2)
 
 
 def shuffle_quality(block_file_order, block_row_order, batch_size: int) -> dict:

@@ -36,7 +36,8 @@ class BlockDataset(_data.IterableDataset):
     rank, world_size : int, optional
         Override the DDP rank and world size (default: torch.distributed, or 0 and 1).
     with_ids : bool
-        Also yield the block ids (indices into the split's block table) of each batch.
+        Also yield the block ids (indices into the split's block table) of each batch, last.
+        With ``return_file=True`` in ``stream_args`` each item is ``(x, y, file[, ids])``.
     **stream_args
         Passed to :class:`memstore.BatchStream` (``batch_size`` is required).
     """
@@ -76,12 +77,12 @@ class BlockDataset(_data.IterableDataset):
             stream.epoch = self.epoch
             ids = stream.order(self.epoch)
             pos = 0
-            for x, y in stream:
-                xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+            for item in stream:  # (x, y), or (x, y, file) with return_file=True
+                n = len(item[0])
+                out = tuple(torch.from_numpy(a) for a in item)
                 if self.with_ids:
-                    yield xt, yt, torch.from_numpy(ids[pos:pos + len(x)].copy())
-                else:
-                    yield xt, yt
-                pos += len(x)
+                    out += (torch.from_numpy(ids[pos:pos + n].copy()),)
+                yield out
+                pos += n
         finally:
             stream.close()

@@ -198,3 +198,85 @@ def test_shuffle_report_compares_with_a_global_shuffle(store):
     assert rep["out_of_core"] is True
     for key in ("stream", "global_shuffle"):
         assert rep[key]["distinct_files_per_batch"] > 1 and rep[key]["mean_abs_step"] > 0
+
+
+@pytest.mark.parametrize("path", PATHS)
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(batch=st.integers(1, 24), t=st.integers(16, 160), step=st.integers(10, 120), seed=st.integers(0, 99),
+       shuffle=st.booleans(), split=st.sampled_from(["train", "valid", "all"]), tail=st.booleans(),
+       shard=st.sampled_from([None, (0, 1), (0, 2), (1, 2), (2, 3)]))
+def test_return_file_names_the_store_file_of_every_block(store, path, batch, t, step, seed, shuffle, split, tail,
+                                                         shard):
+    stream = BatchStream(store, batch_size=batch, time_context=t, step=step, seed=seed, shuffle=shuffle,
+                         split=split, tail=tail, shard=shard, drop_last=False, labels="index", layout="NTF",
+                         memory_limit=limit(path, batch, t), return_file=True)
+    assert stream.out_of_core == (path == "pager")
+    order = stream.order(0)
+    xs, ys, fs = [], [], []
+    for item in stream:
+        assert len(item) == 3
+        x, y, f = item
+        assert f.dtype == np.int64 and f.shape == (len(x),)
+        xs.append(x)
+        ys.append(y)
+        fs.append(f)
+    files = np.concatenate(fs) if fs else np.zeros(0, np.int64)
+    np.testing.assert_array_equal(files, stream.block_file[order])
+    np.testing.assert_array_equal(np.concatenate(ys) if ys else files, store.label_index[files])
+    if len(order):
+        x = np.concatenate(xs)
+        for j in {0, len(order) // 2, len(order) - 1}:  # the block served is a block of the file named
+            f, s = int(files[j]), int(stream.block_start[order[j]])
+            rows = store.frames(f)[s:s + t]
+            np.testing.assert_array_equal(x[j, : len(rows)], rows)
+    if not shuffle:  # file by file in store order, and by start frame within a file
+        starts = stream.block_start[order]
+        assert np.all(np.diff(files) >= 0)
+        assert np.all(np.diff(starts)[np.diff(files) == 0] > 0)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_unshuffled_shards_each_come_in_store_order_and_together_cover_the_split(store, path):
+    parts = []
+    for rank in range(3):
+        stream = BatchStream(store, batch_size=4, split="all", shuffle=False, shard=(rank, 3), drop_last=False,
+                             memory_limit=limit(path, 4), return_file=True)
+        rows = stream.block_row[stream.order(0)]
+        files = np.concatenate([f for _, _, f in stream])
+        assert np.all(np.diff(rows) > 0) and np.all(np.diff(files) >= 0)
+        parts.append(rows)
+    everything = BatchStream(store, batch_size=4, split="all", shuffle=False).block_row
+    flat = np.sort(np.concatenate(parts))
+    assert len(np.unique(flat)) == len(flat) and len(everything) - len(flat) < 3
+    assert set(flat.tolist()) <= set(everything.tolist())
+
+
+def test_return_file_leaves_the_default_tuples_alone(store):
+    plain = BatchStream(store, batch_size=4, shuffle=False)
+    named = BatchStream(store, batch_size=4, shuffle=False, return_file=True)
+    x, y = plain()
+    x2, y2, f = named()
+    np.testing.assert_array_equal(x, x2)
+    np.testing.assert_array_equal(y, y2)
+    np.testing.assert_array_equal(f, named.block_file[:4])
+    assert len(named.get_data()) == 4 and len(named.get_validation()) == 2
+    with pytest.raises(ParameterError, match="return_file"):
+        BatchStream(store, batch_size=4, return_file="yes")
+
+
+def test_torch_adapter_passes_the_file_index_through(demo_store):
+    torch = pytest.importorskip("torch")
+    from memstore.torch import BlockDataset
+
+    ds = BlockDataset(demo_store, batch_size=4, split="all", shuffle=False, drop_last=False, return_file=True,
+                      with_ids=True)
+    with open_store(demo_store) as s:
+        full = BatchStream(s, batch_size=4, split="all")
+        files, ids = [], []
+        for x, y, f, b in torch.utils.data.DataLoader(ds, batch_size=None, num_workers=0):
+            assert x.shape[0] == y.shape[0] == f.shape[0] == b.shape[0]
+            files.append(f.numpy())
+            ids.append(b.numpy())
+        files, ids = np.concatenate(files), np.concatenate(ids)
+        np.testing.assert_array_equal(ids, np.arange(len(full.block_file)))
+        np.testing.assert_array_equal(files, full.block_file)

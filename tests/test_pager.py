@@ -46,6 +46,23 @@ def test_plan_properties(lengths, t, step, extra, seed, world):
     assert len(np.unique(flat)) == len(flat)
 
 
+@settings(max_examples=60, deadline=None)
+@given(lengths=st.lists(st.integers(1, 900), min_size=1, max_size=40), t=st.integers(1, 100),
+       step=st.integers(1, 80), extra=st.integers(0, 2000), world=st.integers(1, 4))
+def test_unshuffled_plan_serves_the_store_in_order_within_the_budget(lengths, t, step, extra, world):
+    rows, valid = table(lengths, t, step)
+    windows = plan_epoch(rows, valid, window_rows=t + extra, seed=3, epoch=7, shuffle=False)
+    assert np.array_equal(np.concatenate([w.blocks for w in windows]), np.arange(len(rows)))
+    assert all(w.n_rows <= t + extra for w in windows)
+    for w in windows:
+        page = np.searchsorted(w.buf_start, w.src_row, side="right") - 1
+        assert np.array_equal(w.src_row - w.buf_start[page] + w.row_start[page], rows[w.blocks])
+    for r in range(world):  # a rank's share keeps the order
+        mine = np.concatenate([w.blocks for w in plan_epoch(rows, valid, window_rows=t + extra, seed=0, epoch=0,
+                                                             shard=(r, world), shuffle=False)])
+        assert np.array_equal(mine, np.arange(r, len(rows) // world * world, world))
+
+
 def test_windows_mix_pages_from_across_the_store():
     rows, valid = table([300] * 200, 128, 50)  # like a store written class by class
     windows = plan_epoch(rows, valid, window_rows=16 * 300, seed=0, epoch=0)
