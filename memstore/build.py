@@ -31,6 +31,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures as cf
 import dataclasses
+import errno
 import hashlib
 import logging
 import multiprocessing
@@ -247,12 +248,79 @@ def _allocate(path: Path, *, total: int, n_bins: int, dtype: str, index: np.ndar
                          track_times=False)
         f.create_dataset(layout.BUILD_CHECKSUM, shape=(max(n_build, 1),), dtype="<u4", dcpl=_dcpl(),
                          track_times=False)
+    try:
+        _reserve(path, fresh=True)
+    except BaseException:
+        path.unlink(missing_ok=True)  # nothing was extracted into it yet: the next run starts it again
+        raise
     # FILL_TIME_NEVER leaves whatever the file system gives: zero the flags explicitly
     done, checksum, _ = _build_maps(path, n_build)
     done[:] = 0
     checksum[:] = 0
     done.flush()
     checksum.flush()
+
+
+#: errors of a full file system (or an exhausted quota, or a file-size limit)
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+#: posix_fallocate errors of a file system that cannot reserve space this way
+_NO_FALLOCATE = (errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL, errno.ENOSYS)
+#: bytes of zeros per write when a file system cannot fallocate
+_ZERO_BYTES = 8 << 20
+
+
+def _mapped_ranges(path: Path) -> list[tuple[int, int]]:
+    """``(offset, nbytes)`` of every dataset that is written through a memory map."""
+    ranges = []
+    with h5py.File(path, "r") as f:
+        for name in (layout.FEATURES, layout.BUILD_DONE, layout.BUILD_CHECKSUM):
+            if name in f and f[name].id.get_offset() is not None:
+                ranges.append((int(f[name].id.get_offset()), int(f[name].id.get_storage_size())))
+    return ranges
+
+
+def _reserve(path: Path, *, fresh: bool) -> None:
+    """Give every byte of the partial file real disk blocks before anything is written through a map.
+
+    Allocated HDF5 datasets are holes in a sparse file; a write through
+    ``np.memmap`` into a hole on a full disk kills the process with SIGBUS (no
+    exception, no message). ``posix_fallocate`` over the whole file reserves the
+    blocks now, so a full disk fails here with a :class:`BuildError` naming the
+    bytes needed and free. On a file that is already reserved (a resumed build)
+    it allocates nothing and changes no byte. File systems without fallocate get
+    the mapped datasets written with zeros instead, on a fresh file only (a
+    resumed file holds extracted rows, and was reserved when it was created).
+    Free space is not checked in advance: ``statvfs`` only explains the
+    failure, because root may use reserved blocks and a quota is not visible there.
+    """
+    ranges = _mapped_ranges(path)
+    st = path.stat()
+    size = max([st.st_size] + [o + n for o, n in ranges])
+    needed = max(size - st.st_blocks * 512, 0)
+    fd = os.open(path, os.O_RDWR)
+    try:
+        try:
+            os.posix_fallocate(fd, 0, size)
+        except OSError as err:
+            if err.errno not in _NO_FALLOCATE:
+                raise
+            if fresh:
+                log.info("%s: no fallocate here (%s); writing zeros to reserve %d bytes", path, err, size)
+                zeros = bytes(_ZERO_BYTES)
+                for o, n in ranges:
+                    end = o + n
+                    while o < end:
+                        o += os.pwrite(fd, zeros[: min(_ZERO_BYTES, end - o)], o)  # short on a full disk
+                os.fsync(fd)  # delayed allocation: make the file system find its blocks now
+    except OSError as err:
+        if err.errno not in _NO_SPACE:
+            raise
+        vfs = os.statvfs(path.parent)
+        raise BuildError(f"not enough disk space for {path}: it needs {needed} more bytes "
+                         f"({size} in all) but {path.parent} has {vfs.f_bavail * vfs.f_frsize} bytes free "
+                         f"({os.strerror(err.errno)}); free some space and run the same command again") from err
+    finally:
+        os.close(fd)
 
 
 def _build_maps(path: Path, n_build: int):
@@ -443,7 +511,9 @@ def _build_store(t0, audio_root, store_path, *, transform, labels, workers, samp
 
     partial = store_path.with_name(store_path.name + PARTIAL_SUFFIX)
     store_path.parent.mkdir(parents=True, exist_ok=True)
-    if not (resume and _partial_matches(partial, fingerprint)):
+    if resume and _partial_matches(partial, fingerprint):
+        _reserve(partial, fresh=False)  # a partial of an older memstore, or a disk that was full
+    else:
         if partial.exists():
             log.warning("discarding %s: it belongs to another build plan", partial)
             partial.unlink()
