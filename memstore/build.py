@@ -32,6 +32,8 @@ import collections
 import concurrent.futures as cf
 import dataclasses
 import errno
+import fcntl
+import functools
 import hashlib
 import logging
 import multiprocessing
@@ -227,7 +229,7 @@ def _allocate(path: Path, *, total: int, n_bins: int, dtype: str, index: np.ndar
               paths: list[str], labels: np.ndarray, classes: list[str], config_json: str,
               label_mode: str, segments: np.ndarray, generation: int, n_build: int) -> None:
     """Create a partial store with every dataset at its final size."""
-    with h5py.File(path, "w", track_order=False) as f:
+    with _open_h5(path, "w", track_order=False) as f:
         f.attrs[layout.ATTR_FORMAT] = layout.FORMAT_NAME
         f.attrs[layout.ATTR_VERSION] = np.int64(layout.FORMAT_VERSION)
         f.attrs[layout.ATTR_COMPLETE] = np.int64(0)
@@ -272,7 +274,7 @@ _ZERO_BYTES = 8 << 20
 def _mapped_ranges(path: Path) -> list[tuple[int, int]]:
     """``(offset, nbytes)`` of every dataset that is written through a memory map."""
     ranges = []
-    with h5py.File(path, "r") as f:
+    with _open_h5(path, "r") as f:
         for name in (layout.FEATURES, layout.BUILD_DONE, layout.BUILD_CHECKSUM):
             if name in f and f[name].id.get_offset() is not None:
                 ranges.append((int(f[name].id.get_offset()), int(f[name].id.get_storage_size())))
@@ -323,8 +325,66 @@ def _reserve(path: Path, *, fresh: bool) -> None:
         os.close(fd)
 
 
+def _open_h5(path: Path, mode: str, **kwargs) -> h5py.File:
+    """``h5py.File``, with HDF5's lock conflict told as another build writing the file."""
+    try:
+        return h5py.File(path, mode, **kwargs)
+    except BlockingIOError as err:
+        raise BuildError(f"another build is writing {path} (HDF5 cannot lock it: {err}); wait for it to "
+                         f"finish and run this build again") from err
+
+
+class _store_lock:
+    """Exclusive lock ``<store>.lock`` held for a whole build or append of that store.
+
+    ``flock`` on a lock file of its own, not on the store or its partial file:
+    HDF5 takes ``flock`` locks on those itself, and they are replaced by
+    rename. The lock dies with its process, so a killed build leaves no stale
+    lock; the file is removed on release, and a taker checks that the file it
+    locked is still the one at the path (else a releaser removed it first).
+    """
+
+    def __init__(self, store_path: Path):
+        self.store_path = store_path
+        self.path = store_path.with_name(store_path.name + ".lock")
+
+    def __enter__(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError as err:
+                os.close(fd)
+                raise BuildError(f"another build is writing {self.store_path} (it holds {self.path}); wait "
+                                 f"for it to finish and run this build again") from err
+            try:
+                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                self.fd = fd
+                return self
+            os.close(fd)
+
+    def __exit__(self, *exc):
+        try:
+            self.path.unlink(missing_ok=True)
+        finally:
+            os.close(self.fd)
+
+
+def _locked(build):
+    """Run ``_build_store(t0, audio_root, store_path, ...)`` holding the store's lock."""
+    @functools.wraps(build)
+    def locked(t0, audio_root, store_path, **kwargs):
+        with _store_lock(Path(os.fsdecode(store_path))):
+            return build(t0, audio_root, store_path, **kwargs)
+    return locked
+
+
 def _build_maps(path: Path, n_build: int):
-    with h5py.File(path, "r") as f:
+    with _open_h5(path, "r") as f:
         offs = [f[name].id.get_offset() for name in (layout.BUILD_DONE, layout.BUILD_CHECKSUM,
                                                        layout.FEATURES)]
         total, n_bins = f[layout.FEATURES].shape
@@ -405,6 +465,7 @@ def _start_pool(n_workers: int) -> cf.ProcessPoolExecutor:
     return pool
 
 
+@_locked
 def _build_store(t0, audio_root, store_path, *, transform, labels, workers, sample_rate, dtype, strict,
                  resume, mode, executor, progress) -> BuildReport:
     store_path = Path(os.fsdecode(store_path))
@@ -529,7 +590,7 @@ def _build_store(t0, audio_root, store_path, *, transform, labels, workers, samp
             _copy_rows(src, dst)
             dst.flush()
             del src, dst
-        with h5py.File(partial, "r+") as f:
+        with _open_h5(partial, "r+") as f:
             f.attrs[layout.ATTR_FINGERPRINT] = fingerprint
 
     done, checksum, (data_offset, _, _, _) = _build_maps(partial, len(files))
@@ -599,9 +660,11 @@ def _partial_matches(partial: Path, fingerprint: str) -> bool:
     if not partial.exists():
         return False
     try:
-        with h5py.File(partial, "r") as f:
+        with _open_h5(partial, "r") as f:  # locked by another writer: BuildError, never discarded
             return (str(f.attrs.get(layout.ATTR_FINGERPRINT, "")) == fingerprint
                     and layout.BUILD_DONE in f)
+    except BuildError:
+        raise
     except (OSError, KeyError, RuntimeError) as err:
         log.warning("cannot reuse %s (%s); starting over", partial, err)
         return False
@@ -768,7 +831,7 @@ def _compact(partial: Path, store_path: Path, index, keep, paths, labels, classe
 
 
 def _finalize(partial: Path, store_path: Path, index: np.ndarray, stats, reports: list) -> None:
-    with h5py.File(partial, "r+") as f:
+    with _open_h5(partial, "r+") as f:
         offsets = np.concatenate([[0], np.cumsum(index["n_frames"])[:-1]]).astype(np.int64)
         index = index.copy()
         index["offset"] = offsets
@@ -830,21 +893,22 @@ def write_store_from_arrays(store_path, features: list[np.ndarray], paths: list[
     total = int(n_frames.sum())
     segments = np.array([(0, len(features), 0, total)], dtype=layout.SEGMENT_DTYPE)
     partial = store_path.with_name(store_path.name + PARTIAL_SUFFIX)
-    _allocate(partial, total=total, n_bins=n_bins, dtype=dtype, index=index, paths=paths, labels=multihot,
-              classes=classes, config_json=transform.to_json(), label_mode=label_mode, segments=segments,
-              generation=0, n_build=0)
-    _, _, (offset, _, _, _) = _build_maps(partial, 0)
-    out = np.memmap(partial, dtype=dtype, mode="r+", offset=offset, shape=(total, n_bins))
-    stats = None
-    for i, x in enumerate(features):
-        rows = np.ascontiguousarray(x, dtype=dtype)
-        out[index["offset"][i]: index["offset"][i] + len(rows)] = rows
-        index["checksum"][i] = zlib.crc32(rows.data)
-        stats = _merge(stats, _file_stats(rows))
-    out.flush()
-    del out
-    report = BuildReport(stored=len(features), frames=total, bytes=total * n_bins * np.dtype(dtype).itemsize,
-                         target_rate=int(transform.sample_rate or 0), notes=list(notes or []))
-    report.wall_seconds = time.perf_counter() - t0
-    _finalize(partial, store_path, index, stats, [report.to_dict()])
+    with _store_lock(store_path):
+        _allocate(partial, total=total, n_bins=n_bins, dtype=dtype, index=index, paths=paths, labels=multihot,
+                  classes=classes, config_json=transform.to_json(), label_mode=label_mode, segments=segments,
+                  generation=0, n_build=0)
+        _, _, (offset, _, _, _) = _build_maps(partial, 0)
+        out = np.memmap(partial, dtype=dtype, mode="r+", offset=offset, shape=(total, n_bins))
+        stats = None
+        for i, x in enumerate(features):
+            rows = np.ascontiguousarray(x, dtype=dtype)
+            out[index["offset"][i]: index["offset"][i] + len(rows)] = rows
+            index["checksum"][i] = zlib.crc32(rows.data)
+            stats = _merge(stats, _file_stats(rows))
+        out.flush()
+        del out
+        report = BuildReport(stored=len(features), frames=total, bytes=total * n_bins * np.dtype(dtype).itemsize,
+                             target_rate=int(transform.sample_rate or 0), notes=list(notes or []))
+        report.wall_seconds = time.perf_counter() - t0
+        _finalize(partial, store_path, index, stats, [report.to_dict()])
     return report

@@ -201,3 +201,80 @@ def test_a_real_full_tmpfs_gives_a_message_not_a_bus_error(demo_root, demo_store
     assert done.returncode == 0, done.stderr
     assert verify_store(store).ok
     same_store(store, demo_store)
+
+
+# --- a second build of the same store --------------------------------------------------------
+
+HOLD_LOCK = """
+import sys
+from pathlib import Path
+from memstore.build import _store_lock
+with _store_lock(Path(sys.argv[1])):
+    print("held", flush=True)
+    sys.stdin.read()
+"""
+
+HOLD_H5 = """
+import sys
+import h5py
+with h5py.File(sys.argv[1], "w"):
+    print("held", flush=True)
+    sys.stdin.read()
+"""
+
+
+def _holder(script, path):
+    proc = subprocess.Popen([sys.executable, "-c", script, str(path)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, env=ENV)
+    assert proc.stdout.readline() == "held\n"
+    return proc
+
+
+def _release(proc):
+    proc.stdin.close()
+    assert proc.wait(timeout=60) == 0
+    proc.stdout.close()
+
+
+@pytest.mark.parametrize("mode", ["create", "append"])
+def test_a_second_build_of_the_same_store_is_refused(demo_root, demo_store, tmp_path, mode):
+    store = tmp_path / "s.h5"
+    if mode == "append":
+        shutil.copy(demo_store, store)
+    before = store.read_bytes() if store.exists() else None
+    proc = _holder(HOLD_LOCK, store)
+    try:
+        with pytest.raises(BuildError, match=f"another build is writing {re.escape(str(store))}"):
+            build_store(demo_root, store, workers=1, mode=mode, progress=False)
+        assert (store.read_bytes() if store.exists() else None) == before
+    finally:
+        _release(proc)
+    build_store(demo_root, store, workers=1, progress=False)
+    assert verify_store(store).ok and _leftovers(tmp_path) == []
+
+
+def test_a_partial_file_held_open_by_another_process_is_not_discarded(demo_root, tmp_path):
+    store = tmp_path / "s.h5"
+    partial = tmp_path / "s.h5.partial"
+    proc = _holder(HOLD_H5, partial)
+    try:
+        with pytest.raises(BuildError, match=f"another build is writing {re.escape(str(partial))}"):
+            build_store(demo_root, store, workers=1, progress=False)
+        assert partial.exists()
+    finally:
+        _release(proc)
+    build_store(demo_root, store, workers=1, progress=False)  # a foreign partial: discarded, built anew
+    assert verify_store(store).ok and _leftovers(tmp_path) == []
+
+
+def test_write_store_from_arrays_takes_the_lock(tmp_path):
+    mel = MelSpectrogram(n_mels=8, sample_rate=8000)
+    store = tmp_path / "s.h5"
+    proc = _holder(HOLD_LOCK, store)
+    try:
+        with pytest.raises(BuildError, match="another build is writing"):
+            write_store_from_arrays(store, [np.ones((5, 8), np.float32)], ["a.wav"], ["x"],
+                                    np.ones((1, 1), np.uint8), mel)
+    finally:
+        _release(proc)
+    assert not store.exists()
