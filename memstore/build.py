@@ -51,7 +51,7 @@ from .audio import audio_info, open_signal, read_audio, resampled_length
 from .errors import AudioDecodeError, BuildError, MemstoreError, ParameterError, StoreFormatError
 from .features import MelSpectrogram, Spectrogram, transform_from_json
 from .labels import assign_labels, label_index, scan_audio
-from .store import PARTIAL_SUFFIX, read_metadata
+from .store import PARTIAL_SUFFIX, read_file_metadata, read_metadata
 
 __all__ = ["BuildReport", "build_store"]
 
@@ -831,6 +831,13 @@ def _compact(partial: Path, store_path: Path, index, keep, paths, labels, classe
 
 
 def _finalize(partial: Path, store_path: Path, index: np.ndarray, stats, reports: list) -> None:
+    """Complete the partial file, validate it, make it durable, and only then rename it over the store.
+
+    A partial file that does not validate is a bug, not bad input: it raises
+    :class:`BuildError` and the store at ``store_path`` (an append's old
+    generation) is left as it was. The partial file stays for inspection; the
+    next build discards it (its plan fingerprint is gone).
+    """
     with _open_h5(partial, "r+") as f:
         offsets = np.concatenate([[0], np.cumsum(index["n_frames"])[:-1]]).astype(np.int64)
         index = index.copy()
@@ -853,16 +860,26 @@ def _finalize(partial: Path, store_path: Path, index: np.ndarray, stats, reports
         f.create_dataset(layout.REPORT, data=layout.dumps(reports), dtype=h5py.string_dtype("utf-8"),
                          track_times=False)
         f.attrs[layout.ATTR_COMPLETE] = np.int64(1)
-    fd = os.open(partial, os.O_RDONLY)
+    try:
+        read_file_metadata(partial)
+    except StoreFormatError as err:
+        raise BuildError(f"the finished store does not validate, so {store_path} was left as it was "
+                         f"(the rejected file is {partial}): {err}") from err
+    _fsync(partial, os.O_RDONLY)
+    os.replace(partial, store_path)
+    # the rename is durable only once the directory entry is: until then a power cut may undo it
+    _fsync(store_path.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0), directory=True)
+
+
+def _fsync(path: Path, flags: int, *, directory: bool = False) -> None:
+    fd = os.open(path, flags)
     try:
         os.fsync(fd)
+    except OSError as err:
+        if not (directory and err.errno in (errno.EINVAL, errno.EBADF)):  # some file systems refuse on folders
+            raise
     finally:
         os.close(fd)
-    os.replace(partial, store_path)
-    try:
-        read_metadata(store_path)
-    except StoreFormatError as err:  # pragma: no cover - a bug, not bad input
-        raise BuildError(f"the finished store does not validate: {err}") from err
 
 
 def write_store_from_arrays(store_path, features: list[np.ndarray], paths: list[str], classes: list[str],

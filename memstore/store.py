@@ -42,6 +42,13 @@ def read_metadata(path) -> dict[str, Any]:
     path = Path(os.fsdecode(path))
     if path.name.endswith(PARTIAL_SUFFIX):
         raise _fail(path, "is a partial build; finish it with 'memstore build' (it resumes)")
+    return read_file_metadata(path)
+
+
+def read_file_metadata(path) -> dict[str, Any]:
+    """:func:`read_metadata` whatever the file's name: the builder validates its
+    finished ``.partial`` file with it before renaming it over the store."""
+    path = Path(os.fsdecode(path))
     if not path.is_file():
         raise _fail(path, "no such store file")
     size = path.stat().st_size

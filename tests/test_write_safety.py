@@ -278,3 +278,60 @@ def test_write_store_from_arrays_takes_the_lock(tmp_path):
     finally:
         _release(proc)
     assert not store.exists()
+
+
+# --- validate, fsync, rename, fsync the folder -----------------------------------------------
+
+def _bad_label_finalize(monkeypatch):
+    real = build_mod._finalize
+
+    def finalize(partial, store_path, index, stats, reports):
+        index = index.copy()
+        index["label"][-1] = 99  # a class that does not exist: the finished file must not validate
+        real(partial, store_path, index, stats, reports)
+    monkeypatch.setattr(build_mod, "_finalize", finalize)
+
+
+def test_an_append_that_fails_validation_leaves_the_old_store(demo_store, tmp_path, monkeypatch):
+    extra = make_demo_folder(tmp_path / "extra", n_per_class=1, seed=5)
+    store = tmp_path / "s.h5"
+    shutil.copy(demo_store, store)
+    before = store.read_bytes()
+    _bad_label_finalize(monkeypatch)
+    with pytest.raises(BuildError, match=f"does not validate, so {re.escape(str(store))} was left as it was"
+                                         ".*index labels out of range"):
+        build_store(extra, store, mode="append", workers=1, progress=False)
+    assert store.read_bytes() == before
+    with open_store(store) as s:
+        assert len(s) == 18 and s.generation == 0
+    assert verify_store(store).ok
+    monkeypatch.undo()  # the rejected partial has no plan fingerprint: the rerun discards it
+    assert build_store(extra, store, mode="append", workers=1, progress=False).stored == 6
+    assert verify_store(store).ok
+
+
+def test_a_create_that_fails_validation_writes_no_store(demo_root, tmp_path, monkeypatch):
+    store = tmp_path / "s.h5"
+    _bad_label_finalize(monkeypatch)
+    with pytest.raises(BuildError, match="does not validate"):
+        build_store(demo_root, store, workers=1, progress=False)
+    assert not store.exists()
+
+
+def test_the_partial_is_synced_before_the_rename_and_the_folder_after(demo_root, tmp_path, monkeypatch):
+    import stat
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append("fsync dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "fsync file")
+        real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(f"replace {Path(src).name} {Path(dst).name}")
+        real_replace(src, dst)
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    build_store(demo_root, tmp_path / "s.h5", workers=1, progress=False)
+    assert events[-3:] == ["fsync file", "replace s.h5.partial s.h5", "fsync dir"]
