@@ -631,9 +631,14 @@ def _build_store(t0, audio_root, store_path, *, transform, labels, workers, samp
     if strict and failed:
         raise BuildError(f"strict build: {len(failed)} file(s) failed during extraction: "
                          f"{[files[i] for i in sorted(failed)][:10]}; the store was not written")
-    if not ok and old is None:
+    if not ok:
         partial.unlink()
-        raise BuildError(f"no file of {root} could be extracted; skipped: {report.skipped[:5]}")
+        if old is None:
+            raise BuildError(f"no file of {root} could be extracted; skipped: {report.skipped[:5]}")
+        # an empty segment would not open: the store keeps its bytes and generation
+        report.notes.append(f"none of the {len(files)} new file(s) could be extracted; the store is unchanged")
+        report.wall_seconds = time.perf_counter() - t0
+        return report
     if failed:
         keep = np.r_[np.arange(old_n), old_n + np.array(ok, dtype=np.int64)]
         partial = _compact(partial, store_path, index, keep, all_paths, all_labels, classes, config_json,

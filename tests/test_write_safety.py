@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 import wavs
@@ -24,7 +25,7 @@ import memstore
 import memstore.build as build_mod
 from memstore.build import build_store, write_store_from_arrays
 from memstore.demo import make_demo_folder
-from memstore.errors import BuildError
+from memstore.errors import BuildError, StoreFormatError
 from memstore.features import MelSpectrogram
 from memstore.store import open_store
 from memstore.verify import verify_store
@@ -335,3 +336,44 @@ def test_the_partial_is_synced_before_the_rename_and_the_folder_after(demo_root,
     monkeypatch.setattr(os, "replace", replace)
     build_store(demo_root, tmp_path / "s.h5", workers=1, progress=False)
     assert events[-3:] == ["fsync file", "replace s.h5.partial s.h5", "fsync dir"]
+
+
+# --- appends that add nothing ----------------------------------------------------------------
+
+def test_an_append_whose_files_all_fail_leaves_the_store_unchanged(demo_store, tmp_path):
+    extra = tmp_path / "extra"
+    for cls in ("cel", "flu"):
+        (extra / cls).mkdir(parents=True)
+    wavs.write(extra / "cel" / "nan.wav", wavs.float_with(np.nan))
+    wavs.write(extra / "flu" / "inf.wav", wavs.float_with(np.inf))
+    store = tmp_path / "s.h5"
+    shutil.copy(demo_store, store)
+    before = store.read_bytes()
+    report = build_store(extra, store, mode="append", workers=1, progress=False)
+    assert report.stored == 0 and sorted(p for p, _ in report.skipped) == ["cel/nan.wav", "flu/inf.wav"]
+    assert any("none of the 2 new file(s) could be extracted; the store is unchanged" in n for n in report.notes)
+    assert store.read_bytes() == before and _leftovers(tmp_path) == []
+
+
+@pytest.fixture
+def empty_segment_store(demo_store, tmp_path):
+    """A copy of the demo store with the segment an old writer added for an append that stored nothing."""
+    store = tmp_path / "s.h5"
+    shutil.copy(demo_store, store)
+    with h5py.File(store, "r+") as f:
+        seg = f["segments"][()]
+        del f["segments"]
+        f.create_dataset("segments", data=np.concatenate([seg, np.array([(18, 0, 0, 0)], seg.dtype)]))
+    return store
+
+
+def test_open_store_rejects_an_empty_segment(empty_segment_store):
+    with pytest.raises(StoreFormatError, match=r"segment 1 is empty \(0 files, 0 frames\)"):
+        open_store(empty_segment_store)
+
+
+def test_verify_names_the_empty_segment(empty_segment_store):
+    report = verify_store(empty_segment_store)
+    assert len(report.problems) == 1
+    where, what = report.problems[0]
+    assert where == "<store>" and "segment 1 is empty" in what
