@@ -228,7 +228,8 @@ def _dcpl():
 def _allocate(path: Path, *, total: int, n_bins: int, dtype: str, index: np.ndarray,
               paths: list[str], labels: np.ndarray, classes: list[str], config_json: str,
               label_mode: str, segments: np.ndarray, generation: int, n_build: int) -> None:
-    """Create a partial store with every dataset at its final size."""
+    """Create a partial store with every dataset at its final size, its disk space reserved."""
+    path = Path(os.fsdecode(path))
     with _open_h5(path, "w", track_order=False) as f:
         f.attrs[layout.ATTR_FORMAT] = layout.FORMAT_NAME
         f.attrs[layout.ATTR_VERSION] = np.int64(layout.FORMAT_VERSION)
@@ -843,6 +844,7 @@ def _finalize(partial: Path, store_path: Path, index: np.ndarray, stats, reports
     generation) is left as it was. The partial file stays for inspection; the
     next build discards it (its plan fingerprint is gone).
     """
+    partial, store_path = Path(os.fsdecode(partial)), Path(os.fsdecode(store_path))
     with _open_h5(partial, "r+") as f:
         offsets = np.concatenate([[0], np.cumsum(index["n_frames"])[:-1]]).astype(np.int64)
         index = index.copy()

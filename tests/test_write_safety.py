@@ -377,3 +377,15 @@ def test_verify_names_the_empty_segment(empty_segment_store):
     assert len(report.problems) == 1
     where, what = report.problems[0]
     assert where == "<store>" and "segment 1 is empty" in what
+
+
+# --- the private writer as tools use it ------------------------------------------------------
+
+def test_make_big_store_tool_writes_through_the_same_writer(tmp_path):
+    """tools/make_big_store.py calls _allocate and _finalize with str paths."""
+    tool = Path(__file__).resolve().parents[1] / "tools" / "make_big_store.py"
+    store = tmp_path / "big.h5"
+    done = subprocess.run([sys.executable, str(tool), str(store), "--size", "2MB"], capture_output=True,
+                          text=True, env=ENV, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert verify_store(store).ok and _leftovers(tmp_path) == []
