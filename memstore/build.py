@@ -7,7 +7,10 @@ The build in four steps
    sum). Unreadable files are listed as skipped with their reason; with
    ``strict=True`` any skip stops the build before anything is written.
 2. **Allocate** ``<store>.partial``: every dataset is created at its final
-   size, contiguous, with its storage allocated up front.
+   size, contiguous, with its storage allocated up front and its disk space
+   reserved (``posix_fallocate``), so a full disk is a :class:`BuildError`
+   here and never a SIGBUS in a mapped write. The whole build holds the lock
+   ``<store>.lock``: one writer per store.
 3. **Extract** in worker processes (spawn-safe, or any
    ``concurrent.futures.Executor``). Each worker writes its files' rows at
    the planned offsets through its own ``np.memmap`` and returns their crc32
@@ -16,7 +19,8 @@ The build in four steps
    changes while workers run, so a ``kill -9`` at any moment cannot corrupt
    the partial file, and rerunning the same build resumes from the flags.
 4. **Finalise**: write the index, statistics and report, mark the file
-   complete, fsync it and rename it into place atomically.
+   complete, validate it, fsync it, rename it into place atomically and
+   fsync the folder.
 
 Appends are copy-on-write: a new ``.partial`` file receives the old rows
 byte for byte at their old offsets, then the new files as a new segment, and

@@ -120,7 +120,7 @@ def _read(f: h5py.File, path: Path, size: int) -> dict[str, Any]:
     if len(paths) != n or labels.shape != (n, len(classes)) or labels.dtype != np.uint8:
         raise _fail(path, f"index ({n} rows), paths ({len(paths)}) and labels {labels.shape} disagree")
     if segments.dtype != layout.SEGMENT_DTYPE or segments.ndim != 1:
-        raise _fail(path, "segments table has the wrong dtype")
+        raise _fail(path, "segments table has the wrong dtype or shape")
     empty = np.flatnonzero((segments["n_files"] < 1) | (segments["n_frames"] < 1))
     if len(empty):
         s = segments[empty[0]]
