@@ -7,7 +7,10 @@ The build in four steps
    sum). Unreadable files are listed as skipped with their reason; with
    ``strict=True`` any skip stops the build before anything is written.
 2. **Allocate** ``<store>.partial``: every dataset is created at its final
-   size, contiguous, with its storage allocated up front.
+   size, contiguous, with its storage allocated up front and its disk space
+   reserved (``posix_fallocate``), so a full disk is a :class:`BuildError`
+   here and never a SIGBUS in a mapped write. The whole build holds the lock
+   ``<store>.lock``: one writer per store.
 3. **Extract** in worker processes (spawn-safe, or any
    ``concurrent.futures.Executor``). Each worker writes its files' rows at
    the planned offsets through its own ``np.memmap`` and returns their crc32
@@ -16,7 +19,8 @@ The build in four steps
    changes while workers run, so a ``kill -9`` at any moment cannot corrupt
    the partial file, and rerunning the same build resumes from the flags.
 4. **Finalise**: write the index, statistics and report, mark the file
-   complete, fsync it and rename it into place atomically.
+   complete, validate it, fsync it, rename it into place atomically and
+   fsync the folder.
 
 Appends are copy-on-write: a new ``.partial`` file receives the old rows
 byte for byte at their old offsets, then the new files as a new segment, and
@@ -32,6 +36,9 @@ import collections
 import concurrent.futures as cf
 import contextlib
 import dataclasses
+import errno
+import fcntl
+import functools
 import hashlib
 import logging
 import os
@@ -51,7 +58,7 @@ from .errors import AudioDecodeError, BuildError, MissingDependencyError, Parame
 from .features import MelSpectrogram, Spectrogram, transform_from_json
 from .labels import assign_labels, label_index, scan_audio
 from .labeltable import LabelTable, as_label_table
-from .store import PARTIAL_SUFFIX, read_metadata
+from .store import PARTIAL_SUFFIX, read_file_metadata, read_metadata
 
 __all__ = ["BuildReport", "build_store"]
 
@@ -255,8 +262,9 @@ def _dcpl():
 def _allocate(path: Path, *, total: int, n_bins: int, dtype: str, index: np.ndarray,
               paths: list[str], labels: np.ndarray, classes: list[str], config_json: str,
               label_mode: str, segments: np.ndarray, generation: int, n_build: int) -> None:
-    """Create a partial store with every dataset at its final size."""
-    with h5py.File(path, "w", track_order=False) as f:
+    """Create a partial store with every dataset at its final size, its disk space reserved."""
+    path = Path(os.fsdecode(path))
+    with _open_h5(path, "w", track_order=False) as f:
         f.attrs[layout.ATTR_FORMAT] = layout.FORMAT_NAME
         f.attrs[layout.ATTR_VERSION] = np.int64(layout.FORMAT_VERSION)
         f.attrs[layout.ATTR_COMPLETE] = np.int64(0)
@@ -277,6 +285,11 @@ def _allocate(path: Path, *, total: int, n_bins: int, dtype: str, index: np.ndar
                          track_times=False)
         f.create_dataset(layout.BUILD_CHECKSUM, shape=(max(n_build, 1),), dtype="<u4", dcpl=_dcpl(),
                          track_times=False)
+    try:
+        _reserve(path, fresh=True)
+    except BaseException:
+        path.unlink(missing_ok=True)  # nothing was extracted into it yet: the next run starts it again
+        raise
     # FILL_TIME_NEVER leaves whatever the file system gives: zero the flags explicitly
     done, checksum, _ = _build_maps(path, n_build)
     done[:] = 0
@@ -285,8 +298,128 @@ def _allocate(path: Path, *, total: int, n_bins: int, dtype: str, index: np.ndar
     checksum.flush()
 
 
+#: errors of a full file system (or an exhausted quota, or a file-size limit)
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+#: posix_fallocate errors of a file system that cannot reserve space this way
+_NO_FALLOCATE = (errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL, errno.ENOSYS)
+#: bytes of zeros per write when a file system cannot fallocate
+_ZERO_BYTES = 8 << 20
+
+
+def _mapped_ranges(path: Path) -> list[tuple[int, int]]:
+    """``(offset, nbytes)`` of every dataset that is written through a memory map."""
+    ranges = []
+    with _open_h5(path, "r") as f:
+        for name in (layout.FEATURES, layout.BUILD_DONE, layout.BUILD_CHECKSUM):
+            if name in f and f[name].id.get_offset() is not None:
+                ranges.append((int(f[name].id.get_offset()), int(f[name].id.get_storage_size())))
+    return ranges
+
+
+def _reserve(path: Path, *, fresh: bool) -> None:
+    """Give every byte of the partial file real disk blocks before anything is written through a map.
+
+    Allocated HDF5 datasets are holes in a sparse file; a write through
+    ``np.memmap`` into a hole on a full disk kills the process with SIGBUS (no
+    exception, no message). ``posix_fallocate`` over the whole file reserves the
+    blocks now, so a full disk fails here with a :class:`BuildError` naming the
+    bytes needed and free. On a file that is already reserved (a resumed build)
+    it allocates nothing and changes no byte. File systems without fallocate get
+    the mapped datasets written with zeros instead, on a fresh file only (a
+    resumed file holds extracted rows, and was reserved when it was created).
+    Free space is not checked in advance: ``statvfs`` only explains the
+    failure, because root may use reserved blocks and a quota is not visible there.
+    """
+    ranges = _mapped_ranges(path)
+    st = path.stat()
+    size = max([st.st_size] + [o + n for o, n in ranges])
+    needed = max(size - st.st_blocks * 512, 0)
+    fd = os.open(path, os.O_RDWR)
+    try:
+        try:
+            os.posix_fallocate(fd, 0, size)
+        except OSError as err:
+            if err.errno not in _NO_FALLOCATE:
+                raise
+            if fresh:
+                log.info("%s: no fallocate here (%s); writing zeros to reserve %d bytes", path, err, size)
+                zeros = bytes(_ZERO_BYTES)
+                for o, n in ranges:
+                    end = o + n
+                    while o < end:
+                        o += os.pwrite(fd, zeros[: min(_ZERO_BYTES, end - o)], o)  # short on a full disk
+                os.fsync(fd)  # delayed allocation: make the file system find its blocks now
+    except OSError as err:
+        if err.errno not in _NO_SPACE:
+            raise
+        vfs = os.statvfs(path.parent)
+        raise BuildError(f"not enough disk space for {path}: it needs {needed} more bytes "
+                         f"({size} in all) but {path.parent} has {vfs.f_bavail * vfs.f_frsize} bytes free "
+                         f"({os.strerror(err.errno)}); free some space and run the same command again") from err
+    finally:
+        os.close(fd)
+
+
+def _open_h5(path: Path, mode: str, **kwargs) -> h5py.File:
+    """``h5py.File``, with HDF5's lock conflict told as another build writing the file."""
+    try:
+        return h5py.File(path, mode, **kwargs)
+    except BlockingIOError as err:
+        raise BuildError(f"another build is writing {path} (HDF5 cannot lock it: {err}); wait for it to "
+                         f"finish and run this build again") from err
+
+
+class _store_lock:
+    """Exclusive lock ``<store>.lock`` held for a whole build or append of that store.
+
+    ``flock`` on a lock file of its own, not on the store or its partial file:
+    HDF5 takes ``flock`` locks on those itself, and they are replaced by
+    rename. The lock dies with its process, so a killed build leaves no stale
+    lock; the file is removed on release, and a taker checks that the file it
+    locked is still the one at the path (else a releaser removed it first).
+    """
+
+    def __init__(self, store_path: Path):
+        self.store_path = store_path
+        self.path = store_path.with_name(store_path.name + ".lock")
+
+    def __enter__(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError as err:
+                os.close(fd)
+                raise BuildError(f"another build is writing {self.store_path} (it holds {self.path}); wait "
+                                 f"for it to finish and run this build again") from err
+            try:
+                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                self.fd = fd
+                return self
+            os.close(fd)
+
+    def __exit__(self, *exc):
+        try:
+            self.path.unlink(missing_ok=True)
+        finally:
+            os.close(self.fd)
+
+
+def _locked(build):
+    """Run ``_build_store(t0, audio_root, store_path, ...)`` holding the store's lock."""
+    @functools.wraps(build)
+    def locked(t0, audio_root, store_path, **kwargs):
+        with _store_lock(Path(os.fsdecode(store_path))):
+            return build(t0, audio_root, store_path, **kwargs)
+    return locked
+
+
 def _build_maps(path: Path, n_build: int):
-    with h5py.File(path, "r") as f:
+    with _open_h5(path, "r") as f:
         offs = [f[name].id.get_offset() for name in (layout.BUILD_DONE, layout.BUILD_CHECKSUM,
                                                        layout.FEATURES)]
         total, n_bins = f[layout.FEATURES].shape
@@ -369,6 +502,7 @@ def _start_pool(n_workers: int) -> WorkerPool:
     return WorkerPool(n_workers)
 
 
+@_locked
 def _build_store(t0, audio_root, store_path, *, transform, labels, workers, sample_rate, dtype, strict,
                  resume, mode, executor, progress) -> BuildReport:
     store_path = Path(os.fsdecode(store_path))
@@ -494,7 +628,9 @@ def _build_store(t0, audio_root, store_path, *, transform, labels, workers, samp
 
     partial = store_path.with_name(store_path.name + PARTIAL_SUFFIX)
     store_path.parent.mkdir(parents=True, exist_ok=True)
-    if not (resume and _partial_matches(partial, fingerprint)):
+    if resume and _partial_matches(partial, fingerprint):
+        _reserve(partial, fresh=False)  # a partial of an older memstore, or a disk that was full
+    else:
         if partial.exists():
             log.warning("discarding %s: it belongs to another build plan", partial)
             partial.unlink()
@@ -510,7 +646,7 @@ def _build_store(t0, audio_root, store_path, *, transform, labels, workers, samp
             _copy_rows(src, dst)
             dst.flush()
             del src, dst
-        with h5py.File(partial, "r+") as f:
+        with _open_h5(partial, "r+") as f:
             f.attrs[layout.ATTR_FINGERPRINT] = fingerprint
 
     done, checksum, (data_offset, _, _, _) = _build_maps(partial, len(files))
@@ -551,9 +687,14 @@ def _build_store(t0, audio_root, store_path, *, transform, labels, workers, samp
     if strict and failed:
         raise BuildError(f"strict build: {len(failed)} file(s) failed during extraction: "
                          f"{[files[i] for i in sorted(failed)][:10]}; the store was not written")
-    if not ok and old is None:
+    if not ok:
         partial.unlink()
-        raise BuildError(f"no file of {root} could be extracted; skipped: {report.skipped[:5]}")
+        if old is None:
+            raise BuildError(f"no file of {root} could be extracted; skipped: {report.skipped[:5]}")
+        # an empty segment would not open: the store keeps its bytes and generation
+        report.notes.append(f"none of the {len(files)} new file(s) could be extracted; the store is unchanged")
+        report.wall_seconds = time.perf_counter() - t0
+        return report
     if failed:
         keep = np.r_[np.arange(old_n), old_n + np.array(ok, dtype=np.int64)]
         partial = _compact(partial, store_path, index, keep, all_paths, all_labels, classes, config_json,
@@ -580,9 +721,11 @@ def _partial_matches(partial: Path, fingerprint: str) -> bool:
     if not partial.exists():
         return False
     try:
-        with h5py.File(partial, "r") as f:
+        with _open_h5(partial, "r") as f:  # locked by another writer: BuildError, never discarded
             return (str(f.attrs.get(layout.ATTR_FINGERPRINT, "")) == fingerprint
                     and layout.BUILD_DONE in f)
+    except BuildError:
+        raise
     except (OSError, KeyError, RuntimeError) as err:
         log.warning("cannot reuse %s (%s); starting over", partial, err)
         return False
@@ -771,7 +914,15 @@ def _compact(partial: Path, store_path: Path, index, keep, paths, labels, classe
 
 
 def _finalize(partial: Path, store_path: Path, index: np.ndarray, stats, reports: list) -> None:
-    with h5py.File(partial, "r+") as f:
+    """Complete the partial file, validate it, make it durable, and only then rename it over the store.
+
+    A partial file that does not validate is a bug, not bad input: it raises
+    :class:`BuildError` and the store at ``store_path`` (an append's old
+    generation) is left as it was. The partial file stays for inspection; the
+    next build discards it (its plan fingerprint is gone).
+    """
+    partial, store_path = Path(os.fsdecode(partial)), Path(os.fsdecode(store_path))
+    with _open_h5(partial, "r+") as f:
         offsets = np.concatenate([[0], np.cumsum(index["n_frames"])[:-1]]).astype(np.int64)
         index = index.copy()
         index["offset"] = offsets
@@ -793,16 +944,26 @@ def _finalize(partial: Path, store_path: Path, index: np.ndarray, stats, reports
         f.create_dataset(layout.REPORT, data=layout.dumps(reports), dtype=h5py.string_dtype("utf-8"),
                          track_times=False)
         f.attrs[layout.ATTR_COMPLETE] = np.int64(1)
-    fd = os.open(partial, os.O_RDONLY)
+    try:
+        read_file_metadata(partial)
+    except StoreFormatError as err:
+        raise BuildError(f"the finished store does not validate, so {store_path} was left as it was "
+                         f"(the rejected file is {partial}): {err}") from err
+    _fsync(partial, os.O_RDONLY)
+    os.replace(partial, store_path)
+    # the rename is durable only once the directory entry is: until then a power cut may undo it
+    _fsync(store_path.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0), directory=True)
+
+
+def _fsync(path: Path, flags: int, *, directory: bool = False) -> None:
+    fd = os.open(path, flags)
     try:
         os.fsync(fd)
+    except OSError as err:
+        if not (directory and err.errno in (errno.EINVAL, errno.EBADF)):  # some file systems refuse on folders
+            raise
     finally:
         os.close(fd)
-    os.replace(partial, store_path)
-    try:
-        read_metadata(store_path)
-    except StoreFormatError as err:  # pragma: no cover - a bug, not bad input
-        raise BuildError(f"the finished store does not validate: {err}") from err
 
 
 def write_store_from_arrays(store_path, features: list[np.ndarray], paths: list[str], classes: list[str],
@@ -833,21 +994,22 @@ def write_store_from_arrays(store_path, features: list[np.ndarray], paths: list[
     total = int(n_frames.sum())
     segments = np.array([(0, len(features), 0, total)], dtype=layout.SEGMENT_DTYPE)
     partial = store_path.with_name(store_path.name + PARTIAL_SUFFIX)
-    _allocate(partial, total=total, n_bins=n_bins, dtype=dtype, index=index, paths=paths, labels=multihot,
-              classes=classes, config_json=transform.to_json(), label_mode=label_mode, segments=segments,
-              generation=0, n_build=0)
-    _, _, (offset, _, _, _) = _build_maps(partial, 0)
-    out = np.memmap(partial, dtype=dtype, mode="r+", offset=offset, shape=(total, n_bins))
-    stats = None
-    for i, x in enumerate(features):
-        rows = np.ascontiguousarray(x, dtype=dtype)
-        out[index["offset"][i]: index["offset"][i] + len(rows)] = rows
-        index["checksum"][i] = zlib.crc32(rows.data)
-        stats = _merge(stats, _file_stats(rows))
-    out.flush()
-    del out
-    report = BuildReport(stored=len(features), frames=total, bytes=total * n_bins * np.dtype(dtype).itemsize,
-                         target_rate=int(transform.sample_rate or 0), notes=list(notes or []))
-    report.wall_seconds = time.perf_counter() - t0
-    _finalize(partial, store_path, index, stats, [report.to_dict()])
+    with _store_lock(store_path):
+        _allocate(partial, total=total, n_bins=n_bins, dtype=dtype, index=index, paths=paths, labels=multihot,
+                  classes=classes, config_json=transform.to_json(), label_mode=label_mode, segments=segments,
+                  generation=0, n_build=0)
+        _, _, (offset, _, _, _) = _build_maps(partial, 0)
+        out = np.memmap(partial, dtype=dtype, mode="r+", offset=offset, shape=(total, n_bins))
+        stats = None
+        for i, x in enumerate(features):
+            rows = np.ascontiguousarray(x, dtype=dtype)
+            out[index["offset"][i]: index["offset"][i] + len(rows)] = rows
+            index["checksum"][i] = zlib.crc32(rows.data)
+            stats = _merge(stats, _file_stats(rows))
+        out.flush()
+        del out
+        report = BuildReport(stored=len(features), frames=total, bytes=total * n_bins * np.dtype(dtype).itemsize,
+                             target_rate=int(transform.sample_rate or 0), notes=list(notes or []))
+        report.wall_seconds = time.perf_counter() - t0
+        _finalize(partial, store_path, index, stats, [report.to_dict()])
     return report

@@ -42,6 +42,13 @@ def read_metadata(path) -> dict[str, Any]:
     path = Path(os.fsdecode(path))
     if path.name.endswith(PARTIAL_SUFFIX):
         raise _fail(path, "is a partial build; finish it with 'memstore build' (it resumes)")
+    return read_file_metadata(path)
+
+
+def read_file_metadata(path) -> dict[str, Any]:
+    """:func:`read_metadata` whatever the file's name: the builder validates its
+    finished ``.partial`` file with it before renaming it over the store."""
+    path = Path(os.fsdecode(path))
     if not path.is_file():
         raise _fail(path, "no such store file")
     size = path.stat().st_size
@@ -112,8 +119,13 @@ def _read(f: h5py.File, path: Path, size: int) -> dict[str, Any]:
     segments = f[layout.SEGMENTS][()]
     if len(paths) != n or labels.shape != (n, len(classes)) or labels.dtype != np.uint8:
         raise _fail(path, f"index ({n} rows), paths ({len(paths)}) and labels {labels.shape} disagree")
-    if segments.dtype != layout.SEGMENT_DTYPE:
-        raise _fail(path, "segments table has the wrong dtype")
+    if segments.dtype != layout.SEGMENT_DTYPE or segments.ndim != 1:
+        raise _fail(path, "segments table has the wrong dtype or shape")
+    empty = np.flatnonzero((segments["n_files"] < 1) | (segments["n_frames"] < 1))
+    if len(empty):
+        s = segments[empty[0]]
+        raise _fail(path, f"segment {int(empty[0])} is empty ({int(s['n_files'])} files, {int(s['n_frames'])} "
+                          "frames): every build or append must add at least one file")
     off, nf = index["offset"], index["n_frames"]
     if n and (off.min() < 0 or nf.min() < 1):
         raise _fail(path, "index has negative offsets or empty files")

@@ -18,8 +18,9 @@ What is checked
   to the mean and standard deviation recomputed during the pass.
 
 :func:`memstore.store.open_store` already refuses a store whose header,
-datasets or index offsets are malformed; such a store is reported as one
-problem, ``("<store>", reason)``.
+datasets or index offsets are malformed, or that has an empty segment (an
+append that stored nothing, written by memstore before it stopped writing
+those); such a store is reported as one problem, ``("<store>", reason)``.
 """
 
 from __future__ import annotations
