@@ -191,6 +191,66 @@ class WorkerPool(cf.ProcessPoolExecutor):
         return any(f.done() and not f.cancelled() and f.exception() is not None for f in self._startup)
 
 
+    def dead_workers(self) -> list[int]:
+        """Pids of workers that have exited (the pool never retires workers, so any exit is a death)."""
+        procs = getattr(self, "_processes", None) or {}
+        return [pid for pid, p in list(procs.items()) if p.exitcode is not None]
+
+    def break_down(self) -> None:
+        """Kill every worker and close this process's end of the result pipe.
+
+        A worker killed while writing its reply leaves half a message in the
+        result pipe. ``ProcessPoolExecutor``'s manager thread has then started
+        to read it and waits for the rest forever: no end-of-file ever comes,
+        because the other workers and this process hold the pipe's write end
+        (CPython 3.11 behaviour). With every writer gone the read fails, the
+        manager thread marks the pool broken, and every pending future gets
+        ``BrokenProcessPool``, as after any other worker death. Uses two private
+        attributes of ``ProcessPoolExecutor`` (``_processes``, ``_result_queue``);
+        :func:`wait_any` gives up by itself if they ever change.
+        """
+        for p in list((getattr(self, "_processes", None) or {}).values()):
+            if p.exitcode is None:
+                p.kill()
+        writer = getattr(getattr(self, "_result_queue", None), "_writer", None)
+        if writer is not None:
+            writer.close()
+
+
+#: seconds a dead worker may go unnoticed by the pool before the build breaks the pool itself
+DEAD_WORKER_GRACE = 5.0
+#: how often :func:`wait_any` looks at the workers while no task finishes, in seconds
+POLL_SECONDS = 0.5
+
+
+def wait_any(pool, running: set) -> tuple[set, set]:
+    """``cf.wait(running, return_when=FIRST_COMPLETED)`` that cannot hang on a worker killed mid-reply.
+
+    A :class:`WorkerPool` whose worker has died is normally marked broken by
+    the executor within milliseconds. If that has not happened after
+    :data:`DEAD_WORKER_GRACE` seconds, the executor is stuck reading a
+    half-written reply: the pool is broken down (:meth:`WorkerPool.break_down`),
+    and if even that does not end the wait, ``BrokenProcessPool`` is raised here.
+    Other executors are waited on as they are.
+    """
+    dead_since = broken_at = None
+    while True:
+        done, rest = cf.wait(running, timeout=POLL_SECONDS, return_when=cf.FIRST_COMPLETED)
+        if done or not isinstance(pool, WorkerPool):
+            if done:
+                return done, rest
+            continue
+        if not pool.dead_workers():
+            continue
+        now = time.monotonic()
+        dead_since = dead_since or now
+        if broken_at is None and now - dead_since > DEAD_WORKER_GRACE:
+            pool.break_down()
+            broken_at = now
+        elif broken_at is not None and now - broken_at > DEAD_WORKER_GRACE:
+            raise cf.process.BrokenProcessPool("a worker process died and the pool did not notice")
+
+
 def broken_pool_error(pool, err: BaseException, partial) -> BuildError:
     """The error for a broken local pool: the main guard if workers died starting, else resume."""
     if isinstance(pool, WorkerPool) and pool.died_at_startup():

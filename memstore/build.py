@@ -52,7 +52,7 @@ import h5py
 import numpy as np
 
 from . import _progress, layout
-from ._workers import WorkerPool, broken_pool_error, check_main_guard
+from ._workers import WorkerPool, broken_pool_error, check_main_guard, wait_any
 from .audio import audio_info, open_signal, read_audio, resampled_length
 from .errors import AudioDecodeError, BuildError, MissingDependencyError, ParameterError, StoreFormatError
 from .features import MelSpectrogram, Spectrogram, transform_from_json
@@ -795,11 +795,13 @@ def _extract_pool(pool, n_workers, args, tasks, record, partial) -> None:
         for items in tasks:
             running.add(pool.submit(_extract_task, *args, items))
             if len(running) >= 4 * n_workers:
-                finished, running = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+                finished, running = wait_any(pool, running)
                 for fut in finished:
                     record(fut.result())
-        for fut in cf.as_completed(running):
-            record(fut.result())
+        while running:
+            finished, running = wait_any(pool, running)
+            for fut in finished:
+                record(fut.result())
     except cf.process.BrokenProcessPool as err:
         raise broken_pool_error(pool, err, partial) from err
     finally:

@@ -214,6 +214,7 @@ def test_kill_9_then_resume_equals_a_clean_build(long_root, clean_long, tmp_path
     finally:
         if proc.poll() is None:
             proc.kill()
+            proc.wait()
     assert proc.returncode != 0
     assert not store.exists() and partial.exists()
     with pytest.raises(StoreFormatError, match="partial build"):

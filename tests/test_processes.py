@@ -6,6 +6,7 @@ small real WAV folders; nothing about processes is mocked.
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import json
 import os
 import signal
@@ -20,7 +21,7 @@ from conftest import descendants
 from test_build import _done_count, same_store
 
 import memstore
-from memstore._workers import THREAD_VARS, WorkerPool
+from memstore._workers import THREAD_VARS, WorkerPool, wait_any
 from memstore.build import build_store
 from memstore.demo import make_demo_folder
 from memstore.store import open_store
@@ -388,3 +389,32 @@ def test_builds_in_two_threads_never_change_the_callers_environment(demo_root, d
     assert dict(os.environ) == before
     same_store(tmp_path / "a.h5", demo_store)
     same_store(tmp_path / "b.h5", demo_store)
+
+
+def _reply_half_and_die():
+    """In a pool worker: write the start of a reply into the result pipe, then die as ``kill -9`` makes it."""
+    import gc
+    import multiprocessing.queues
+    import struct
+
+    results = next(o for o in gc.get_objects() if isinstance(o, multiprocessing.queues.SimpleQueue))
+    os.write(results._writer.fileno(), struct.pack("!i", 1000) + b"half a reply")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_a_worker_killed_mid_reply_breaks_the_pool_instead_of_hanging():
+    """The executor's manager thread waits forever for the rest of a half-written reply (the hang seen in
+    test_kill_9_then_resume[worker] under load); the build's wait must break the pool and fail instead."""
+    pool = WorkerPool(2)
+    fut = pool.submit(_reply_half_and_die)
+    assert not cf.wait([fut], timeout=3.0)[0], "the plain executor noticed: this test reproduces nothing"
+    box = {}
+    waiter = threading.Thread(target=lambda: box.update(done=wait_any(pool, {fut})[0]), daemon=True)
+    waiter.start()
+    waiter.join(timeout=60)
+    assert not waiter.is_alive(), "wait_any hung on a worker killed mid-reply"
+    assert box["done"] == {fut} and isinstance(fut.exception(), cf.process.BrokenProcessPool)
+    closer = threading.Thread(target=pool.shutdown, kwargs=dict(wait=True), daemon=True)
+    closer.start()
+    closer.join(timeout=60)
+    assert not closer.is_alive(), "shutdown hung after the pool was broken down"
