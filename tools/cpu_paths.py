@@ -26,7 +26,10 @@ import sys
 
 def other_paths() -> list[tuple[str, str]]:
     """(label, value for NPY_DISABLE_CPU_FEATURES) for each SIMD path besides numpy's default on this CPU."""
-    from numpy._core._multiarray_umath import __cpu_dispatch__, __cpu_features__
+    try:
+        from numpy._core._multiarray_umath import __cpu_dispatch__, __cpu_features__
+    except ImportError:  # numpy 1.x
+        from numpy.core._multiarray_umath import __cpu_dispatch__, __cpu_features__
 
     supported = [t for t in __cpu_dispatch__ if __cpu_features__.get(t)]
     paths = []
