@@ -56,7 +56,7 @@ from ._workers import WorkerPool, broken_pool_error, check_main_guard, wait_any
 from .audio import audio_info, open_signal, read_audio, resampled_length
 from .errors import AudioDecodeError, BuildError, MissingDependencyError, ParameterError, StoreFormatError
 from .features import MelSpectrogram, Spectrogram, transform_from_json
-from .labels import assign_labels, label_index, scan_audio
+from .labels import assign_labels, check_classes, fix_classes, label_index, scan_audio
 from .labeltable import LabelTable, as_label_table
 from .store import PARTIAL_SUFFIX, read_file_metadata, read_metadata
 
@@ -440,7 +440,8 @@ def _copy_rows(src: np.ndarray, dst: np.ndarray) -> None:
 def build_store(audio_root, store_path, *, transform: Spectrogram = MelSpectrogram(),  # noqa: B008 - frozen
                 labels="folder", workers: int | None = None, sample_rate: int | None = None,
                 dtype: str = "float32", strict: bool = False, resume: bool = True,
-                mode: str = "create", executor=None, progress: bool | None = None) -> BuildReport:
+                mode: str = "create", executor=None, progress: bool | None = None,
+                classes=None) -> BuildReport:
     """Build one HDF5 feature store from a folder of audio.
 
     Parameters
@@ -470,6 +471,14 @@ def build_store(audio_root, store_path, *, transform: Spectrogram = MelSpectrogr
     progress : bool or None
         A bar on stderr while files are extracted; ``None`` shows it when
         stderr is a terminal (the library's one rule, see ``memstore._progress``).
+    classes : list of str, optional
+        Fix the class list and its order (by default: the sorted set of labels
+        found). The store's ``classes`` and label columns follow it exactly, a
+        class no file has included; a file with a label outside it is skipped
+        with that reason (so ``strict=True`` stops the build); a file with no
+        label is stored without one, as usual. Use it to build a test store
+        that lines up with a training store: ``classes=train.classes``. An
+        append with ``classes=`` must give the store's list.
 
     Returns
     -------
@@ -479,10 +488,16 @@ def build_store(audio_root, store_path, *, transform: Spectrogram = MelSpectrogr
     -------
     >>> report = build_store("IRMAS/Training", "irmas.h5", workers=2)   # doctest: +SKIP
     >>> report.stored, report.skipped[:1]                               # doctest: +SKIP
+    >>> train_classes = open_store("irmas.h5").classes                   # doctest: +SKIP
+    >>> build_store("IRMAS/Testing", "test.h5", labels="irmas", classes=train_classes)  # doctest: +SKIP
     """
     t0 = time.perf_counter()
     labels = as_label_table(labels, audio_root) or labels
     _check_args(transform, labels, workers, sample_rate, dtype, mode)
+    if classes is not None:
+        classes = check_classes(classes)
+        if isinstance(labels, str) and labels == "none":
+            raise ParameterError("classes= needs labels; labels='none' gives every file none")
     n_workers = workers or os.cpu_count() or 1
     # before any worker starts: workers of an unguarded script would re-run it
     check_main_guard(spawns=executor is None and n_workers > 1)
@@ -491,7 +506,7 @@ def build_store(audio_root, store_path, *, transform: Spectrogram = MelSpectrogr
     try:
         return _build_store(t0, audio_root, store_path, transform=transform, labels=labels, workers=workers,
                             sample_rate=sample_rate, dtype=dtype, strict=strict, resume=resume, mode=mode,
-                            executor=executor if pool is None else pool, progress=progress)
+                            executor=executor if pool is None else pool, progress=progress, classes=classes)
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
@@ -504,7 +519,7 @@ def _start_pool(n_workers: int) -> WorkerPool:
 
 @_locked
 def _build_store(t0, audio_root, store_path, *, transform, labels, workers, sample_rate, dtype, strict,
-                 resume, mode, executor, progress) -> BuildReport:
+                 resume, mode, executor, progress, classes) -> BuildReport:
     store_path = Path(os.fsdecode(store_path))
     if store_path.name.endswith(PARTIAL_SUFFIX):
         raise ParameterError(f"store_path={str(store_path)!r} must not end in {PARTIAL_SUFFIX}")
@@ -521,6 +536,9 @@ def _build_store(t0, audio_root, store_path, *, transform, labels, workers, samp
         if dtype != str(old["dtype"]):
             raise BuildError(f"dtype={dtype!r} differs from the store's {old['dtype']}")
         report.segment = len(old["segments"])
+        if classes is not None and classes != old["classes"]:
+            raise BuildError(f"classes={classes} differs from the store's {old['classes']}; "
+                             "an append with classes= must give the store's list (in its order)")
 
     scan = scan_audio(root)
     report.skipped.extend(scan.skipped)
@@ -548,6 +566,18 @@ def _build_store(t0, audio_root, store_path, *, transform, labels, workers, samp
         except (AudioDecodeError, MissingDependencyError) as err:  # what audio_info raises for one file
             report.skipped.append((p, str(err).removeprefix(str(root / p) + ": ")))
     files = [p for p in files if p in infos]
+    fixed = classes
+    if fixed is not None:
+        # labels first, so a file outside the list is a skip like any other: before strict, before the rate
+        unreadable: list[tuple[str, str]] = []
+        found, multihot = assign_labels(root, files, labels, problems=unreadable)
+        multihot, outside = fix_classes(found, multihot, fixed)
+        keep = [i for i, out in enumerate(outside) if not out]
+        report.skipped.extend((files[i], f"label(s) {', '.join(out)} not in classes=")
+                              for i, out in enumerate(outside) if out)
+        files, multihot = [files[i] for i in keep], multihot[keep]
+        kept = set(files)
+        unreadable = [(p, why) for p, why in unreadable if p in kept]
 
     rate = sample_rate or transform.sample_rate
     if rate is None:
@@ -582,8 +612,9 @@ def _build_store(t0, audio_root, store_path, *, transform, labels, workers, samp
         raise BuildError(f"no readable audio files under {root}; skipped: {report.skipped[:5]}")
 
     label_mode = "table" if table is not None else labels if isinstance(labels, str) else "custom"
-    unreadable: list[tuple[str, str]] = []
-    classes, multihot = assign_labels(root, files, labels, problems=unreadable)
+    if fixed is None:
+        unreadable = []
+        classes, multihot = assign_labels(root, files, labels, problems=unreadable)
     for p, why in unreadable:
         report.notes.append(f"{p}: label file unreadable ({why}); stored without a label")
     if strict and unreadable:
@@ -594,7 +625,9 @@ def _build_store(t0, audio_root, store_path, *, transform, labels, workers, samp
     old_n = 0 if old is None else len(old["index"])
     old_total = 0 if old is None else old["total"]
     if old is not None:
-        all_classes = sorted(set(old["classes"]) | set(classes))
+        # the store's order stays when nothing new comes (a fixed list is kept); new classes sort in as before
+        all_classes = (old["classes"] if set(classes) <= set(old["classes"])
+                       else sorted(set(old["classes"]) | set(classes)))
         remap = lambda cls, m: _remap(cls, m, all_classes)  # noqa: E731
         old_labels = remap(old["classes"], old["labels"])
         multihot = remap(classes, multihot)
@@ -624,6 +657,7 @@ def _build_store(t0, audio_root, store_path, *, transform, labels, workers, samp
         None if old is None else (old["generation"], old["file_size"], old_total),
         # a table's rows can change without the class list changing; the partial file holds the labels
         *([hashlib.sha256(all_labels.tobytes()).hexdigest()] if table is not None else []),
+        *([("classes=", fixed)] if fixed is not None else []),
     )
 
     partial = store_path.with_name(store_path.name + PARTIAL_SUFFIX)

@@ -28,6 +28,15 @@ a table
     ``.tsv`` or ``.jsonl`` metadata table (Hugging Face AudioFolder's
     ``file_name``/``label`` convention): see :mod:`memstore.labeltable`.
     :func:`memstore.build_store` matches the table to the scanned files.
+
+A fixed class list
+------------------
+By default the classes are the sorted set of labels found. ``build_store(...,
+classes=[...])`` fixes the list and its order instead (a test store that must
+line up with its training store's label columns): :func:`fix_classes` puts
+the columns in that order, keeps a column for a class no file has, and names
+each file's labels outside the list, so the build can skip that file with
+its reason.
 """
 
 from __future__ import annotations
@@ -44,7 +53,7 @@ import numpy as np
 
 from .errors import BuildError, ParameterError
 
-__all__ = ["ScanResult", "scan_audio", "assign_labels", "label_index", "LABEL_MODES"]
+__all__ = ["ScanResult", "scan_audio", "assign_labels", "label_index", "check_classes", "fix_classes", "LABEL_MODES"]
 
 LABEL_MODES = ("folder", "irmas", "none")
 _TAG = re.compile(r"\[([^\[\]]+)\]")
@@ -317,3 +326,81 @@ def label_index(multihot: np.ndarray) -> np.ndarray:
         single = multihot.sum(axis=1) == 1
         out[single] = multihot[single].argmax(axis=1)
     return out
+
+
+def check_classes(classes) -> list[str]:
+    """Validate a fixed class list: a non-empty sequence of distinct non-empty strings.
+
+    Parameters
+    ----------
+    classes : list, tuple or 1-D ndarray of str
+
+    Returns
+    -------
+    list of str
+        The same names in the same order, as plain ``str``.
+
+    Raises
+    ------
+    ParameterError
+        For a string (not a list), an empty list, a name that is not a
+        non-empty string, or a name given twice.
+
+    Example
+    -------
+    >>> check_classes(("vio", "cel"))
+    ['vio', 'cel']
+    """
+    if isinstance(classes, np.ndarray) and classes.ndim == 1:
+        classes = classes.tolist()
+    if not isinstance(classes, list | tuple):
+        raise ParameterError(f"classes={classes!r} must be a list of class names")
+    if not classes:
+        raise ParameterError("classes=[] must name at least one class")
+    for c in classes:
+        if not isinstance(c, str) or not c:
+            raise ParameterError(f"classes: {c!r} must be a non-empty string")
+    seen: set[str] = set()
+    for c in classes:
+        if c in seen:
+            raise ParameterError(f"classes: {c!r} is listed twice; each class must appear once")
+        seen.add(c)
+    return [str(c) for c in classes]
+
+
+def fix_classes(found: list[str], multihot: np.ndarray, classes: list[str]) -> tuple[np.ndarray, list[list[str]]]:
+    """Put the label columns in the order of a fixed class list.
+
+    Parameters
+    ----------
+    found : list of str
+        The classes of ``multihot``'s columns, as :func:`assign_labels` returns them.
+    multihot : ndarray [shape=(n_files, len(found))], uint8
+    classes : list of str
+        The fixed list (validated by :func:`check_classes`).
+
+    Returns
+    -------
+    multihot : ndarray [shape=(n_files, len(classes))], uint8
+        Column ``j`` is class ``classes[j]``; a class no file has is a column of zeros.
+    outside : list of list of str
+        For each file, its labels that are not in ``classes`` (sorted); a file
+        with any of them cannot be stored under this list.
+
+    Example
+    -------
+    >>> m, out = fix_classes(["cel", "sax"], np.array([[1, 0], [0, 1]], np.uint8), ["vio", "cel"])
+    >>> m.tolist(), out
+    ([[0, 1], [0, 0]], [[], ['sax']])
+    """
+    col = {c: j for j, c in enumerate(classes)}
+    out = np.zeros((len(multihot), len(classes)), dtype=np.uint8)
+    outside: list[list[str]] = [[] for _ in range(len(multihot))]
+    for k, c in enumerate(found):
+        rows = np.flatnonzero(multihot[:, k])
+        if c in col:
+            out[rows, col[c]] = 1
+        else:
+            for i in rows:
+                outside[i].append(c)
+    return out, outside

@@ -39,6 +39,13 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
                         help="with --labels PATH: separator of several labels in one cell (default: ;)")
     parser.add_argument("--relative-to", default=None, metavar="DIR",
                         help="with --labels PATH: folder the file names are relative to (default: the table's)")
+    fixed = parser.add_mutually_exclusive_group()
+    fixed.add_argument("--classes-from", default=None, metavar="TRAIN.h5",
+                       help="use the class list (and its order) of an existing store, so label columns line up "
+                            "with it; files with other labels are skipped")
+    fixed.add_argument("--classes", default=None, metavar="A,B,C",
+                       help="fix the class list and its order (comma-separated); files with other labels "
+                            "are skipped")
     parser.add_argument("--dtype", choices=["float32", "float16"], default="float32",
                         help="feature storage type (default: float32)")
     parser.add_argument("--strict", action="store_true",
@@ -95,11 +102,23 @@ def _labels(args):
                       label_column=args.label_column, sep=args.label_sep, relative_to=args.relative_to)
 
 
+def _classes(args):
+    if args.classes_from is not None:
+        from ..store import open_store
+
+        with open_store(args.classes_from) as store:
+            return list(store.classes)
+    if args.classes is not None:
+        return [c.strip() for c in args.classes.split(",")]  # build_store names an empty or repeated one
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     from ..build import build_store
 
     transform = _transform(args)
     labels = _labels(args)
+    classes = _classes(args)
     client = cluster = None
     if args.dask:
         from ..distributed import connect
@@ -110,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
             args.audio_root, args.store, transform=transform, labels=labels, workers=args.workers,
             sample_rate=args.sample_rate, dtype=args.dtype, strict=args.strict,
             resume=not args.no_resume, mode="append" if args.append else "create",
-            executor=client, progress=False if args.quiet else None,
+            executor=client, progress=False if args.quiet else None, classes=classes,
         )
     finally:
         if client is not None:
