@@ -53,7 +53,7 @@ BUILD_CHECKSUM = "build/checksum"
 ATTR_FORMAT = "format"
 ATTR_VERSION = "format_version"
 ATTR_CONFIG = "config"        # JSON of the feature transform (every setting)
-ATTR_CLASSES = "classes"      # JSON list of class names, sorted
+ATTR_CLASSES = "classes"      # JSON list of class names: sorted, or in the order of build_store(classes=)
 ATTR_DTYPE = "dtype"          # "float32" | "float16"
 ATTR_LABEL_MODE = "label_mode"  # "folder" | "irmas" | "none" | "custom"
 ATTR_GENERATION = "generation"  # int, +1 on every append

@@ -183,3 +183,11 @@ def test_cli_classes_from_a_store_and_from_a_list(folder, tmp_path, capsys):
     assert "'' must be a non-empty string" in capsys.readouterr().err
     assert cli.main(["build", str(folder), str(tmp_path / "x.h5"), "--classes-from", str(tmp_path / "no.h5")]) != 0
     assert "no.h5" in capsys.readouterr().err
+
+
+def test_a_store_with_a_fixed_order_verifies(folder, tmp_path):
+    from memstore.verify import verify_store
+
+    build_store(folder, tmp_path / "s.h5", workers=1, progress=False, classes=["c", "b", "a", "z"])
+    report = verify_store(tmp_path / "s.h5")
+    assert report.ok, report.problems
