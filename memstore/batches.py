@@ -42,6 +42,7 @@ import numpy as np
 
 from .blocks import block_table
 from .errors import ParameterError
+from .order import balance_classes, balanced_counts, deal
 from .pager import Window, WindowReader, parse_memory, plan_epoch, shuffle_quality, window_budget
 from .slicer import gather_blocks
 
@@ -51,6 +52,9 @@ LAYOUTS = ("NCTF", "NTFC", "NFTC", "NTF")
 LABEL_KINDS = ("onehot", "index", "multihot")
 NORMALIZE = (False, "standard", "pca")
 SPLITS = ("train", "valid", "all")
+BALANCE = (None, "class")
+#: version of ``state_dict()``; a state without ``"format"`` is format 1 (same shard only)
+STATE_FORMAT = 2
 #: batches assembled ahead by the background thread
 PREFETCH = 2
 _STD_FLOOR = 1e-8
@@ -92,6 +96,14 @@ class BatchStream:
         file index (row of ``store.index``) of each block, for per-file evaluation
         (:func:`memstore.aggregate_by_file`). With ``shuffle=False`` blocks come file
         by file in store order and by start frame within a file, on both paths.
+    balance : {None, "class"}
+        ``"class"``: every epoch draws as many blocks as the split holds (the unbalanced
+        epoch length, labelled or not), in equal shares per class -- a minority class's
+        blocks are repeated, a majority class is sampled down (:mod:`memstore.order`).
+        A multi-label file counts as its rarest label (fewest blocks in the split).
+        **Files without a label are left out of a balanced epoch.** Deterministic in
+        ``(seed, epoch)``, in memory, out of core and with shards; needs ``shuffle=True``.
+        ``None`` serves every block once.
 
     Example
     -------
@@ -104,7 +116,7 @@ class BatchStream:
                  split: str = "train", valid_fraction: float = 0.2, seed: int = 0, shuffle: bool = True,
                  drop_last: bool = True, layout: str = "NCTF", labels: str = "onehot", normalize=False,
                  memory_limit=None, shard=None, split_by: str = "file", valid_files=None,
-                 tail: bool = False, prefetch: bool = True, return_file: bool = False):
+                 tail: bool = False, prefetch: bool = True, return_file: bool = False, balance=None):
         from .store import Store, open_store
 
         self._own = not isinstance(store, Store)
@@ -120,6 +132,10 @@ class BatchStream:
         for name, v, allowed in checks:
             if v not in allowed or isinstance(v, bool) and v is not False:
                 raise ParameterError(f"{name}={v!r} must be one of {allowed}")
+        if not (isinstance(balance, str) or balance is None) or balance not in BALANCE:
+            raise ParameterError(f"balance={balance!r} must be one of {BALANCE}")
+        if balance is not None and not shuffle:
+            raise ParameterError(f"balance={balance!r} draws a random multiset of blocks: it needs shuffle=True")
         if not (isinstance(valid_fraction, int | float) and 0 <= valid_fraction < 1):
             raise ParameterError(f"valid_fraction={valid_fraction!r} must be in [0, 1)")
         if shard is not None:
@@ -133,9 +149,14 @@ class BatchStream:
         self.label_kind, self.normalize, self.shard = labels, normalize, shard
         self.split_by, self.tail, self.prefetch = split_by, bool(tail), bool(prefetch)
         self.return_file = bool(return_file)
+        self.balance = balance
         self.memory_limit = parse_memory(memory_limit)
         self.epoch = 0
         self.iteration_step = 0
+        # global position where this epoch's dealing began: 0, or the point of an elastic resume
+        self._origin = 0
+        # (offset, stride): serve only batches b with b % stride == offset (torch DataLoader workers)
+        self._take = (0, 1)
         # (source, thread, stop) of the running epoch; the finalizer shares the list, so it
         # always stops the current producer when the stream is garbage collected
         self._holder: list = [None]
@@ -161,6 +182,10 @@ class BatchStream:
         self.iteration_size = (n // self.batch_size if self.drop_last else -(-n // self.batch_size))
         self._norm = self._normalisation()
         self._labels_all = self._label_matrix()
+        self._block_class = balance_classes(self.block_file, s.label_index, s.labels)
+        if balance is not None and not np.any(self._block_class >= 0):
+            raise ParameterError(f"balance={balance!r} needs labelled files; the {split} split of {s.path} "
+                                 "has none")
 
         row_bytes = s.n_bins * s.dtype.itemsize
         self._batch_bytes = self.batch_size * self.time_context * s.n_bins * 4
@@ -228,29 +253,58 @@ class BatchStream:
         return onehot
 
     # --- order ------------------------------------------------------------------------------
-    def _windows(self, epoch: int) -> list[Window]:
+    def _counts(self, epoch: int) -> np.ndarray | None:
+        """Times each block is served in ``epoch`` (balanced), or None (every block once)."""
+        if self.balance is None:
+            return None
+        return balanced_counts(self._block_class, len(self.block_file), seed=self.seed, epoch=epoch)
+
+    def _windows(self, epoch: int, start: int = 0) -> list[Window]:
+        """This rank's windows of ``epoch``, dealt from global position ``start`` (see memstore.order)."""
+        counts = self._counts(epoch)
         if self.out_of_core:
             return plan_epoch(self.block_row, self.block_valid, window_rows=self._window_rows,
-                              seed=self.seed, epoch=epoch, shard=self.shard, shuffle=self.shuffle)
+                              seed=self.seed, epoch=epoch, shard=self.shard, shuffle=self.shuffle,
+                              counts=counts, start=start)
         n = len(self.block_file)
-        order = (np.random.default_rng((self.seed, int(epoch))).permutation(n) if self.shuffle
-                 else np.arange(n))
-        if self.shard is not None:
-            rank, world = self.shard
-            order = order[rank::world][: self.total_points]
+        if counts is not None:
+            order = np.random.default_rng((self.seed, int(epoch))).permutation(
+                np.repeat(np.arange(n, dtype=np.int64), counts))
+        else:
+            order = (np.random.default_rng((self.seed, int(epoch))).permutation(n) if self.shuffle
+                     else np.arange(n))
+        if self.shard is not None or start:
+            rank, world = self.shard or (0, 1)
+            order = order[deal(n, rank, world, start)]
         empty = np.zeros(0, np.int64)
         return [Window(empty, empty, empty, 0, order, self.block_row[order])]
 
+    @property
+    def _world(self) -> int:
+        return 1 if self.shard is None else self.shard[1]
+
+    def _n_batches(self, start: int) -> int:
+        """Batches of this rank in an epoch dealt from global position ``start``."""
+        n = max(0, (len(self.block_file) - start) // self._world)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
     def order(self, epoch: int | None = None) -> np.ndarray:
-        """Block ids (into this split's block table) in serving order for ``epoch``."""
-        ws = self._windows(self.epoch if epoch is None else epoch)
+        """Block ids (into this split's block table) in serving order for ``epoch``.
+
+        A block repeated by ``balance="class"`` appears as often as it is served. For the
+        current epoch after an elastic resume (``load_state_dict`` of a state saved at another
+        shard or position), the order starts at the resume point.
+        """
+        epoch = self.epoch if epoch is None else int(epoch)
+        ws = self._windows(epoch, self._origin if epoch == self.epoch else 0)
         return np.concatenate([w.blocks for w in ws]) if ws else np.zeros(0, np.int64)
 
     # --- batches ----------------------------------------------------------------------------
     def _job(self) -> _Job:
         s = self.store
         return _Job(batch_size=self.batch_size, time_context=self.time_context, n_bins=s.n_bins,
-                    n_batches=self.iteration_size, layout=self.layout, block_valid=self.block_valid,
+                    n_batches=self._n_batches(self._origin), take=self._take, layout=self.layout,
+                    block_valid=self.block_valid,
                     block_file=self.block_file, labels=self._labels_all, norm=self._norm,
                     features=None if self.out_of_core else np.asarray(s.features),
                     path=s.path, data_offset=s.data_offset, dtype=s.dtype,
@@ -261,7 +315,7 @@ class BatchStream:
         stop = threading.Event()
         # the producer gets a snapshot of the arrays it reads, never ``self``: a thread is a GC
         # root, and a thread holding the stream would keep it (and itself) alive forever
-        gen = _produce(self._job(), self._windows(epoch), first_batch, stop)
+        gen = _produce(self._job(), self._windows(epoch, self._origin), first_batch, stop)
         if not self.prefetch:
             self._holder[0] = (gen, None, stop)
             return
@@ -305,9 +359,13 @@ class BatchStream:
                 yield item
         finally:
             self._stop_active()
-        if self.iteration_step >= self.iteration_size:
-            self.epoch += 1
-            self.iteration_step = 0
+        if self.iteration_step >= self._n_batches(self._origin):
+            self._next_epoch()
+
+    def _next_epoch(self) -> None:
+        self.epoch += 1
+        self.iteration_step = 0
+        self._origin = 0
 
     def __call__(self):
         """The next batch, rolling over into the next epoch (the tutorial's ``db()``)."""
@@ -319,8 +377,7 @@ class BatchStream:
         item = self._next_item()
         if item is _END:
             self._stop_active()
-            self.epoch += 1
-            self.iteration_step = 0
+            self._next_epoch()
             self._start(self.epoch, 0)
             item = self._next_item()
         self.iteration_step += 1
@@ -331,21 +388,86 @@ class BatchStream:
 
     # --- state ------------------------------------------------------------------------------
     def _fingerprint(self) -> list:
+        """What fixes the epochs' global sequences (the shard does not: states load at any world size)."""
+        return [len(self.block_file), self.batch_size, self.time_context, self.step, self.split,
+                self.valid_fraction, self.shuffle, self.drop_last, self.out_of_core,
+                self._window_rows if self.out_of_core else 0, self.balance, str(self.store.path),
+                self.store.generation]
+
+    def _fingerprint_v1(self) -> list:
+        """The format-1 fingerprint (before elastic resume), which included the shard."""
         return [len(self.block_file), self.batch_size, self.time_context, self.step, self.split,
                 self.valid_fraction, self.shuffle, self.drop_last, list(self.shard or []), self.out_of_core,
                 str(self.store.path), self.store.generation]
 
     def state_dict(self) -> dict:
-        """A few scalars that resume the stream exactly where it is."""
-        return {"epoch": self.epoch, "iteration_step": self.iteration_step, "seed": self.seed,
+        """A few scalars that resume the epoch where it is, at this or any other world size.
+
+        ``position`` is the epoch's global position: blocks consumed by all ranks together
+        (``iteration_step * batch_size * world_size`` on a fresh epoch). All ranks take the same
+        number of steps, so the state of any one rank describes them all; it loads into a
+        stream with ``shard=(rank, M)`` for any ``M`` (see :meth:`load_state_dict`). A state
+        saved after an epoch's last batch points at the start of the next epoch.
+        """
+        if self.iteration_step >= self._n_batches(self._origin):
+            epoch, position = self.epoch + 1, 0
+        else:
+            epoch = self.epoch
+            position = self._origin + self.iteration_step * self.batch_size * self._world
+        return {"format": STATE_FORMAT, "epoch": int(epoch), "position": int(position), "seed": self.seed,
+                "shard": list(self.shard) if self.shard else None, "iteration_step": self.iteration_step,
                 "fingerprint": self._fingerprint()}
 
     def load_state_dict(self, state: dict) -> None:
+        """Resume from :meth:`state_dict`, possibly saved at another world size (elastic resume).
+
+        The rest of the saved epoch, from its global position on, is dealt round-robin among
+        this stream's ``world_size`` ranks: no block is served twice and none is lost beyond the
+        at most ``world_size - 1`` that equal shares drop. Settings other than ``shard``
+        (split, seed, batch size, ``memory_limit``'s window size, ``balance``, the store) must
+        match. A format-1 state (saved before elastic resume, it has no ``"format"`` key) loads
+        only at the shard it was saved with; otherwise it raises ``ParameterError``.
+        """
+        if not isinstance(state, dict):
+            raise ParameterError(f"state must be a dict from state_dict(); got {type(state).__name__}")
+        if "format" not in state:
+            self._load_v1(state)
+            return
+        if state.get("format") != STATE_FORMAT:
+            raise ParameterError(f"state_dict format {state.get('format')!r} is not supported "
+                                 f"(this memstore reads formats 1 and {STATE_FORMAT})")
         if state.get("fingerprint") != self._fingerprint() or state.get("seed") != self.seed:
+            raise ParameterError("this state_dict belongs to a stream with other settings or another store")
+        epoch, position = state.get("epoch"), state.get("position")
+        n = len(self.block_file)
+        for name, v, high in (("epoch", epoch, None), ("position", position, n)):
+            if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 0 or (high is not None and v > high):
+                raise ParameterError(f"state_dict {name}={v!r} must be an integer in [0, {high or 'inf'}]")
+        self._stop_active()
+        self.epoch = int(epoch)
+        per_step = self.batch_size * self._world
+        if position % per_step == 0:  # a step boundary of this world size: the epoch's own dealing
+            self._origin, self.iteration_step = 0, int(position) // per_step
+        else:
+            self._origin, self.iteration_step = int(position), 0
+
+    def _load_v1(self, state: dict) -> None:
+        fingerprint = state.get("fingerprint")
+        if self.balance is not None:
+            raise ParameterError("a format-1 state_dict (no 'format' key) predates balance= and cannot resume "
+                                 "a balanced stream")
+        if (isinstance(fingerprint, list) and len(fingerprint) == 12 and state.get("seed") == self.seed
+                and fingerprint[8] != list(self.shard or []) and
+                fingerprint[:8] + fingerprint[9:] == self._fingerprint_v1()[:8] + self._fingerprint_v1()[9:]):
+            raise ParameterError(f"this format-1 state_dict (no 'format' key) was saved with shard="
+                                 f"{fingerprint[8] or None} and loads only at that shard; load it there and save "
+                                 "it again to resume at another world size")
+        if fingerprint != self._fingerprint_v1() or state.get("seed") != self.seed:
             raise ParameterError("this state_dict belongs to a stream with other settings or another store")
         self._stop_active()
         self.epoch = int(state["epoch"])
         self.iteration_step = int(state["iteration_step"])
+        self._origin = 0
 
     # --- whole arrays (the tutorial's getData) ----------------------------------------------
     def _materialise(self, bf: np.ndarray, bs: np.ndarray):
@@ -371,14 +493,24 @@ class BatchStream:
 
     # --- diagnostics ------------------------------------------------------------------------
     def shuffle_report(self, epoch: int | None = None) -> dict:
-        """Shuffle quality of this stream's order against a true global shuffle of the same split."""
+        """Shuffle quality of this stream's order against a true global shuffle of the same split.
+
+        ``"class_shares"`` maps each class name to the fraction of the blocks this stream serves
+        in ``epoch`` (this rank's, when sharded) that belong to it -- by a multi-label file's
+        rarest label, as ``balance="class"`` counts; blocks of unlabelled files count in no class,
+        so the shares sum to less than 1 when the split has some (unbalanced streams only).
+        """
         order = self.order(epoch)
         rng = np.random.default_rng((self.seed, 0x610B))
         glob = rng.permutation(len(self.block_file))[: len(order)]
+        cls = self._block_class[order]
+        shares = np.bincount(cls[cls >= 0], minlength=len(self.store.classes)) / max(len(order), 1)
         return {
             "stream": shuffle_quality(self.block_file[order], self.block_row[order], self.batch_size),
             "global_shuffle": shuffle_quality(self.block_file[glob], self.block_row[glob], self.batch_size),
             "out_of_core": self.out_of_core,
+            "balance": self.balance,
+            "class_shares": {str(c): float(v) for c, v in zip(self.store.classes, shares, strict=True)},
         }
 
     def close(self) -> None:
@@ -413,6 +545,7 @@ class _Job:
     time_context: int
     n_bins: int
     n_batches: int
+    take: tuple       # (offset, stride): assemble only batches b with b % stride == offset
     layout: str
     block_valid: np.ndarray
     block_file: np.ndarray
@@ -453,9 +586,12 @@ def _produce(job: _Job, ws: list[Window], first_batch: int, stop: threading.Even
     try:
         w, buf = next(windows)
         total = int(cum[-1])
+        offset, stride = job.take
         for b in range(first_batch, job.n_batches):
             if stop.is_set():
                 return
+            if b % stride != offset:
+                continue
             pos = b * job.batch_size
             size = min(job.batch_size, total - pos)
             out = np.empty((size, job.time_context, job.n_bins), np.float32)

@@ -116,7 +116,7 @@ def plan_pages(block_row: np.ndarray, block_valid: np.ndarray, page_rows: int):
 
 
 def plan_epoch(block_row, block_valid, *, window_rows: int, seed: int, epoch: int, shard=None,
-               page_rows: int | None = None, shuffle: bool = True) -> list[Window]:
+               page_rows: int | None = None, shuffle: bool = True, counts=None, start: int = 0) -> list[Window]:
     """The windows of one epoch (see the module notes); a pure function of its arguments.
 
     Parameters
@@ -129,6 +129,10 @@ def plan_epoch(block_row, block_valid, *, window_rows: int, seed: int, epoch: in
     seed, epoch : int
     shard : (rank, world_size), optional
         Each rank gets every ``world``-th block of the epoch's sequence, cut to a common length.
+    start : int
+        Position in the epoch's global sequence where the dealing to ranks begins (an elastic
+        resume, :mod:`memstore.order`); earlier blocks go to nobody and windows left without a
+        block of this rank are not read.
     page_rows : int, optional
         Default ``max(max block rows, window_rows // 16)``.
     shuffle : bool
@@ -144,8 +148,15 @@ def plan_epoch(block_row, block_valid, *, window_rows: int, seed: int, epoch: in
         raise ParameterError(f"window_rows={window_rows} must hold a page of {page_rows} rows and "
                              f"the longest block ({longest} rows)")
     page_of_block, p_start, p_stop = plan_pages(block_row, block_valid, page_rows)
+    if counts is not None:
+        counts = np.asarray(counts)
+        if counts.shape != block_row.shape or not np.issubdtype(counts.dtype, np.integer) or np.any(counts < 0):
+            raise ParameterError(f"counts must be {len(block_row)} non-negative integers, one per block")
+        counts = counts.astype(np.int64)
     rng = np.random.default_rng((int(seed), int(epoch)))
     order = rng.permutation(len(p_start)) if shuffle else np.arange(len(p_start))
+    if counts is not None:  # pages with nothing to serve this epoch are never read
+        order = order[np.bincount(page_of_block, weights=counts, minlength=len(p_start))[order] > 0]
     sizes = (p_stop - p_start)[order]
     # greedy packing of the shuffled pages into windows
     windows_of = []
@@ -169,28 +180,37 @@ def plan_epoch(block_row, block_valid, *, window_rows: int, seed: int, epoch: in
         idx = np.concatenate([np.arange(page_first[p], page_first[p + 1]) for p in pages])
         owner = np.repeat(np.arange(len(pages)), page_first[pages + 1] - page_first[pages])
         src = buf[owner] + block_row[idx] - p_start[pages][owner]
+        if counts is not None:
+            src = np.repeat(src, counts[idx])
+            idx = np.repeat(idx, counts[idx])
         perm = rng.permutation(len(idx)) if shuffle else np.arange(len(idx))
         out.append(Window(p_start[pages], p_stop[pages], buf, int(rows.sum()), idx[perm], src[perm]))
-    if shard is not None:
-        out = _shard(out, shard)
+    if shard is not None or start:
+        out = _shard(out, shard or (0, 1), int(start))
     return out
 
 
-def _shard(windows: list[Window], shard) -> list[Window]:
-    """Deal the epoch's global block sequence round-robin to ranks, cut to ``n // world`` each.
+def _shard(windows: list[Window], shard, start: int = 0) -> list[Window]:
+    """Deal the epoch's global block sequence round-robin to ranks from ``start``, cut to equal shares.
 
     Every rank computes the same plan and reads every window (I/O grows with the
     world size on one machine's page cache; see docs/outofcore.md), and at most
-    ``world - 1`` blocks of an epoch are dropped so that all ranks are equal.
+    ``world - 1`` blocks of ``[start, n)`` are dropped so that all ranks are equal
+    (:func:`memstore.order.deal`). Windows wholly before ``start`` are left out: nothing
+    in them is served, so they are not read.
     """
     rank, world = shard
     total = sum(len(w.blocks) for w in windows)
-    cut = total // world * world
+    if not 0 <= start <= total:
+        raise ParameterError(f"start={start} must lie in the epoch's {total} blocks")
+    cut = start + (total - start) // world * world
     out, first = [], 0
     for w in windows:
         pos = first + np.arange(len(w.blocks))
-        keep = (pos % world == rank) & (pos < cut)
         first += len(w.blocks)
+        if start and first <= start:
+            continue
+        keep = (pos >= start) & ((pos - start) % world == rank) & (pos < cut)
         out.append(Window(w.row_start, w.row_stop, w.buf_start, w.n_rows, w.blocks[keep], w.src_row[keep]))
     return out
 

@@ -1,0 +1,198 @@
+"""balance="class": equal class shares per epoch, in memory, out of core and sharded; balance=None unchanged."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from memstore.audio import write_wav
+from memstore.batches import BatchStream
+from memstore.build import build_store
+from memstore.errors import ParameterError
+from memstore.order import balanced_counts
+from memstore.pager import plan_epoch
+from memstore.store import open_store
+
+T, STEP, BINS = 16, 8, 96
+#: relative path -> labels: a 9 files, b 3, c 1, two files [a, c] (rarest c), one [a, b] (rarest b), two unlabelled
+LABELS = {**{f"a{i}.wav": "a" for i in range(9)}, **{f"b{i}.wav": "b" for i in range(3)}, "c0.wav": "c",
+          "ac0.wav": ["a", "c"], "ac1.wav": ["a", "c"], "ab0.wav": ["a", "b"], "u0.wav": None, "u1.wav": None}
+PATHS = ("memory", "pager")
+
+
+def make_imbalanced_store(root, path):
+    """Real WAVs of 0.5 to 2 s at 22050 Hz (about 2 to 10 blocks of 16 frames each), labelled by LABELS."""
+    rng = np.random.default_rng(4)
+    root.mkdir(parents=True, exist_ok=True)
+    for name in LABELS:
+        n = int(rng.integers(11025, 44100))
+        write_wav(root / name, rng.uniform(-0.5, 0.5, n), 22050)
+    build_store(root, path, labels=lambda rel: LABELS[rel], workers=1, progress=False)
+    return path
+
+
+def limit(path, batch_size):
+    """None (in memory), or batch buffers plus two windows of 48 rows: the pager serves many small windows."""
+    return None if path == "memory" else 4 * batch_size * T * BINS * 4 + 2 * 48 * BINS * 4
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    d = tmp_path_factory.mktemp("imbalanced")
+    with open_store(make_imbalanced_store(d / "audio", d / "imbalanced.h5")) as s:
+        yield s
+
+
+def stream(store, path, batch=4, **kw):
+    kw = {"time_context": T, "step": STEP, "split": "all", "drop_last": False, "balance": "class", **kw}
+    out = BatchStream(store, batch_size=batch, memory_limit=limit(path, batch), **kw)
+    assert out.out_of_core == (path == "pager")
+    return out
+
+
+def expected_class(store, s):
+    """The balancing class of each block, worked out from the file names (not from memstore)."""
+    cls = {c: i for i, c in enumerate(store.classes)}
+    by_file = []
+    for p in store.paths:
+        lab = LABELS[p]
+        by_file.append(-1 if lab is None else cls[lab] if isinstance(lab, str)
+                       else cls["c"] if "c" in lab else cls["b"])
+    return np.asarray(by_file)[s.block_file]
+
+
+def test_multi_label_files_count_as_their_rarest_label_and_unlabelled_ones_as_none(store):
+    s = stream(store, "memory")
+    per_class = np.bincount(expected_class(store, s)[expected_class(store, s) >= 0])
+    assert per_class[store.classes.index("c")] < per_class[store.classes.index("b")] < per_class[0]
+    np.testing.assert_array_equal(s._block_class, expected_class(store, s))
+
+
+@pytest.mark.parametrize("path", PATHS)
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 10**6), epoch=st.integers(0, 50), batch=st.integers(1, 9))
+def test_a_balanced_epoch_serves_every_class_equally_and_replays(store, path, seed, epoch, batch):
+    s = stream(store, path, batch, seed=seed, return_file=True, labels="multihot")
+    s.epoch = epoch
+    order = s.order()
+    n, k = len(s.block_file), len(store.classes)
+    assert len(order) == n  # the unbalanced epoch length
+    cls = expected_class(store, s)[order]
+    assert np.all(cls >= 0)  # unlabelled files never served
+    shares = np.bincount(cls, minlength=k)
+    assert shares.max() - shares.min() <= 1 and shares.sum() == n
+    served = np.bincount(order, minlength=n)
+    for c in range(k):  # minority blocks repeated evenly, majority blocks at most once
+        m = served[expected_class(store, s) == c]
+        assert m.max() - m.min() <= 1
+    rep = s.shuffle_report()["class_shares"]
+    assert list(rep) == list(store.classes)
+    np.testing.assert_allclose(list(rep.values()), shares / n, rtol=0, atol=1e-12)
+    again = stream(store, path, batch, seed=seed)
+    np.testing.assert_array_equal(again.order(epoch), order)  # a pure function of (seed, epoch)
+    assert not np.array_equal(again.order(epoch + 1), order)
+    files, xs = [], []
+    for x, _, f in s:
+        files.append(f)
+        xs.append(x)
+    np.testing.assert_array_equal(np.concatenate(files), s.block_file[order])
+    x = np.concatenate(xs)
+    for j in (0, len(order) // 2, len(order) - 1):  # the served block is that block's frames
+        b = order[j]
+        rows = store.frames(int(s.block_file[b]))[s.block_start[b]:s.block_start[b] + T]
+        np.testing.assert_array_equal(x[j, 0, : len(rows)], rows)
+    assert s.epoch == epoch + 1
+
+
+def test_both_paths_draw_the_same_multiset(store):
+    mem, paged = stream(store, "memory", seed=3), stream(store, "pager", seed=3)
+    for epoch in range(3):
+        a, b = mem.order(epoch), paged.order(epoch)
+        np.testing.assert_array_equal(np.sort(a), np.sort(b))
+        assert not np.array_equal(a, b)  # the pager orders by windows
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("world", [2, 3, 4])
+def test_balanced_shards_are_equal_and_together_serve_the_epoch(store, path, world):
+    whole = stream(store, path, seed=11).order(2)
+    parts = []
+    for r in range(world):
+        s = stream(store, path, seed=11, shard=(r, world))
+        parts.append(s.order(2))
+        assert len(parts[-1]) == len(whole) // world == s.total_points
+    together = np.bincount(np.concatenate(parts), minlength=len(whole))
+    expected = np.bincount(whole, minlength=len(whole))
+    assert np.all(together <= expected) and (expected - together).sum() <= world - 1
+    # every rank's class counts are equal within sampling tolerance: a rank holds n_r of the epoch's
+    # n blocks, about n / k of each class, so its count of a class is hypergeometric around n_r / k
+    k, n = len(store.classes), len(whole)
+    cls = expected_class(store, stream(store, path))
+    for r in range(world):
+        s = stream(store, path, seed=11, shard=(r, world))
+        n_r = s.total_points
+        sd = np.sqrt(n_r * (1 / k) * (1 - 1 / k) * (n - n_r) / (n - 1))
+        counts = np.array([np.bincount(cls[s.order(e)], minlength=k) for e in range(12)])
+        assert np.all(np.abs(counts - n_r / k) < 4.5 * sd + 1)
+        assert np.all(np.abs(counts.mean(axis=0) - n_r / k) < 4.5 * sd / np.sqrt(12) + 1)
+
+
+def test_balance_is_validated(store, tmp_path):
+    for bad in ("classes", "", True, 1):
+        with pytest.raises(ParameterError, match="balance="):
+            stream(store, "memory", balance=bad)
+    with pytest.raises(ParameterError, match="needs shuffle=True"):
+        stream(store, "memory", shuffle=False)
+    root = tmp_path / "none"
+    root.mkdir()
+    write_wav(root / "x.wav", np.zeros(30000), 22050)
+    build_store(root, tmp_path / "none.h5", labels="none", workers=1, progress=False)
+    with pytest.raises(ParameterError, match="needs labelled files"):
+        BatchStream(tmp_path / "none.h5", batch_size=2, balance="class").close()
+
+
+def test_unbalanced_order_is_byte_for_byte_what_it_was(demo_store):
+    """Pinned from the order before balance= existed (main at 70656b3): balance=None changes nothing."""
+    h = hashlib.sha256()
+    lim = 4 * 4 * 128 * 96 * 4 + 2 * 680 * 96 * 4
+    for ml in (None, lim):
+        for shard in (None, (1, 3)):
+            for ep in (0, 1):
+                with BatchStream(demo_store, batch_size=4, memory_limit=ml, shard=shard, seed=7, split="all") as s:
+                    h.update(s.order(ep).astype("<i8").tobytes())
+    assert h.hexdigest()[:32] == "3757fcaf789239171371234b566b927d"
+
+
+@settings(max_examples=60, deadline=None)
+@given(lengths=st.lists(st.integers(1, 300), min_size=1, max_size=30), seed=st.integers(0, 99),
+       extra=st.integers(0, 400), data=st.data())
+def test_pager_serves_the_counts_from_windows_within_the_budget(lengths, seed, extra, data):
+    t = 10
+    valid = np.minimum(t, np.asarray(lengths))
+    row = np.r_[0, np.cumsum(lengths)[:-1]].astype(np.int64)
+    counts = np.asarray(data.draw(st.lists(st.integers(0, 3), min_size=len(row), max_size=len(row))), np.int64)
+    window_rows = t + extra
+    ws = plan_epoch(row, valid, window_rows=window_rows, seed=seed, epoch=1, counts=counts)
+    served = np.concatenate([w.blocks for w in ws]) if ws else np.zeros(0, np.int64)
+    np.testing.assert_array_equal(np.bincount(served, minlength=len(row)), counts)
+    for w in ws:
+        assert 0 < w.n_rows <= window_rows and len(w.blocks)  # no window read for nothing
+        for b, src in zip(w.blocks.tolist(), w.src_row.tolist(), strict=True):
+            k = int(np.searchsorted(w.buf_start, src, side="right") - 1)  # the page it is read from
+            assert w.row_start[k] + src - w.buf_start[k] == row[b]
+            assert row[b] + valid[b] <= w.row_stop[k]
+
+
+def test_balanced_counts_split_the_draw_evenly():
+    cls = np.array([0] * 10 + [1] * 3 + [2] + [-1] * 4)
+    for epoch in range(20):
+        c = balanced_counts(cls, 19, seed=1, epoch=epoch)
+        assert c.sum() == 19 and np.all(c[cls < 0] == 0)
+        per = np.bincount(cls[cls >= 0], weights=c[cls >= 0])
+        assert per.max() - per.min() <= 1
+        assert set(c[:10].tolist()) <= {0, 1} and set(c[10:13].tolist()) <= {2, 3} and c[13] in (6, 7)
+    assert not np.array_equal(balanced_counts(cls, 19, seed=1, epoch=0), balanced_counts(cls, 19, seed=1, epoch=1))
