@@ -155,7 +155,8 @@ class BatchStream:
         self.iteration_step = 0
         # global position where this epoch's dealing began: 0, or the point of an elastic resume
         self._origin = 0
-        # (offset, stride): serve only batches b with b % stride == offset (torch DataLoader workers)
+        # (offset, stride): of the batches from the current step on, assemble only every stride-th,
+        # from the offset-th (a torch DataLoader worker's share of its rank's batches)
         self._take = (0, 1)
         # (source, thread, stop) of the running epoch; the finalizer shares the list, so it
         # always stops the current producer when the stream is garbage collected
@@ -545,7 +546,7 @@ class _Job:
     time_context: int
     n_bins: int
     n_batches: int
-    take: tuple       # (offset, stride): assemble only batches b with b % stride == offset
+    take: tuple       # (offset, stride): assemble only batches b with (b - first) % stride == offset
     layout: str
     block_valid: np.ndarray
     block_file: np.ndarray
@@ -590,7 +591,7 @@ def _produce(job: _Job, ws: list[Window], first_batch: int, stop: threading.Even
         for b in range(first_batch, job.n_batches):
             if stop.is_set():
                 return
-            if b % stride != offset:
+            if (b - first_batch) % stride != offset:
                 continue
             pos = b * job.batch_size
             size = min(job.batch_size, total - pos)

@@ -179,3 +179,60 @@ def test_bad_states_are_refused(store):
         stream(store, "pager", (0, 2)).load_state_dict(good)
     with pytest.raises(ParameterError, match="other settings"):
         stream(store, "memory", (0, 2), "class").load_state_dict(good)
+
+
+def dataset(store, rank, world, balance=None, **kw):
+    from memstore.torch import BlockDataset
+
+    return BlockDataset(store.path, rank=rank, world_size=world, with_ids=True, batch_size=3, time_context=T,
+                        step=STEP, split="all", drop_last=False, seed=5, balance=balance, **kw)
+
+
+@pytest.mark.parametrize("balance", BALANCE)
+def test_torch_datasets_resume_at_another_world_size(store, balance):
+    pytest.importorskip("torch")
+    whole = epoch_multiset(store, "memory", balance)
+    old = [dataset(store, r, 4, balance) for r in range(4)]
+    served = []
+    for ds in old:
+        it = iter(ds)
+        served += [next(it)[-1].numpy() for _ in range(5)]
+        it.close()
+    state = old[2].state_dict()  # counted in this process: 5 batches
+    assert state["position"] == 5 * 3 * 4
+    assert {**state, "shard": None} == {**old[0].state_dict(step=5), "shard": None}  # any rank's will do
+    new = [dataset(store, r, 2, balance) for r in range(2)]
+    for ds in new:
+        ds.load_state_dict(state)
+        served += [ids.numpy() for *_, ids in ds]
+    check_union(served, whole, 2)
+    with pytest.raises(ParameterError, match="other settings"):
+        dataset(store, 0, 2, balance, memory_limit=limit("pager", 3)).load_state_dict(state)
+
+
+def test_torch_workers_deliver_the_ranks_batches_in_order_and_resume_elastically(store):
+    torch = pytest.importorskip("torch")
+    loader = torch.utils.data.DataLoader
+    whole = epoch_multiset(store, "pager", "class")
+    kw = dict(memory_limit=limit("pager", 3))
+    served = []
+    first = [dataset(store, r, 2, "class", **kw) for r in range(2)]
+    for r, ds in enumerate(first):
+        got = []
+        for i, (*_, ids) in enumerate(loader(ds, batch_size=None, num_workers=2)):
+            got.append(ids.numpy())
+            if i + 1 == 7:
+                break
+        # two workers each assemble every other batch; the loader hands them over in the stream's order
+        np.testing.assert_array_equal(np.concatenate(got), stream(store, "pager", (r, 2), "class").order()[:21])
+        served += got
+    with pytest.raises(ParameterError, match="needs step="):
+        first[0].state_dict()
+    state = first[1].state_dict(step=7)
+    assert state["position"] == 7 * 3 * 2
+    for r in range(3):
+        ds = dataset(store, r, 3, "class", **kw)
+        ds.load_state_dict(state)
+        ds.set_epoch(0)  # the state's epoch: the resume stands
+        served += [ids.numpy() for *_, ids in loader(ds, batch_size=None, num_workers=2)]
+    check_union(served, whole, 3)
