@@ -19,6 +19,12 @@ On both, every block of the split is served exactly once per epoch (with
 dropped), the order is a pure function of ``(seed, epoch)``, and
 ``state_dict()``/``load_state_dict()`` resume mid-epoch exactly.
 
+``balance="class"`` replaces "every block once" by a class-balanced draw of
+the same length (a multiset of blocks, :mod:`memstore.order`), which both
+paths serve. Shards deal one global sequence per epoch; a state records the
+epoch's global position, so it resumes at any world size (elastic resume,
+:meth:`BatchStream.load_state_dict`).
+
 Batches are assembled by a background thread (the numba kernel releases the
 GIL) one or two batches ahead. Every batch is a new array: it stays valid as
 long as you keep it.

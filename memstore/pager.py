@@ -20,7 +20,9 @@ many files and classes even when the store was written class by class
 
 The plan is a pure function of its arguments: an epoch can be replayed and
 resumed, and every rank of a sharded run computes the same plan and takes
-its own blocks from each window.
+its own blocks from each window (dealt from a start position, for an elastic
+resume). A balanced epoch passes per-block ``counts``: pages without a drawn
+block are left out, and a repeated block is served repeatedly from its window.
 """
 
 from __future__ import annotations
