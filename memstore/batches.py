@@ -109,7 +109,7 @@ class BatchStream:
         A multi-label file counts as its rarest label (fewest blocks in the split).
         **Files without a label are left out of a balanced epoch.** Deterministic in
         ``(seed, epoch)``, in memory, out of core and with shards; needs ``shuffle=True``.
-        ``None`` serves every block once.
+        ``None`` serves every block once. ``get_data()`` is never balanced.
 
     Example
     -------
