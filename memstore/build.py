@@ -360,13 +360,28 @@ def _reserve(path: Path, *, fresh: bool) -> None:
         os.close(fd)
 
 
+#: how long a lock conflict on a file this build owns may last before it is reported, in seconds
+LOCK_RETRY_SECONDS = 2.0
+
+
 def _open_h5(path: Path, mode: str, **kwargs) -> h5py.File:
-    """``h5py.File``, with HDF5's lock conflict told as another build writing the file."""
-    try:
-        return h5py.File(path, mode, **kwargs)
-    except BlockingIOError as err:
-        raise BuildError(f"another build is writing {path} (HDF5 cannot lock it: {err}); wait for it to "
-                         f"finish and run this build again") from err
+    """``h5py.File``, with HDF5's lock conflict told as another build writing the file.
+
+    A conflict is retried for :data:`LOCK_RETRY_SECONDS` first: a process
+    forked by another thread of this process (a second build's workers, any
+    ``subprocess``) holds a copy of our last HDF5 handle, and so its lock,
+    from its fork until it closes its descriptors just before ``exec``.
+    """
+    deadline = time.monotonic() + LOCK_RETRY_SECONDS
+    while True:
+        try:
+            return h5py.File(path, mode, **kwargs)
+        except BlockingIOError as err:
+            if time.monotonic() < deadline:
+                time.sleep(0.05)
+                continue
+            raise BuildError(f"another build is writing {path} (HDF5 cannot lock it: {err}); wait for it to "
+                             f"finish and run this build again") from err
 
 
 class _store_lock:

@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import h5py
@@ -389,3 +390,31 @@ def test_make_big_store_tool_writes_through_the_same_writer(tmp_path):
                           text=True, env=ENV, timeout=300)
     assert done.returncode == 0, done.stderr
     assert verify_store(store).ok and _leftovers(tmp_path) == []
+
+
+def test_a_forked_child_still_holding_our_hdf5_handle_is_waited_for(tmp_path):
+    """HDF5 opens files without O_CLOEXEC: a process forked by another thread (a second build's workers,
+    any subprocess) holds our handle, and its lock, until it closes its descriptors before exec. Seen as
+    'another build is writing' in two builds run in two threads; a short conflict is now waited out."""
+    import warnings
+
+    from memstore.build import _open_h5
+
+    path = tmp_path / "f.h5"
+    f = h5py.File(path, "w")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads: the child only sleeps
+        pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            time.sleep(0.5)
+        finally:
+            os._exit(0)
+    try:
+        f.close()
+        with pytest.raises(BlockingIOError):
+            h5py.File(path, "r+")  # the conflict itself, while the child lives
+        with _open_h5(path, "r+") as g:
+            assert g.mode == "r+"
+    finally:
+        os.waitpid(pid, 0)
