@@ -1,13 +1,26 @@
-"""Build speed and memory: memstore build (1 and 2 workers) against the tutorial's per-file loop.
+"""Build speed and memory: how a build scales with workers, against the work it cannot avoid.
 
-    python tools/bench_build.py [--minutes 60] [--reps 1] [--dir /tmp/bench-build]
+    python tools/bench_build.py [--files 2000] [--reps 3] [--dir /tmp/memstore-bench-build]
+                                [--tutorial] [--skip-rss]
 
-Generates a folder of about ``--minutes`` of 3-second stereo 16-bit 44.1 kHz
-demo files, then times in the same run: ``build_store`` with ``workers=1``
-and ``workers=2``, and the tutorial's baseline (for each file: read, sum the
-channels, ``librosa.feature.melspectrogram``, ``np.tofile`` into ``.data``
-plus a ``.shape`` file, one process). It then measures the peak RSS of a
-build (parent and workers) of a folder holding one two-hour WAV file.
+Generates an IRMAS-shaped folder: ``--files`` clips of 3 s, stereo 16-bit
+44.1 kHz (noise plus a tone, six class folders). Then, ``--reps`` times and
+interleaved (so the three measures of one repetition share the machine's
+load), it measures:
+
+- **in-process read+features**: for each file, in this process,
+  ``read_audio(path, sample_rate=rate)`` and the store's ``MelSpectrogram``,
+  nothing else (no HDF5, checksum, statistics or pool): the work a build
+  cannot avoid;
+- ``build_store(workers=1)`` and ``build_store(workers=2)``, fresh stores.
+
+It prints the median of each rate (audio seconds per wall second) and the
+medians of the per-repetition ratios ``w2 / w1`` and ``w2 / (2 x in-process)``;
+ratios taken within one repetition matter most on a shared machine. With
+``--tutorial`` it also times the tutorial's per-file loop (read, sum the
+channels, ``librosa.feature.melspectrogram``, ``np.tofile``). Unless
+``--skip-rss``, it then measures the peak RSS of a build (parent and
+workers) of a folder holding one two-hour WAV file.
 """
 
 from __future__ import annotations
@@ -24,13 +37,59 @@ from pathlib import Path
 
 import numpy as np
 
+CLASSES = ("cel", "flu", "gac", "pia", "tru", "vio")
+RATE = 44100
+SECONDS = 3.0
+
+
+def make_irmas_folder(root: Path, n_files: int, seed: int = 7) -> Path:
+    """``n_files`` stereo 16-bit 3 s clips at 44.1 kHz in six class folders."""
+    from memstore.audio import write_wav
+
+    rng = np.random.default_rng(seed)
+    n = int(SECONDS * RATE)
+    t = np.arange(n) / RATE
+    for k in range(n_files):
+        cls = CLASSES[k % len(CLASSES)]
+        (root / cls).mkdir(parents=True, exist_ok=True)
+        tone = 0.3 * np.sin(2 * np.pi * rng.uniform(100, 2000) * t)
+        x = 0.1 * rng.standard_normal((n, 2)) + tone[:, None]
+        write_wav(root / cls / f"{k:05d}__[{cls}]__{k}.wav", x, RATE)
+    return root
+
+
+def in_process(root: Path) -> float:
+    """Seconds to read and compute the features of every file, in this process, nothing else."""
+    from memstore.audio import read_audio
+    from memstore.features import MelSpectrogram
+
+    mel = MelSpectrogram(sample_rate=RATE)
+    paths = sorted(root.rglob("*.wav"))
+    t = time.perf_counter()
+    for p in paths:
+        samples, rate = read_audio(p, sample_rate=RATE)
+        mel(samples, rate)
+    return time.perf_counter() - t
+
+
+def build(root: Path, store: Path, workers: int) -> float:
+    from memstore.build import build_store
+
+    store.unlink(missing_ok=True)
+    t = time.perf_counter()
+    build_store(root, store, workers=workers, progress=False, resume=False)
+    took = time.perf_counter() - t
+    store.unlink()
+    return took
+
 
 def tutorial_baseline(audio_root: Path, out: Path) -> float:
     import librosa
 
     from memstore.audio import read_audio
 
-    out.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
     t = time.perf_counter()
     for wav in sorted(audio_root.rglob("*.wav")):
         audio, rate = read_audio(wav, mono=False)
@@ -52,60 +111,70 @@ print(own * 1024, kids * 1024)
 """
 
 
-def main(argv=None) -> int:
-    from memstore.build import build_store
-    from memstore.demo import make_demo_folder
+def peak_rss(work: Path) -> None:
+    from memstore.audio import write_wav
 
+    long_dir = work / "long" / "x"
+    long_dir.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    path = long_dir / "two-hours.wav"
+    write_wav(work / "minute.wav", 0.1 * rng.standard_normal((60 * 44100, 2)), 44100)
+    minute = (work / "minute.wav").read_bytes()
+    data = minute[44:]  # canonical 44-byte header from write_wav
+    n = len(data) * 120  # 2 h stereo 16-bit (1.27 GB), written a minute at a time
+    with open(path, "wb") as f:
+        f.write(b"RIFF" + struct.pack("<I", 36 + n) + minute[8:40] + struct.pack("<I", n))
+        for _ in range(120):
+            f.write(data)
+    out = subprocess.run([sys.executable, "-c", RSS_SCRIPT, str(work / "long"), str(work / "long.h5")],
+                         capture_output=True, text=True, check=True).stdout.split()
+    own, kids = map(int, out)
+    print(f"two-hour WAV ({path.stat().st_size / 1e9:.2f} GB): peak RSS parent {own / 1e6:.0f} MB, "
+          f"largest worker {kids / 1e6:.0f} MB")
+
+
+def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--minutes", type=float, default=60.0, help="minutes of audio to generate (default: 60)")
-    p.add_argument("--reps", type=int, default=1, help="repetitions, median reported (default: 1)")
+    p.add_argument("--files", type=int, default=2000, help="3-second clips to generate (default: 2000)")
+    p.add_argument("--reps", type=int, default=3, help="interleaved repetitions, medians reported (default: 3)")
     p.add_argument("--dir", default="/tmp/memstore-bench-build", help="scratch folder (removed at the end)")
+    p.add_argument("--tutorial", action="store_true", help="also time the tutorial's per-file librosa loop")
     p.add_argument("--skip-rss", action="store_true", help="skip the two-hour-file memory measurement")
     args = p.parse_args(argv)
+    if args.files < 1 or args.reps < 1:
+        p.error("--files and --reps must be positive")
     work = Path(args.dir)
     shutil.rmtree(work, ignore_errors=True)
-    per_class = max(1, int(args.minutes * 60 / 3 / 6))
     t = time.perf_counter()
-    root = make_demo_folder(work / "audio", n_per_class=per_class, seed=7)
-    n_files = sum(1 for _ in root.rglob("*.wav"))
-    audio_s = n_files * 3.0
-    print(f"generated {n_files} files, {audio_s / 3600:.2f} h of audio in {time.perf_counter() - t:.0f} s; "
-          f"{os.cpu_count()} cores")
-    times: dict[str, list[float]] = {"memstore workers=1": [], "memstore workers=2": [], "tutorial loop": []}
-    for _ in range(args.reps):
-        for w in (1, 2):
-            store = work / f"w{w}.h5"
-            store.unlink(missing_ok=True)
-            r = build_store(root, store, workers=w, progress=False, resume=False)
-            times[f"memstore workers={w}"].append(r.wall_seconds)
-        shutil.rmtree(work / "legacy", ignore_errors=True)
-        times["tutorial loop"].append(tutorial_baseline(root, work / "legacy"))
-    med = {k: statistics.median(v) for k, v in times.items()}
-    base = med["tutorial loop"]
-    print(f"{'':22} {'wall s':>8} {'audio s / s':>12} {'vs tutorial':>12}")
-    for k, v in med.items():
-        print(f"{k:22} {v:8.1f} {audio_s / v:12.0f} {base / v:11.2f}x")
-    print(f"2 workers vs 1 worker: {med['memstore workers=1'] / med['memstore workers=2']:.2f}x")
+    root = make_irmas_folder(work / "audio", args.files)
+    audio_s = args.files * SECONDS
+    print(f"generated {args.files} stereo 16-bit 3 s clips ({audio_s / 60:.0f} min of audio) in "
+          f"{time.perf_counter() - t:.0f} s; {os.cpu_count()} cores")
+    names = ["in-process read+features", "build workers=1", "build workers=2"] + (
+        ["tutorial loop"] if args.tutorial else [])
+    rates: dict[str, list[float]] = {k: [] for k in names}
+    w2_w1, w2_ideal = [], []
+    for rep in range(args.reps):
+        steps = {
+            "in-process read+features": lambda: in_process(root),
+            "build workers=1": lambda: build(root, work / "w1.h5", 1),
+            "build workers=2": lambda: build(root, work / "w2.h5", 2),
+            "tutorial loop": lambda: tutorial_baseline(root, work / "legacy"),
+        }
+        order = names[rep % len(names):] + names[:rep % len(names)]  # rotate: no measure always runs first
+        got = {k: audio_s / steps[k]() for k in order}
+        for k in names:
+            rates[k].append(got[k])
+        w2_w1.append(got["build workers=2"] / got["build workers=1"])
+        w2_ideal.append(got["build workers=2"] / (2 * got["in-process read+features"]))
+        print(f"rep {rep + 1}: " + ", ".join(f"{k} {got[k]:.0f}" for k in names) + " audio s/s")
+    print(f"{'median of ' + str(args.reps):28} {'audio s / s':>12}")
+    for k in names:
+        print(f"{k:28} {statistics.median(rates[k]):12.0f}")
+    print(f"workers=2 / workers=1:              {statistics.median(w2_w1):.2f}x   (target >= 1.7)")
+    print(f"workers=2 / (2 x in-process):       {statistics.median(w2_ideal):.2f}    (target >= 0.8)")
     if not args.skip_rss:
-        from memstore.audio import write_wav
-
-        long_dir = work / "long" / "x"
-        long_dir.mkdir(parents=True)
-        rng = np.random.default_rng(0)
-        path = long_dir / "two-hours.wav"
-        write_wav(work / "minute.wav", 0.1 * rng.standard_normal((60 * 44100, 2)), 44100)
-        minute = (work / "minute.wav").read_bytes()
-        data = minute[44:]  # canonical 44-byte header from write_wav
-        n = len(data) * 120  # 2 h stereo 16-bit (1.27 GB), written a minute at a time
-        with open(path, "wb") as f:
-            f.write(b"RIFF" + struct.pack("<I", 36 + n) + minute[8:40] + struct.pack("<I", n))
-            for _ in range(120):
-                f.write(data)
-        out = subprocess.run([sys.executable, "-c", RSS_SCRIPT, str(work / "long"), str(work / "long.h5")],
-                             capture_output=True, text=True, check=True).stdout.split()
-        own, kids = map(int, out)
-        print(f"two-hour WAV ({path.stat().st_size / 1e9:.2f} GB): peak RSS parent {own / 1e6:.0f} MB, "
-              f"largest worker {kids / 1e6:.0f} MB")
+        peak_rss(work)
     shutil.rmtree(work, ignore_errors=True)
     return 0
 
