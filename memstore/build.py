@@ -52,7 +52,7 @@ import h5py
 import numpy as np
 
 from . import _progress, layout
-from ._workers import WorkerPool, broken_pool_error, check_main_guard, wait_any
+from ._workers import WorkerPool, broken_pool_error, check_main_guard, one_native_thread, wait_any
 from .audio import audio_info, open_signal, read_audio, resampled_length
 from .errors import AudioDecodeError, BuildError, MissingDependencyError, ParameterError, StoreFormatError
 from .features import MelSpectrogram, Spectrogram, transform_from_json
@@ -133,7 +133,8 @@ class _Skip(Exception):
         super().__init__(self.reason)
 
 
-def _compute(audio_path: str, transform, rate: int, n_frames: int, n_bins: int, dtype: str) -> np.ndarray:
+def _compute(audio_path: str, transform, rate: int, n_frames: int, n_bins: int, dtype: str,
+             n_samples: int, source_rate: int) -> np.ndarray:
     """One file's feature rows in the store dtype.
 
     Raises :class:`_Skip` when this file cannot be read or decoded, or its
@@ -141,14 +142,14 @@ def _compute(audio_path: str, transform, rate: int, n_frames: int, n_bins: int, 
     not about the file and propagates: a bug, or memory running out.
 
     A long WAV at the target rate is decoded chunk by chunk as the transform
-    consumes it, so memory holds its features, not its samples.
+    consumes it, so memory holds its features, not its samples. Whether it is
+    long comes from the plan (``n_samples``, ``source_rate``): the header was
+    read once, when the build was planned, and is not read again here.
     """
     try:
         samples = None
-        if audio_path.lower().endswith(".wav"):
-            info = audio_info(audio_path)
-            if info.sample_rate == rate and info.n_samples > LONG_SAMPLES:
-                samples = open_signal(audio_path)
+        if audio_path.lower().endswith(".wav") and source_rate == rate and n_samples > LONG_SAMPLES:
+            samples = open_signal(audio_path)
         if samples is None:
             samples, _ = read_audio(audio_path, sample_rate=rate)
     except OSError as err:  # AudioDecodeError, or the OS refusing to open or read this file
@@ -175,9 +176,9 @@ def _computed(config_json: str, rate: int, n_bins: int, dtype: str, items):
     file; any other exception is a bug and propagates as it is.
     """
     transform = transform_from_json(config_json)
-    for i, audio_path, row, n_frames in items:
+    for i, audio_path, row, n_frames, n_samples, source_rate in items:
         try:
-            rows = _compute(audio_path, transform, rate, n_frames, n_bins, dtype)
+            rows = _compute(audio_path, transform, rate, n_frames, n_bins, dtype, n_samples, source_rate)
         except _Skip as skip:
             yield i, row, skip.reason
             continue
@@ -187,24 +188,30 @@ def _computed(config_json: str, rate: int, n_bins: int, dtype: str, items):
 
 
 def _extract_task(partial: str, data_offset: int, n_bins: int, dtype: str, config_json: str,
-                  rate: int, items: list[tuple[int, str, int, int]]) -> list[tuple]:
-    """Local worker: compute and write the rows of several files at their planned offsets."""
+                  rate: int, items: list[tuple[int, str, int, int, int, int]]) -> list[tuple]:
+    """Local worker: compute and write the rows of several files at their planned offsets.
+
+    ``items`` are ``(i, path, first row, n_frames, n_samples, source_rate)``
+    from the plan. One memory map spans the task's rows (not one per file).
+    """
     itemsize = np.dtype(dtype).itemsize
+    first = min(row for _, _, row, _, _, _ in items)
+    end = max(row + n for _, _, row, n, _, _ in items)
+    mm = np.memmap(partial, dtype=dtype, mode="r+", offset=data_offset + first * n_bins * itemsize,
+                   shape=(end - first, n_bins))
     results = []
     for i, row, rows in _computed(config_json, rate, n_bins, dtype, items):
         if isinstance(rows, str):
             results.append((i, None, rows))
             continue
-        mm = np.memmap(partial, dtype=dtype, mode="r+", offset=data_offset + row * n_bins * itemsize,
-                       shape=rows.shape)
-        mm[:] = rows  # no msync: the page cache outlives a killed process; the store is fsynced at the end
-        del mm
+        mm[row - first:row - first + len(rows)] = rows  # no msync: the page cache outlives a killed process
         results.append((i, zlib.crc32(rows.data), _file_stats(rows)))
+    del mm
     return results
 
 
 def _extract_shard(shard: str, n_bins: int, dtype: str, config_json: str, rate: int,
-                   items: list[tuple[int, str, int, int]]) -> list[tuple]:
+                   items: list[tuple[int, str, int, int, int, int]]) -> list[tuple]:
     """Cluster worker: write the rows of several files into a shard file of its own (raw ``.npy``).
 
     Returns ``(i, crc, stats, first row in the shard)`` per file, or ``(i, None, reason)``.
@@ -702,26 +709,20 @@ def _build_store(t0, audio_root, store_path, *, transform, labels, workers, samp
     stats = None
     if old is not None and old["stats"].get("count"):
         stats = (int(old["stats"]["count"]), old["stats"]["mean"], old["stats"]["m2"])
-    file_stats: dict[int, tuple] = {}
     failed: dict[int, str] = {}
     pending = [i for i in range(len(files)) if not done[i]]
     report.resumed = len(files) - len(pending)
     if report.resumed:
         report.notes.append(f"resumed: {report.resumed} file(s) were already extracted")
-        feats = np.memmap(partial, dtype=dtype, mode="r", offset=data_offset, shape=(total, n_bins))
-        for i in range(len(files)):
-            if done[i] == 1:
-                o, n = int(new["offset"][i]), int(new["n_frames"][i])
-                file_stats[i] = _file_stats(np.asarray(feats[o:o + n]))
-            elif done[i] == 2:
-                failed[i] = "failed in an earlier run of this build"
-        del feats
-
-    _extract(files, pending, root, partial, data_offset, n_bins, dtype, config_json, rate, new,
-             done, checksum, file_stats, failed, workers, executor, progress)
-
-    for i in sorted(file_stats):
-        stats = _merge(stats, file_stats[i])
+        failed.update((i, "failed in an earlier run of this build") for i in np.flatnonzero(done[: len(files)] == 2))
+    fold = _StatsFold(stats, new, functools.partial(np.memmap, partial, dtype=dtype, mode="r", offset=data_offset,
+                                                    shape=(total, n_bins)), done, pending)
+    with one_native_thread():  # this process's matrix products (workers=1, resumed files) on one BLAS thread
+        fold.advance()
+        _extract(files, pending, root, partial, data_offset, n_bins, dtype, config_json, rate, new,
+                 done, checksum, fold, failed, workers, executor, progress)
+    stats = fold.result()
+    del fold
     ok = [i for i in range(len(files)) if i not in failed]
     report.skipped.extend((files[i], failed[i]) for i in sorted(failed))
     report.skipped.sort()
@@ -780,10 +781,65 @@ def _partial_matches(partial: Path, fingerprint: str) -> bool:
         return False
 
 
+class _StatsFold:
+    """The build's statistics: per-file statistics merged in file order while files finish.
+
+    Chan's merge is not associative in floating point, so the order is fixed:
+    file by file in index order, after an append's old statistics, exactly as
+    one process extracting the files in order would merge them (the store's
+    statistics are the same bytes with any number of workers, or Dask). A
+    file that finishes before an earlier one waits in ``early``; a file done
+    in an earlier run of a resumed build has its statistics read back from
+    the partial file when its turn comes. So the parent holds statistics only
+    for files that finished out of order, not for the whole build, and does
+    its merging while the workers run instead of after them.
+    """
+
+    def __init__(self, stats, new: np.ndarray, open_features, done: np.ndarray, pending: list[int]):
+        self.stats = stats
+        self.new = new
+        self.open_features = open_features  # the partial file's features, mapped when a resumed file needs them
+        self.feats = None
+        self.done = done
+        self.pending = set(pending)
+        self.early: dict[int, tuple | None] = {}
+        self.next = 0
+
+    def add(self, i: int, file_stats: tuple | None) -> None:
+        """File ``i`` of this run finished: its statistics, or None when it was skipped."""
+        self.early[i] = file_stats
+        self.advance()
+
+    def advance(self) -> None:
+        while self.next < len(self.new):
+            i = self.next
+            if i in self.early:
+                file_stats = self.early.pop(i)
+            elif i in self.pending:
+                return  # not finished yet
+            else:  # done in an earlier run of this build: 1 stored, 2 skipped
+                o, n = int(self.new["offset"][i]), int(self.new["n_frames"][i])
+                file_stats = None
+                if self.done[i] == 1:
+                    if self.feats is None:
+                        self.feats = self.open_features()
+                    file_stats = _file_stats(np.asarray(self.feats[o:o + n]))
+            if file_stats is not None:
+                self.stats = _merge(self.stats, file_stats)
+            self.next += 1
+
+    def result(self):
+        self.feats = None
+        if self.next != len(self.new):
+            raise BuildError(f"bug: statistics merged for {self.next} of {len(self.new)} files")
+        return self.stats
+
+
 def _tasks(files, pending, root, new):
     batch, seconds = [], 0.0
     for i in pending:
-        batch.append((i, os.fsdecode(root / files[i]), int(new["offset"][i]), int(new["n_frames"][i])))
+        batch.append((i, os.fsdecode(root / files[i]), int(new["offset"][i]), int(new["n_frames"][i]),
+                      int(new["n_samples"][i]), int(new["source_rate"][i])))
         seconds += float(new["n_samples"][i]) / max(int(new["source_rate"][i]), 1)
         if seconds >= TASK_AUDIO_SECONDS:
             yield batch
@@ -793,23 +849,25 @@ def _tasks(files, pending, root, new):
 
 
 def _extract(files, pending, root, partial, data_offset, n_bins, dtype, config_json, rate, new,
-             done, checksum, file_stats, failed, workers, executor, progress) -> None:
+             done, checksum, fold, failed, workers, executor, progress) -> None:
     bar = _progress.bar(total=len(files), initial=len(files) - len(pending), unit="file", desc="extracting",
                         progress=progress)
     args = (os.fsdecode(partial), int(data_offset), int(n_bins), dtype, config_json, int(rate))
 
     def record(results):
+        # flags go through the map without msync, like the rows: the page cache outlives a killed
+        # process, and the finished store is fsynced before its rename (an msync per task cost the
+        # parent 0.3 ms per file, in series with the workers)
         for item in results:
             i = item[0]
             if item[1] is None:
                 failed[i] = item[2]
                 done[i] = 2
+                fold.add(i, None)
             else:
                 checksum[i] = item[1]
-                file_stats[i] = item[2]
                 done[i] = 1
-        done.flush()
-        checksum.flush()
+                fold.add(i, item[2])
         bar.update(len(results))
 
     tasks = _tasks(files, pending, root, new)
@@ -881,13 +939,13 @@ def _extract_dask(client, args, tasks, record) -> None:
     futures, shards, planned = [], {}, {}
     try:
         for k, items in enumerate(tasks):
-            items = [(i, os.path.abspath(path), row, n) for i, path, row, n in items]
+            items = [(i, os.path.abspath(path), *rest) for i, path, *rest in items]
             shard = str(shard_dir / f"{run}-{k:08d}.npy")
             fut = client.submit(_extract_shard, shard, n_bins, dtype, config_json, rate, items,
                                 pure=False, key=f"memstore-extract-{run}-{k}")
             futures.append(fut)
             shards[fut.key] = shard
-            planned[fut.key] = {i: row for i, _, row, _ in items}
+            planned[fut.key] = {i: row for i, _, row, *_ in items}
         for fut in as_completed(futures):
             try:
                 results = fut.result()
