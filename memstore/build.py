@@ -125,6 +125,38 @@ def _merge(a, b):
     return n, ma + delta * (nb / n), m2a + m2b + spread * (na * nb / n)
 
 
+@functools.lru_cache(maxsize=8)
+def _upper(n: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.triu_indices(n)
+
+
+def _packed(stats: tuple) -> tuple:
+    """A file's statistics for the trip from a worker: the co-moment's upper triangle when it is symmetric.
+
+    numpy computes ``x.T @ x`` as one triangle mirrored (BLAS ``syrk``), so
+    half the matrix is exact; the check is on bytes, so even a ``-0.0``
+    mirrored as ``0.0`` keeps the whole matrix. With 96 bins the whole one
+    is 73 KB per file, pickled, piped and unpickled while the parent and the
+    workers share the cores.
+    """
+    count, mean, m2 = stats
+    if m2.ndim == 2 and m2.tobytes() == np.ascontiguousarray(m2.T).tobytes():
+        return count, mean, None, m2[_upper(len(m2))]
+    return stats
+
+
+def _unpacked(stats: tuple) -> tuple:
+    """The inverse of :func:`_packed`."""
+    if len(stats) == 3:
+        return stats
+    count, mean, _, triangle = stats
+    m2 = np.empty((len(mean), len(mean)), dtype=triangle.dtype)
+    upper = _upper(len(mean))
+    m2[upper] = triangle
+    m2.T[upper] = triangle
+    return count, mean, m2
+
+
 class _Skip(Exception):
     """This one file cannot be stored; ``reason`` goes into the report's skipped list."""
 
@@ -205,7 +237,7 @@ def _extract_task(partial: str, data_offset: int, n_bins: int, dtype: str, confi
             results.append((i, None, rows))
             continue
         mm[row - first:row - first + len(rows)] = rows  # no msync: the page cache outlives a killed process
-        results.append((i, zlib.crc32(rows.data), _file_stats(rows)))
+        results.append((i, zlib.crc32(rows.data), _packed(_file_stats(rows))))
     del mm
     return results
 
@@ -222,7 +254,7 @@ def _extract_shard(shard: str, n_bins: int, dtype: str, config_json: str, rate: 
             results.append((i, None, rows))
             continue
         parts.append(rows)
-        results.append((i, zlib.crc32(rows.data), _file_stats(rows), first))
+        results.append((i, zlib.crc32(rows.data), _packed(_file_stats(rows)), first))
         first += len(rows)
     tmp = shard + ".tmp"
     with open(tmp, "wb") as f:
@@ -867,7 +899,7 @@ def _extract(files, pending, root, partial, data_offset, n_bins, dtype, config_j
             else:
                 checksum[i] = item[1]
                 done[i] = 1
-                fold.add(i, item[2])
+                fold.add(i, _unpacked(item[2]))
         bar.update(len(results))
 
     tasks = _tasks(files, pending, root, new)

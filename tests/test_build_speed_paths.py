@@ -160,3 +160,21 @@ def test_a_serial_build_leaves_the_blas_threads_as_they_were(root, tmp_path):
     with threadpoolctl.threadpool_limits(2, user_api="blas"):
         build.build_store(root, tmp_path / "s.h5", workers=1, progress=False)
         assert set(_blas_threads()) == {2}
+
+
+@pytest.mark.parametrize("n_bins", [1, 2, 96])
+def test_statistics_packed_for_the_trip_from_a_worker_come_back_byte_equal(n_bins):
+    rows = np.random.default_rng(n_bins).standard_normal((37, n_bins)).astype(np.float32)
+    stats = build._file_stats(rows)
+    packed = build._packed(stats)
+    assert len(packed) == 4 and packed[3].size == n_bins * (n_bins + 1) // 2  # x.T @ x is exactly symmetric
+    back = build._unpacked(packed)
+    assert back[0] == stats[0] and back[1].tobytes() == stats[1].tobytes()
+    assert back[2].tobytes() == stats[2].tobytes()
+
+
+def test_a_co_moment_symmetric_only_up_to_the_sign_of_zero_travels_whole():
+    m2 = np.array([[1.0, 0.0], [-0.0, 2.0]])
+    packed = build._packed((3, np.zeros(2), m2))
+    assert len(packed) == 3
+    assert build._unpacked(packed)[2].tobytes() == m2.tobytes()
