@@ -54,6 +54,7 @@ build's thread submits), which outlives the pool.
 from __future__ import annotations
 
 import ast
+import atexit
 import concurrent.futures as cf
 import contextlib
 import ctypes
@@ -267,11 +268,31 @@ def broken_pool_error(pool, err: BaseException, partial) -> BuildError:
 # --- inside a worker -----------------------------------------------------------------------
 
 def _init_worker(parent_pid: int) -> None:
-    """Runs first in every worker: one native thread, and an end with the parent."""
+    """Runs first in every worker: one native thread, an end with the parent, and a quick end at shutdown."""
     for k in THREAD_VARS:
         os.environ[k] = "1"  # this process only: libraries loaded from now on start one thread
     limit_native_threads(1)
     _die_with_parent(parent_pid)
+    if "coverage" not in sys.modules:  # coverage saves a worker's data at exit: let it
+        atexit.register(_exit_now)
+
+
+def _exit_now() -> None:
+    """End a worker at interpreter exit without tearing its modules down.
+
+    The pool's shutdown waits for every worker to exit, and a worker that has
+    imported numpy, scipy, numba and h5py spends 0.7 s of CPU in interpreter
+    finalisation, measured on 2 busy cores: a fixed cost of every parallel
+    build. Registered last, this runs first at exit, after multiprocessing has
+    run its own exit handlers and the worker loop has returned; nothing is
+    left to save (rows and flags went through shared maps to the page cache;
+    no HDF5 file is open in a worker). The exit status is 0: the pool reads
+    workers' deaths from their sentinels, never their status.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(0)
 
 
 def limit_native_threads(n: int) -> int:

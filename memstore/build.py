@@ -13,9 +13,12 @@ The build in four steps
    ``<store>.lock``: one writer per store.
 3. **Extract** in worker processes (spawn-safe, or any
    ``concurrent.futures.Executor``). Each worker writes its files' rows at
-   the planned offsets through its own ``np.memmap`` and returns their crc32
-   and per-bin statistics; the parent merges the statistics (Chan et al.) and
-   sets a per-file done flag, also through a memory map. HDF5 metadata never
+   the planned offsets through its own ``np.memmap`` (one per task of several
+   files; the plan's header facts travel with the task, so no header is read
+   twice) and returns their crc32 and per-bin statistics; the parent merges
+   the statistics (Chan et al.) in file order as files finish, so the bytes
+   never depend on the workers, and sets a per-file done flag, also through a
+   memory map and, like the rows, without ``msync``. HDF5 metadata never
    changes while workers run, so a ``kill -9`` at any moment cannot corrupt
    the partial file, and rerunning the same build resumes from the flags.
 4. **Finalise**: write the index, statistics and report, mark the file

@@ -10,7 +10,11 @@ matrix products under.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -178,3 +182,29 @@ def test_a_co_moment_symmetric_only_up_to_the_sign_of_zero_travels_whole():
     packed = build._packed((3, np.zeros(2), m2))
     assert len(packed) == 3
     assert build._unpacked(packed)[2].tobytes() == m2.tobytes()
+
+
+WORKER_PRINTS = """
+import sys
+from memstore._workers import WorkerPool
+
+def shout():
+    sys.stdout.write("from the worker, unflushed")  # a pipe: block-buffered until exit
+    return 1
+
+if __name__ == "__main__":
+    pool = WorkerPool(1)
+    assert pool.submit(shout).result() == 1
+    pool.shutdown(wait=True)
+    print(" | parent done")
+"""
+
+
+def test_a_worker_that_ends_without_teardown_still_flushes_its_output(tmp_path):
+    script = tmp_path / "prints.py"
+    script.write_text(WORKER_PRINTS)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(build.__file__).parents[1]),
+                                                       os.environ.get("PYTHONPATH", "")]))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "from the worker, unflushed | parent done\n"
