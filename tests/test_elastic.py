@@ -11,19 +11,14 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_balance import make_imbalanced_store
+from test_balance import STEP, T, limit, make_imbalanced_store
 
 from memstore.batches import BatchStream
 from memstore.errors import ParameterError
 from memstore.store import open_store
 
-T, STEP, BINS = 16, 8, 96
 PATHS = ("memory", "pager")
 BALANCE = (None, "class")
-
-
-def limit(path, batch_size):
-    return None if path == "memory" else 4 * batch_size * T * BINS * 4 + 2 * 48 * BINS * 4
 
 
 @pytest.fixture(scope="module")
