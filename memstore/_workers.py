@@ -218,8 +218,12 @@ class WorkerPool(cf.ProcessPoolExecutor):
             if p.exitcode is None:
                 p.kill()
         writer = getattr(getattr(self, "_result_queue", None), "_writer", None)
-        if writer is not None:
+        if writer is not None and not writer.closed:
             writer.close()
+        # a task the queue's feeder thread is still writing to the dead workers fails instead of blocking
+        reader = getattr(getattr(self, "_call_queue", None), "_reader", None)
+        if reader is not None and not reader.closed:
+            reader.close()
 
 
 #: seconds a dead worker may go unnoticed by the pool before the build breaks the pool itself

@@ -564,6 +564,10 @@ def build_store(audio_root, store_path, *, transform: Spectrogram = MelSpectrogr
         return _build_store(t0, audio_root, store_path, transform=transform, labels=labels, workers=workers,
                             sample_rate=sample_rate, dtype=dtype, strict=strict, resume=resume, mode=mode,
                             executor=executor if pool is None else pool, progress=progress, classes=classes)
+    except BaseException:
+        if pool is not None:  # a failed build waits for nothing: a broken pool's queues may never drain
+            pool.break_down()
+        raise
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)

@@ -147,11 +147,23 @@ def test_append_adds_a_segment_and_merges_statistics(tmp_path):
 
 
 BUILD_SCRIPT = """
+import faulthandler
 import sys
 import memstore.build as b
+faulthandler.dump_traceback_later(90)  # a hung build prints every thread's stack to stderr for the test
 b.TASK_AUDIO_SECONDS = 1.0   # one file per task, so progress is recorded often
 b.build_store(sys.argv[1], sys.argv[2], workers=int(sys.argv[3]), progress=False)
 """
+
+
+def wait_or_fail(proc, timeout, log) -> None:
+    """Wait for a build process; if it hangs, fail with the stacks it dumped (faulthandler) to ``log``."""
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        pytest.fail(f"the build hung after the kill; its stderr:\n{log.read_text(errors='replace')[-6000:]}")
 
 
 def _done_count(partial):
@@ -199,7 +211,9 @@ def clean_long(long_root, tmp_path_factory):
 def test_kill_9_then_resume_equals_a_clean_build(long_root, clean_long, tmp_path, victim):
     store = tmp_path / "s.h5"
     partial = tmp_path / "s.h5.partial"
-    proc = subprocess.Popen([sys.executable, "-c", BUILD_SCRIPT, str(long_root), str(store), "2"])
+    log = tmp_path / "build.log"
+    with log.open("wb") as err:
+        proc = subprocess.Popen([sys.executable, "-c", BUILD_SCRIPT, str(long_root), str(store), "2"], stderr=err)
     try:
         deadline = time.time() + 60
         while _done_count(partial) < 3 and proc.poll() is None and time.time() < deadline:
@@ -210,7 +224,7 @@ def test_kill_9_then_resume_equals_a_clean_build(long_root, clean_long, tmp_path
             kids = [k for k in _children(proc.pid) if "spawn_main" in _cmdline(k)]
             assert kids, "no worker process found"
             os.kill(kids[0], signal.SIGKILL)
-        proc.wait(timeout=60)
+        wait_or_fail(proc, 120, log)
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -18,7 +18,7 @@ import pytest
 import wavs
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_build import BUILD_SCRIPT, _children, _cmdline, _done_count, same_store
+from test_build import BUILD_SCRIPT, _children, _cmdline, _done_count, same_store, wait_or_fail
 
 from memstore.audio import write_wav
 from memstore.batches import BatchStream
@@ -49,8 +49,10 @@ def test_twenty_random_kills_then_resume_always_equal_a_clean_build(crash_root, 
     outcomes = []
     for run in range(20):
         store = tmp_path / f"s{run}.h5"
-        proc = subprocess.Popen([sys.executable, "-c", BUILD_SCRIPT, str(crash_root), str(store), "2"],
-                                stderr=subprocess.DEVNULL)
+        log = tmp_path / f"build{run}.log"
+        with log.open("wb") as err:
+            proc = subprocess.Popen([sys.executable, "-c", BUILD_SCRIPT, str(crash_root), str(store), "2"],
+                                    stderr=err)
         victim = rng.choice(["parent", "worker"])
         delay = rng.uniform(0.0, 2.5)
         deadline = time.time() + delay
@@ -63,7 +65,7 @@ def test_twenty_random_kills_then_resume_always_equal_a_clean_build(crash_root, 
                 os.kill(target, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        proc.wait(timeout=120)
+        wait_or_fail(proc, 120, log)
         for k in _children(proc.pid):
             try:
                 os.kill(k, signal.SIGKILL)
