@@ -314,7 +314,7 @@ class BatchStream:
                     block_valid=self.block_valid,
                     block_file=self.block_file, labels=self._labels_all, norm=self._norm,
                     features=None if self.out_of_core else np.asarray(s.features),
-                    path=s.path, data_offset=s.data_offset, dtype=s.dtype,
+                    path=s.source, data_offset=s.data_offset, dtype=s.dtype,
                     window_rows=self._window_rows if self.out_of_core else 0, return_file=self.return_file)
 
     def _start(self, epoch: int, first_batch: int):

@@ -12,6 +12,7 @@ process the first time it is used there.
 from __future__ import annotations
 
 import os
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -45,23 +46,39 @@ def read_metadata(path) -> dict[str, Any]:
     return read_file_metadata(path)
 
 
-def read_file_metadata(path) -> dict[str, Any]:
+def read_file_metadata(path, *, keep_fd: bool = False) -> dict[str, Any]:
     """:func:`read_metadata` whatever the file's name: the builder validates its
-    finished ``.partial`` file with it before renaming it over the store."""
+    finished ``.partial`` file with it before renaming it over the store.
+
+    The size checked against the metadata is that of the file HDF5 opened
+    (``fstat`` of its descriptor), never of whatever the path names a moment
+    later: a build renames a new generation over the store at any time. With
+    ``keep_fd=True`` the metadata's ``"fd"`` is a duplicate of that descriptor,
+    which :class:`Store` reads through so that it keeps one generation.
+    """
     path = Path(os.fsdecode(path))
     if not path.is_file():
         raise _fail(path, "no such store file")
-    size = path.stat().st_size
     try:
         f = h5py.File(path, "r")
     except OSError as err:
         raise _fail(path, f"not an HDF5 file or truncated ({err})") from err
+    fd = None
     try:
         with f:
-            return _read(f, path, size)
+            handle = f.id.get_vfd_handle()
+            size = os.fstat(handle).st_size
+            meta = _read(f, path, size)
+            if keep_fd:
+                fd = os.dup(handle)
+                os.set_inheritable(fd, False)
+                meta["fd"] = fd
+            return meta
     except StoreFormatError:
         raise
     except (OSError, KeyError, ValueError, TypeError, RuntimeError) as err:
+        if fd is not None:
+            os.close(fd)
         raise _fail(path, f"unreadable store metadata ({type(err).__name__}: {err})") from err
 
 
@@ -193,6 +210,13 @@ class Store:
         self.segments: np.ndarray = meta["segments"]
         self._map = None
         self._pid = None
+        # The generation opened: a descriptor of the file HDF5 read the metadata from. The mapping and the
+        # pager read through it (``/proc/self/fd``), so a build renaming a new generation over the path
+        # never mixes this metadata with other bytes; elsewhere the path itself is read.
+        fd = meta.get("fd")
+        self._fd_closer = weakref.finalize(self, os.close, fd) if fd is not None else None
+        self.source: str = (f"/proc/self/fd/{fd}" if fd is not None and os.path.isdir("/proc/self/fd")
+                            else os.fspath(self.path))
 
     def __len__(self) -> int:
         return len(self.index)
@@ -208,7 +232,7 @@ class Store:
             if self.n_frames_total == 0:
                 self._map = np.zeros((0, self.n_bins), dtype=self.dtype)
             else:
-                self._map = np.memmap(self.path, dtype=self.dtype, mode="r", offset=self.data_offset,
+                self._map = np.memmap(self.source, dtype=self.dtype, mode="r", offset=self.data_offset,
                                       shape=(self.n_frames_total, self.n_bins))
             self._pid = os.getpid()
         return self._map
@@ -221,8 +245,10 @@ class Store:
         return self.features[row["offset"]: row["offset"] + row["n_frames"]]
 
     def close(self) -> None:
-        """Drop the mapping (views already handed out stay valid until released)."""
+        """Drop the mapping and the file descriptor (views already handed out stay valid until released)."""
         self._map = None
+        if self._fd_closer is not None:
+            self._fd_closer()
 
     def __enter__(self) -> Store:
         return self
@@ -255,4 +281,7 @@ def open_store(path) -> Store:
     >>> with open_store("irmas.h5") as store:          # doctest: +SKIP
     ...     x = store.frames(0)
     """
-    return Store(read_metadata(path))
+    path = Path(os.fsdecode(path))
+    if path.name.endswith(PARTIAL_SUFFIX):
+        return Store(read_metadata(path))  # refused there, with its reason
+    return Store(read_file_metadata(path, keep_fd=True))

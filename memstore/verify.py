@@ -129,7 +129,7 @@ def _check_features(store, report: VerifyReport, progress: bool | None, chunk_by
     stats = None
     file_i = 0
     row = 0
-    with open(store.path, "rb", buffering=0) as f, \
+    with open(store.source, "rb", buffering=0) as f, \
             _progress.bar(total=total * row_bytes, unit="B", unit_scale=True, desc="verifying",
                           progress=progress) as bar:
         f.seek(store.data_offset)

@@ -88,3 +88,39 @@ def test_store_is_not_picklable(demo_store):
 
     with open_store(demo_store) as s, pytest.raises(TypeError, match="not picklable"):
         pickle.dumps(s)
+
+
+def test_an_open_store_keeps_its_generation_when_a_new_one_is_renamed_over_it(demo_store, tmp_path):
+    """A build renames a new generation over the path at any moment: a store opened before keeps reading the
+    bytes its metadata describes (the mapping, the out-of-core pager and verify), and close() frees them."""
+    import os
+
+    from memstore.batches import BatchStream
+    from memstore.build import build_store
+    from memstore.demo import make_demo_folder
+
+    path = tmp_path / "s.h5"
+    shutil.copy(demo_store, path)
+    other = tmp_path / "other.h5"
+    build_store(make_demo_folder(tmp_path / "o", n_per_class=2, seed=3, duration=5.0), other, workers=1,
+                progress=False)
+    with open_store(demo_store) as ref:
+        expected = np.array(ref.features)
+    store = open_store(path)
+    fds = len(os.listdir("/proc/self/fd"))
+    os.replace(other, path)  # what a finished build or append does
+    np.testing.assert_array_equal(np.asarray(store.features), expected)
+    limit = 4 * 4 * 128 * store.n_bins * 4 + 2 * 256 * store.n_bins * 4
+    for memory_limit in (None, limit):
+        stream = BatchStream(store, batch_size=4, split="all", shuffle=False, drop_last=False,
+                             memory_limit=memory_limit)
+        x = np.concatenate([b for b, _ in stream])
+        stream.close()
+        first = stream.block_start[0], stream.block_file[0]
+        assert x.shape[0] == len(stream.block_file)
+        np.testing.assert_array_equal(x[0, 0, :10], store.frames(int(first[1]))[first[0]:first[0] + 10])
+        np.testing.assert_array_equal(store.frames(0), expected[: int(store.index["n_frames"][0])])
+    store.close()
+    assert len(os.listdir("/proc/self/fd")) == fds - 1  # the pinned descriptor is gone
+    with open_store(path) as new:
+        assert len(new) != len(expected) or not np.array_equal(np.asarray(new.features), expected)
