@@ -189,7 +189,14 @@ class WorkerPool(cf.ProcessPoolExecutor):
     def __init__(self, n_workers: int):
         super().__init__(n_workers, mp_context=multiprocessing.get_context("spawn"),
                          initializer=_init_worker, initargs=(os.getpid(),))
-        self._startup = [self.submit(os.getpid) for _ in range(n_workers)]
+        try:
+            self._startup = [self.submit(os.getpid) for _ in range(n_workers)]
+        except BaseException:
+            # A worker that dies while the next one starts breaks the pool before the new one is known
+            # to the executor's manager thread, which then waits for it forever (seen in CI): kill all.
+            self.break_down()
+            self.shutdown(wait=True, cancel_futures=True)
+            raise
 
     def died_at_startup(self) -> bool:
         """Whether the pool broke before every worker had run its first task."""

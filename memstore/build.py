@@ -55,7 +55,7 @@ import h5py
 import numpy as np
 
 from . import _progress, layout
-from ._workers import WorkerPool, broken_pool_error, check_main_guard, one_native_thread, wait_any
+from ._workers import GUARD_ADVICE, WorkerPool, broken_pool_error, check_main_guard, one_native_thread, wait_any
 from .audio import audio_info, open_signal, read_audio, resampled_length
 from .errors import AudioDecodeError, BuildError, MissingDependencyError, ParameterError, StoreFormatError
 from .features import MelSpectrogram, Spectrogram, transform_from_json
@@ -559,7 +559,11 @@ def build_store(audio_root, store_path, *, transform: Spectrogram = MelSpectrogr
     # before any worker starts: workers of an unguarded script would re-run it
     check_main_guard(spawns=executor is None and n_workers > 1)
     # spawn the workers now, so their start-up (interpreters, numpy, numba) overlaps the scan
-    pool = _start_pool(n_workers) if executor is None and n_workers > 1 else None
+    try:
+        pool = _start_pool(n_workers) if executor is None and n_workers > 1 else None
+    except cf.process.BrokenProcessPool as err:
+        raise BuildError(f"a worker process died while starting ({err}); nothing was written. If the "
+                         f"script has no main guard: {GUARD_ADVICE}; otherwise run the same build again") from err
     try:
         return _build_store(t0, audio_root, store_path, transform=transform, labels=labels, workers=workers,
                             sample_rate=sample_rate, dtype=dtype, strict=strict, resume=resume, mode=mode,
