@@ -32,8 +32,9 @@ def _fail(path, why: str) -> StoreFormatError:
     return StoreFormatError(f"{os.fsdecode(path)}: {why}")
 
 
-def read_metadata(path) -> dict[str, Any]:
-    """Read and validate a store's metadata; the features are not touched.
+def read_metadata(path, *, keep_fd: bool = False) -> dict[str, Any]:
+    """Read and validate a store's metadata; the features are not touched (``keep_fd``: see
+    :func:`read_file_metadata`).
 
     Raises
     ------
@@ -43,7 +44,7 @@ def read_metadata(path) -> dict[str, Any]:
     path = Path(os.fsdecode(path))
     if path.name.endswith(PARTIAL_SUFFIX):
         raise _fail(path, "is a partial build; finish it with 'memstore build' (it resumes)")
-    return read_file_metadata(path)
+    return read_file_metadata(path, keep_fd=keep_fd)
 
 
 def read_file_metadata(path, *, keep_fd: bool = False) -> dict[str, Any]:
@@ -281,7 +282,4 @@ def open_store(path) -> Store:
     >>> with open_store("irmas.h5") as store:          # doctest: +SKIP
     ...     x = store.frames(0)
     """
-    path = Path(os.fsdecode(path))
-    if path.name.endswith(PARTIAL_SUFFIX):
-        return Store(read_metadata(path))  # refused there, with its reason
-    return Store(read_file_metadata(path, keep_fd=True))
+    return Store(read_metadata(path, keep_fd=True))
