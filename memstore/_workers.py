@@ -249,13 +249,13 @@ def wait_any(pool, running: set) -> tuple[set, set]:
     and if even that does not end the wait, ``BrokenProcessPool`` is raised here.
     Other executors are waited on as they are.
     """
+    if not isinstance(pool, WorkerPool):
+        return cf.wait(running, return_when=cf.FIRST_COMPLETED)
     dead_since = broken_at = None
     while True:
         done, rest = cf.wait(running, timeout=POLL_SECONDS, return_when=cf.FIRST_COMPLETED)
-        if done or not isinstance(pool, WorkerPool):
-            if done:
-                return done, rest
-            continue
+        if done:
+            return done, rest
         if not pool.dead_workers():
             continue
         now = time.monotonic()
