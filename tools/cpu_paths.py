@@ -24,14 +24,18 @@ from __future__ import annotations
 import sys
 
 
-def other_paths() -> list[tuple[str, str]]:
-    """(label, value for NPY_DISABLE_CPU_FEATURES) for each SIMD path besides numpy's default on this CPU."""
+def supported_targets() -> list[str]:
+    """numpy's dispatched SIMD targets that this CPU has (and are not switched off), lowest first."""
     try:
         from numpy._core._multiarray_umath import __cpu_dispatch__, __cpu_features__
     except ImportError:  # numpy 1.x
         from numpy.core._multiarray_umath import __cpu_dispatch__, __cpu_features__
+    return [t for t in __cpu_dispatch__ if __cpu_features__.get(t)]
 
-    supported = [t for t in __cpu_dispatch__ if __cpu_features__.get(t)]
+
+def other_paths() -> list[tuple[str, str]]:
+    """(label, value for NPY_DISABLE_CPU_FEATURES) for each SIMD path besides numpy's default on this CPU."""
+    supported = supported_targets()
     paths = []
     if "X86_V3" in supported and len(supported) > supported.index("X86_V3") + 1:
         paths.append(("avx2", " ".join(supported[supported.index("X86_V3") + 1:])))
