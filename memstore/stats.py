@@ -1,0 +1,145 @@
+"""Running feature statistics: one place for the maths the build, verify and the stream share.
+
+A :class:`RunningStats` is the triple ``(count, mean, m2)`` of Chan, Golub
+and LeVeque's parallel algorithm, in float64. ``m2`` is the co-moment
+matrix ``sum((x - mean).T @ (x - mean))`` of shape ``(n_bins, n_bins)``, or
+only its diagonal (the per-bin sums of squared deviations) when the full
+matrix is not needed (``verify`` checks mean and std only).
+
+Chan's merge is not associative in floating point. A store's statistics are
+the same bytes with any number of workers because the build always merges
+per-file statistics in file order (see ``build``); this module only supplies
+the steps, in one spelling, so that the order is the only thing left to get
+right.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["RunningStats", "merge", "starts", "standardiser", "whitener", "CHUNK_ROWS", "STD_FLOOR"]
+
+CHUNK_ROWS = 1 << 16  # rows converted to float64 at a time: bounds the temporary at 64 Ki rows
+STD_FLOOR = 1e-8  # a bin with a smaller standard deviation is scaled as if it had this one
+
+
+@dataclass(frozen=True)
+class RunningStats:
+    """Count, mean and co-moment (or its diagonal) of a set of feature rows.
+
+    Parameters
+    ----------
+    count : int
+        Number of rows.
+    mean : ndarray [shape=(n_bins,)], float64
+    m2 : ndarray [shape=(n_bins, n_bins) or (n_bins,)], float64
+        Co-moment matrix, or its diagonal.
+    """
+
+    count: int
+    mean: np.ndarray
+    m2: np.ndarray
+
+    @classmethod
+    def of_rows(cls, rows: np.ndarray, *, diagonal: bool = False,
+                chunk_rows: int = CHUNK_ROWS) -> RunningStats | None:
+        """Statistics of ``rows`` [shape=(n, n_bins)], a bounded chunk at a time; None when ``n`` is 0."""
+        stats = None
+        for s in range(0, len(rows), chunk_rows):
+            x = rows[s:s + chunk_rows].astype(np.float64)
+            mean = x.mean(axis=0)
+            if diagonal:
+                part = cls(len(x), mean, ((x - mean) ** 2).sum(axis=0))
+            else:
+                x -= mean
+                part = cls(len(x), mean, x.T @ x)
+            stats = merge(stats, part)
+        return stats
+
+    def merge(self, other: RunningStats) -> RunningStats:
+        """Chan et al.'s merge: the statistics of both sets of rows together."""
+        na, nb = self.count, other.count
+        n = na + nb
+        delta = other.mean - self.mean
+        spread = np.outer(delta, delta) if np.ndim(self.m2) == 2 else delta**2
+        return RunningStats(n, self.mean + delta * (nb / n), self.m2 + other.m2 + spread * (na * nb / n))
+
+    @property
+    def std(self) -> np.ndarray:
+        """Population standard deviation per bin (divides by ``count``)."""
+        m2 = np.diag(self.m2) if np.ndim(self.m2) == 2 else self.m2
+        return np.sqrt(np.maximum(m2 / max(self.count, 1), 0.0))
+
+    @property
+    def cov(self) -> np.ndarray:
+        """Sample covariance (divides by ``count - 1``); needs the full co-moment."""
+        return self.m2 / max(self.count - 1, 1)
+
+    def packed(self) -> tuple:
+        """A compact tuple for the trip from a worker: the co-moment's upper triangle when it is symmetric.
+
+        numpy computes ``x.T @ x`` as one triangle mirrored (BLAS ``syrk``), so
+        half the matrix is exact; the check is on bytes, so even a ``-0.0``
+        mirrored as ``0.0`` keeps the whole matrix. With 96 bins the whole one
+        is 73 KB per file, pickled, piped and unpickled while the parent and
+        the workers share the cores.
+        """
+        m2 = self.m2
+        if m2.ndim == 2 and m2.tobytes() == np.ascontiguousarray(m2.T).tobytes():
+            return self.count, self.mean, None, m2[_upper(len(m2))]
+        return self.count, self.mean, m2
+
+    @classmethod
+    def unpacked(cls, t: tuple) -> RunningStats:
+        """The inverse of :meth:`packed`."""
+        if len(t) == 3:
+            return cls(*t)
+        count, mean, _, triangle = t
+        m2 = np.empty((len(mean), len(mean)), dtype=triangle.dtype)
+        upper = _upper(len(mean))
+        m2[upper] = triangle
+        m2.T[upper] = triangle
+        return cls(count, mean, m2)
+
+
+def merge(a: RunningStats | None, b: RunningStats | None) -> RunningStats | None:
+    """``a.merge(b)``, where either side may be None (no rows)."""
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return a.merge(b)
+
+
+@functools.lru_cache(maxsize=8)
+def _upper(n: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.triu_indices(n)
+
+
+def starts(counts) -> np.ndarray:
+    """Start offset of each run of ``counts`` rows laid end to end (int64, ``starts[0] == 0``)."""
+    counts = np.asarray(counts, dtype=np.int64)
+    out = np.zeros(len(counts), dtype=np.int64)
+    np.cumsum(counts[:-1], out=out[1:])
+    return out
+
+
+def standardiser(mean, std, *, floor: float = STD_FLOOR) -> tuple[np.ndarray, np.ndarray]:
+    """``(mean, 1 / max(std, floor))`` as float32: ``(x - mean) * scale`` has unit variance per bin."""
+    std = np.maximum(np.asarray(std, np.float64), floor)
+    return np.asarray(mean, np.float64).astype(np.float32), (1.0 / std).astype(np.float32)
+
+
+def whitener(mean, cov, *, floor: float = STD_FLOOR) -> tuple[np.ndarray, np.ndarray]:
+    """``(mean, proj)`` as float32 for PCA whitening: ``(x - mean) @ proj`` has identity covariance.
+
+    Eigenvalues are lifted by ``1e-6`` of the largest, which keeps the scale
+    of near-silent directions bounded.
+    """
+    eig, vec = np.linalg.eigh(np.asarray(cov, np.float64))
+    eps = 1e-6 * max(float(eig.max()), floor)
+    proj = vec / np.sqrt(np.maximum(eig, 0) + eps)
+    return np.asarray(mean, np.float64).astype(np.float32), proj.astype(np.float32)
