@@ -16,6 +16,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import memstore.features as features
+import memstore.spectral as spectral
 from memstore.errors import ParameterError
 from memstore.features import (
     MelSpectrogram,
@@ -251,9 +252,12 @@ def test_empty_signal_follows_the_formula():
 def test_chunking_does_not_change_a_bit(signal, monkeypatch, chunk):
     whole = MelSpectrogram()(signal, 44100)
     spec = Spectrogram(framing="center", power=2.0)(signal, 44100)
-    monkeypatch.setattr(features, "CHUNK_FRAMES", chunk)
-    np.testing.assert_array_equal(MelSpectrogram()(signal, 44100), whole)
+    monkeypatch.setattr(spectral, "CHUNK_FRAMES", chunk)  # the chunk loop lives in memstore.spectral
+    lazy = LazySignal(signal)
+    np.testing.assert_array_equal(MelSpectrogram()(lazy, 44100), whole)
     np.testing.assert_array_equal(Spectrogram(framing="center", power=2.0)(signal, 44100), spec)
+    # the patched chunk size was the one used: no slice of the signal is longer than one chunk's frames need
+    assert lazy.largest <= (chunk - 1) * 512 + 1024
 
 
 class LazySignal:
@@ -277,7 +281,8 @@ class LazySignal:
 def test_lazy_signal_is_read_a_chunk_at_a_time(signal):
     lazy = LazySignal(signal)
     np.testing.assert_array_equal(MelSpectrogram()(lazy, 44100), MelSpectrogram()(signal, 44100))
-    assert lazy.largest <= (features.CHUNK_FRAMES - 1) * 512 + 1024
+    assert lazy.largest <= (spectral.CHUNK_FRAMES - 1) * 512 + 1024
+    assert features.CHUNK_FRAMES == spectral.CHUNK_FRAMES  # still importable where it was documented
 
 
 def test_other_float_dtypes_and_strided_input(signal):
@@ -289,19 +294,19 @@ def test_other_float_dtypes_and_strided_input(signal):
 
 def test_interpreted_kernels_equal_the_jitted_ones(signal):
     """MEMSTORE_DISABLE_JIT=1 runs the kernels' Python source: it must compute the same numbers."""
-    if not hasattr(features._frame_window, "py_func"):
+    if spectral._frame_window is spectral._frame_window.py_func:
         pytest.skip("numba JIT disabled")
     w, pad = MelSpectrogram()._geometry()
     seg = signal[:3000]
     a, b = np.empty((6, 1024), np.float32), np.empty((6, 1024), np.float32)
-    features._frame_window(seg, -pad, 512, w, a)
-    features._frame_window.py_func(seg, -pad, 512, w, b)
+    spectral._frame_window(seg, -pad, 512, w, a)
+    spectral._frame_window.py_func(seg, -pad, 512, w, b)
     np.testing.assert_array_equal(a, b)
     spec = np.fft.rfft(a, axis=1).astype(np.complex64)
-    first, count, weights = features._to_sparse(mel_filterbank(44100, 1024, 96))
+    first, count, weights = spectral._to_sparse(mel_filterbank(44100, 1024, 96))
     outs = [np.empty((6, 96), np.float32), np.empty((6, 96), np.float32)]
-    features._mel_project(spec, first, count, weights, 1 / 32, True, outs[0], np.empty((4, 513), np.float32))
-    features._mel_project.py_func(spec, first, count, weights, 1 / 32, True, outs[1], np.empty((4, 513), np.float32))
+    spectral._mel_project(spec, first, count, weights, 1 / 32, True, outs[0], np.empty((4, 513), np.float32))
+    spectral._mel_project.py_func(spec, first, count, weights, 1 / 32, True, outs[1], np.empty((4, 513), np.float32))
     np.testing.assert_allclose(outs[0], outs[1], rtol=1e-6)
 
 
