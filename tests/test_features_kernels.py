@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import doctest
 import math
 import pickle
 import warnings
@@ -120,3 +121,8 @@ def test_a_rate_that_empties_bands_warns_at_every_call_under_error_filters():
                 mel(x, 16000)
     with pytest.warns(UserWarning, match="empty mel bands"):
         assert mel(x, 16001).shape == (mel.n_frames(1000), 64)
+
+
+def test_spectral_docstring_examples_run():
+    failed, attempted = doctest.testmod(spectral, optionflags=doctest.ELLIPSIS)
+    assert attempted >= 1 and failed == 0
