@@ -72,7 +72,6 @@ FRAMINGS = ("tutorial", "center")
 MAGNITUDE_NORMS = ("sqrt_nfft", "none")
 LOGS = (None, "log10p", "db")
 MEL_SCALES = ("slaney", "htk")
-# CHUNK_FRAMES (frames per chunk) and DB_FLOOR (the lowest value of log="db") live in memstore.spectral
 _MAX_JSON = 1 << 16
 
 

@@ -83,7 +83,7 @@ def check_signal(x):
     """A 1-D floating-point signal: an ndarray, or a lazily decoded one (memstore.audio.WavSignal)."""
     if not isinstance(x, np.ndarray) and getattr(x, "ndim", None) == 1 and hasattr(x, "__getitem__") \
             and hasattr(x, "__len__") and np.issubdtype(getattr(x, "dtype", np.dtype(object)), np.floating):
-        return x  # sliced chunk by chunk below, so only one chunk of it is ever decoded
+        return x  # sliced chunk by chunk by spectra(), so only one chunk of it is ever decoded
     x = np.asarray(x)
     if x.ndim != 1:
         raise ParameterError(f"samples of shape {x.shape} must be one-dimensional (mono); mix or pick a channel first")
