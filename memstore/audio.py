@@ -72,6 +72,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ._validate import is_int, positive_int
 from .errors import AudioDecodeError, MissingDependencyError, ParameterError, require
 
 __all__ = [
@@ -414,9 +415,8 @@ def read_audio(path, *, mono: bool = True, sample_rate: int | None = None) -> tu
     -------
     >>> audio, rate = read_audio("tone.wav", sample_rate=22050)   # doctest: +SKIP
     """
-    if sample_rate is not None and (isinstance(sample_rate, bool) or not isinstance(sample_rate, int | np.integer)
-                                    or sample_rate <= 0):
-        raise ParameterError(f"sample_rate={sample_rate!r} must be a positive integer")
+    if sample_rate is not None:
+        sample_rate = positive_int("sample_rate", sample_rate)
     out, rate = _dispatch(path, lambda p: _read_wav(p, mono), lambda p, sf: _read_soundfile(p, sf, mono))
     if sample_rate is not None and sample_rate != rate:
         out = _resample(out, rate, int(sample_rate))
@@ -644,7 +644,7 @@ def write_wav(path, samples, sample_rate: int, *, sample_format: str = "pcm16",
     """
     if sample_format not in _WRITE_FORMATS:
         raise ParameterError(f"sample_format={sample_format!r} must be one of {sorted(_WRITE_FORMATS)}")
-    if isinstance(sample_rate, bool) or not isinstance(sample_rate, int | np.integer) or not 0 < sample_rate < 2**32:
+    if not is_int(sample_rate) or not 0 < sample_rate < 2**32:
         raise ParameterError(f"sample_rate={sample_rate!r} must be a positive integer below 2**32")
     x = np.asarray(samples)
     if x.ndim == 1:

@@ -29,33 +29,32 @@ rounding.
 
 How it is computed
 ------------------
-Chunks of :data:`CHUNK_FRAMES` frames: a numba kernel copies each frame from
-the signal and multiplies it by the window (zero padding is implicit), a
-float32 ``scipy.fft.rfft`` with one worker transforms them (parallelism is
-the builder's job: one process per core), and a second kernel takes the
-magnitude and projects it on the mel triangles. The triangles are sparse —
-each FFT bin lies in at most two of them — so the projection sums only their
-non-zero weights, in a fixed order: about 50x fewer operations than a dense
-matmul, and a result that does not depend on BLAS threads or chunk size, so
-stores built by one process, several workers or a Dask cluster are
-byte-identical. The output is allocated once; temporary memory is one chunk
-(about 2 MB), whatever the length of the signal.
+In chunks of :data:`CHUNK_FRAMES` frames, by the windowing and mel kernels
+of :mod:`memstore.spectral` (see its docstring), into one output array
+allocated up front: temporary memory is one chunk (about 2 MB), whatever the
+length of the signal, and the result does not depend on the chunk size or
+on BLAS threads. The configs here hold settings only; the window and the
+sparse mel filters of a (settings, rate) pair are cached in that module,
+read-only, not in the frozen objects.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import scipy.fft
 
+from . import spectral
+from ._validate import choice, is_int, positive_int
 from .errors import ParameterError
-from .slicer import njit
+from .spectral import CHUNK_FRAMES as CHUNK_FRAMES  # re-exported: documented as features.CHUNK_FRAMES
+from .spectral import DB_FLOOR as DB_FLOOR  # re-exported: documented as features.DB_FLOOR
+from .spectral import check_mel_norm, check_signal, finite, hz_to_mel, mel_filterbank, mel_to_hz
 
 __all__ = [
     "stft",
@@ -72,231 +71,8 @@ WINDOWS = ("hann_symmetric", "hann")
 FRAMINGS = ("tutorial", "center")
 MAGNITUDE_NORMS = ("sqrt_nfft", "none")
 LOGS = (None, "log10p", "db")
-#: the lowest value of ``log="db"``: 10 log10(1e-10) for power 2, 20 log10(1e-5) for power 1
-DB_FLOOR = -100.0
 MEL_SCALES = ("slaney", "htk")
-#: Frames per chunk. 256 frames of 1024 samples keep the windowed frames
-#: (1 MB) and their spectrum (1 MB) in the L2 cache between the three passes;
-#: 2048 was 1.4x slower end to end (each pass streamed 8 MB through memory).
-CHUNK_FRAMES = 256
 _MAX_JSON = 1 << 16
-
-
-# --- parameter checks (librosa-style messages: the value, then the rule) ----------------------------
-
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value <= 0:
-        raise ParameterError(f"{name}={value!r} must be a positive integer")
-    return int(value)
-
-
-def _finite(name: str, value, *, minimum: float | None = None, strict: bool = False) -> float:
-    """``value`` as a float, checked finite and (strictly) above ``minimum``."""
-    ok = not isinstance(value, bool) and isinstance(value, int | float | np.integer | np.floating) \
-        and math.isfinite(value)
-    if ok and minimum is not None:
-        ok = value > minimum if strict else value >= minimum
-    if not ok:
-        rule = "a finite number"
-        if minimum is not None:
-            rule = f"a finite number {'>' if strict else '>='} {minimum:g}"
-        raise ParameterError(f"{name}={value!r} must be {rule}")
-    return float(value)
-
-
-def _check_mel_norm(norm):
-    if norm is None or (isinstance(norm, str) and norm == "slaney"):
-        return norm
-    if isinstance(norm, str | bool) or not isinstance(norm, int | float | np.integer | np.floating) \
-            or not norm > 0:
-        raise ParameterError(f"norm={norm!r} must be 'slaney', None or a positive number (p-norm, inf allowed)")
-    return float(norm) if math.isinf(norm) else norm
-
-
-def _check_signal(x):
-    """A 1-D floating-point signal: an ndarray, or a lazily decoded one (memstore.audio.WavSignal)."""
-    if not isinstance(x, np.ndarray) and getattr(x, "ndim", None) == 1 and hasattr(x, "__getitem__") \
-            and hasattr(x, "__len__") and np.issubdtype(getattr(x, "dtype", np.dtype(object)), np.floating):
-        return x  # sliced chunk by chunk below, so only one chunk of it is ever decoded
-    x = np.asarray(x)
-    if x.ndim != 1:
-        raise ParameterError(f"samples of shape {x.shape} must be one-dimensional (mono); mix or pick a channel first")
-    if not np.issubdtype(x.dtype, np.floating):
-        raise ParameterError(f"samples of dtype {x.dtype} must be floating point (e.g. read_audio's float32)")
-    return x
-
-
-# --- mel scale and filters -------------------------------------------------------------------------
-
-_F_SP = 200.0 / 3  # Slaney: 66.67 Hz per mel below 1 kHz
-_MIN_LOG_HZ = 1000.0
-_MIN_LOG_MEL = _MIN_LOG_HZ / _F_SP
-_LOGSTEP = math.log(6.4) / 27.0  # Slaney: log spacing above 1 kHz, 27 steps to 6.4 kHz
-
-
-def hz_to_mel(f, htk: bool = False):
-    """Hz to mel: Slaney's scale (linear below 1 kHz, logarithmic above) or HTK's ``2595 log10(1 + f/700)``."""
-    f = np.asanyarray(f, dtype=np.float64)
-    if htk:
-        return 2595.0 * np.log10(1.0 + f / 700.0)
-    return np.where(f >= _MIN_LOG_HZ,
-                    _MIN_LOG_MEL + np.log(np.maximum(f, _MIN_LOG_HZ) / _MIN_LOG_HZ) / _LOGSTEP, f / _F_SP)
-
-
-def mel_to_hz(m, htk: bool = False):
-    """Mel to Hz, the inverse of :func:`hz_to_mel`."""
-    m = np.asanyarray(m, dtype=np.float64)
-    if htk:
-        return 700.0 * (10.0 ** (m / 2595.0) - 1.0)
-    return np.where(m >= _MIN_LOG_MEL, _MIN_LOG_HZ * np.exp(_LOGSTEP * (m - _MIN_LOG_MEL)), _F_SP * m)
-
-
-def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int = 96, fmin: float = 0.0,
-                   fmax: float | None = None, htk: bool = False,
-                   norm: str | float | None = "slaney") -> np.ndarray:
-    """Triangular mel filters, as ``librosa.filters.mel``.
-
-    Parameters
-    ----------
-    sample_rate : int
-    n_fft : int
-    n_mels : int
-    fmin, fmax : float
-        Lowest and highest band edge in Hz; ``fmax=None`` is ``sample_rate / 2``.
-    htk : bool
-        HTK's mel formula instead of Slaney's.
-    norm : "slaney", None or a positive number
-        ``"slaney"`` divides each triangle by its width in Hz / 2 (unit area;
-        the tutorial's ``norm=1`` in the librosa of its day); a number ``p``
-        scales each row to unit p-norm (librosa's ``norm=p`` today); ``None``
-        leaves peaks at 1.
-
-    Returns
-    -------
-    ndarray [shape=(n_mels, 1 + n_fft // 2)], float64
-        Row ``m`` weights the FFT bins of band ``m``.
-
-    Warns
-    -----
-    UserWarning
-        When a band holds no FFT bin (too many mels for ``n_fft``), as librosa does.
-
-    Example
-    -------
-    >>> mel_filterbank(44100, 1024, 96).shape
-    (96, 513)
-    """
-    sample_rate = _positive_int("sample_rate", sample_rate)
-    n_fft = _positive_int("n_fft", n_fft)
-    n_mels = _positive_int("n_mels", n_mels)
-    fmin = _finite("fmin", fmin, minimum=0.0)
-    fmax = sample_rate / 2.0 if fmax is None else _finite("fmax", fmax, minimum=fmin, strict=True)
-    norm = _check_mel_norm(norm)
-    freqs = np.fft.rfftfreq(n_fft, 1.0 / sample_rate)
-    edges = mel_to_hz(np.linspace(hz_to_mel(fmin, htk), hz_to_mel(fmax, htk), n_mels + 2), htk)
-    widths = np.diff(edges)
-    ramps = edges[:, None] - freqs[None, :]
-    lower = -ramps[:-2] / widths[:-1, None]
-    upper = ramps[2:] / widths[1:, None]
-    weights = np.maximum(0.0, np.minimum(lower, upper))
-    if norm == "slaney":
-        weights *= (2.0 / (edges[2:] - edges[:-2]))[:, None]
-    elif norm is not None:
-        length = np.max(weights, axis=1) if math.isinf(norm) else np.sum(weights ** norm, axis=1) ** (1.0 / norm)
-        length[length < np.finfo(weights.dtype).tiny] = 1.0  # an empty band stays empty, as in librosa
-        weights /= length[:, None]
-    if not np.all((edges[:-2] == 0) | (weights.max(axis=1) > 0)):
-        warnings.warn(f"n_mels={n_mels} gives empty mel bands for n_fft={n_fft} at {sample_rate} Hz; "
-                      "use fewer mels or a larger n_fft", UserWarning, stacklevel=2)
-    return weights
-
-
-def _to_sparse(fb: np.ndarray):
-    """Each band's first non-zero bin, its number of bins, and the weights packed (n_mels, width), float32."""
-    nz = fb != 0
-    has = nz.any(axis=1)
-    first = np.where(has, nz.argmax(axis=1), 0).astype(np.int64)
-    last = np.where(has, fb.shape[1] - nz[:, ::-1].argmax(axis=1), 0).astype(np.int64)
-    count = last - first
-    weights = np.zeros((fb.shape[0], max(int(count.max()), 1)), np.float32)
-    for m in range(fb.shape[0]):
-        weights[m, : count[m]] = fb[m, first[m]: last[m]]
-    return first, count, weights
-
-
-def _window(kind: str, length: int) -> np.ndarray:
-    if kind == "hann_symmetric":
-        return np.hanning(length)
-    n = np.arange(length)
-    return 0.5 - 0.5 * np.cos(2.0 * np.pi * n / length)  # periodic: scipy's get_window("hann", fftbins=True)
-
-
-# --- kernels (plain arrays in, validated by the callers) ---------------------------------------------
-
-@njit(nogil=True, cache=True)
-def _frame_window(seg, offset, hop, window, out):  # pragma: no cover - jitted
-    """``out[t, i] = seg[offset + t * hop + i] * window[i]``, zero where that index is outside ``seg``.
-
-    ``seg`` holds the samples the chunk overlaps; the padding of the framing
-    (zeros before the signal and after it) is the out-of-range part.
-    """
-    n = seg.shape[0]
-    length = window.shape[0]
-    zero = np.float32(0.0)
-    for t in range(out.shape[0]):
-        s = offset + t * hop
-        if s >= 0 and s + length <= n:
-            for i in range(length):
-                out[t, i] = seg[s + i] * window[i]
-        else:
-            for i in range(length):
-                j = s + i
-                out[t, i] = seg[j] * window[i] if 0 <= j < n else zero
-
-
-@njit(nogil=True, cache=True)
-def _mel_project(spec, first, count, weights, scale, power2, out, mag):  # pragma: no cover - jitted
-    """Mel bands of the complex spectrum ``spec`` (T, n_bins) into ``out`` (T, n_mels).
-
-    Four frames at a time: their magnitudes (float32, scaled, squared if
-    ``power2``) go to the scratch ``mag`` (4, n_bins), then each band sums its
-    few non-zero weights for the four frames together. Four independent sums
-    keep the adder busy (one sum is bound by the add latency); each sum still
-    runs over its bins in a fixed order, so the result is the same for any
-    chunking.
-    """
-    n_frames, n_bins = spec.shape
-    s32 = np.float32(scale)
-    for t0 in range(0, n_frames, 4):
-        g = min(4, n_frames - t0)
-        for i in range(4):
-            if i < g:
-                for f in range(n_bins):
-                    c = spec[t0 + i, f]
-                    v = np.sqrt(c.real * c.real + c.imag * c.imag) * s32
-                    mag[i, f] = v * v if power2 else v
-            else:
-                for f in range(n_bins):
-                    mag[i, f] = 0.0
-        for m in range(first.shape[0]):
-            a0 = np.float32(0.0)
-            a1 = np.float32(0.0)
-            a2 = np.float32(0.0)
-            a3 = np.float32(0.0)
-            f0 = first[m]
-            for k in range(count[m]):
-                w = weights[m, k]
-                a0 += mag[0, f0 + k] * w
-                a1 += mag[1, f0 + k] * w
-                a2 += mag[2, f0 + k] * w
-                a3 += mag[3, f0 + k] * w
-            out[t0, m] = a0
-            if g > 1:
-                out[t0 + 1, m] = a1
-            if g > 2:
-                out[t0 + 2, m] = a2
-            if g > 3:
-                out[t0 + 3, m] = a3
 
 
 # --- transforms ------------------------------------------------------------------------------------
@@ -370,25 +146,22 @@ class Spectrogram:
             object.__setattr__(self, name, value)
 
         if self.sample_rate is not None:
-            put("sample_rate", _positive_int("sample_rate", self.sample_rate))
-        put("n_fft", _positive_int("n_fft", self.n_fft))
-        put("hop", _positive_int("hop", self.hop))
+            put("sample_rate", positive_int("sample_rate", self.sample_rate))
+        put("n_fft", positive_int("n_fft", self.n_fft))
+        put("hop", positive_int("hop", self.hop))
         if self.win_length is not None:
-            put("win_length", _positive_int("win_length", self.win_length))
+            put("win_length", positive_int("win_length", self.win_length))
             if self.win_length > self.n_fft:
                 raise ParameterError(f"win_length={self.win_length} must be <= n_fft={self.n_fft}")
         for name, allowed in (("window", WINDOWS), ("framing", FRAMINGS),
                               ("magnitude_norm", MAGNITUDE_NORMS), ("log", LOGS)):
-            value = getattr(self, name)
-            if not (value is None or isinstance(value, str)) or value not in allowed:
-                raise ParameterError(f"{name}={value!r} must be one of {allowed}")
+            choice(name, getattr(self, name), allowed)
         if isinstance(self.power, bool) or self.power not in (1, 2):
             raise ParameterError(f"power={self.power!r} must be 1 (magnitude) or 2 (power)")
         put("power", float(self.power))
-        put("log_c", _finite("log_c", self.log_c, minimum=0.0, strict=True))
+        put("log_c", finite("log_c", self.log_c, minimum=0.0, strict=True))
         if self.top_db is not None:
-            put("top_db", _finite("top_db", self.top_db, minimum=0.0))
-        put("_cache", {})
+            put("top_db", finite("top_db", self.top_db, minimum=0.0))
 
     # --- shape ----------------------------------------------------------------------------------
     @property
@@ -409,7 +182,7 @@ class Spectrogram:
         >>> Spectrogram().n_frames(132299)
         261
         """
-        if isinstance(n_samples, bool) or not isinstance(n_samples, int | np.integer) or n_samples < 0:
+        if not is_int(n_samples) or n_samples < 0:
             raise ParameterError(f"n_samples={n_samples!r} must be a non-negative integer")
         n = int(n_samples)
         if self.framing == "tutorial":
@@ -418,43 +191,18 @@ class Spectrogram:
 
     # --- computation ----------------------------------------------------------------------------
     def _geometry(self) -> tuple[np.ndarray, int]:
-        """(float32 window as long as a frame, samples of padding before the signal)."""
-        cache = self.__dict__["_cache"]
-        if "geometry" not in cache:
-            w = _window(self.window, self.win)
-            if self.framing == "tutorial":
-                pad = self.win // 2
-            else:  # librosa centres a short window inside n_fft, and the frame on the sample
-                left = (self.n_fft - self.win) // 2
-                w = np.pad(w, (left, self.n_fft - self.win - left))
-                pad = self.n_fft // 2
-            cache["geometry"] = (np.ascontiguousarray(w, dtype=np.float32), pad)
-        return cache["geometry"]
+        """(read-only float32 window as long as a frame, samples of padding before the signal)."""
+        return spectral.frame_geometry(self.window, self.win, self.n_fft, self.framing)
 
     def _spectra(self, x):
         """Yield ``(first frame, complex64 spectra of a chunk of frames)`` over the signal ``x``."""
         w, pad = self._geometry()
-        flen, hop, n = len(w), self.hop, len(x)
-        total = self.n_frames(n)
-        frames = np.empty((min(total, CHUNK_FRAMES), flen), np.float32)  # reused: no page faults per chunk
-        for f0 in range(0, total, CHUNK_FRAMES):
-            count = min(CHUNK_FRAMES, total - f0)
-            s0 = f0 * hop - pad  # first sample of the chunk's first frame (negative: padding)
-            s1 = s0 + (count - 1) * hop + flen
-            a, b = max(s0, 0), min(s1, n)
-            seg = np.ascontiguousarray(x[a:b] if b > a else np.zeros(0, np.float32), dtype=np.float32)
-            _frame_window(seg, s0 - a, hop, w, frames[:count])
-            yield f0, scipy.fft.rfft(frames[:count], n=self.n_fft, axis=1, overwrite_x=True, workers=1)
+        return spectral.spectra(x, w, pad, self.hop, self.n_fft, self.n_frames(len(x)))
 
-    def _begin(self, rate: int) -> None:
-        """Check settings that depend on the rate and prepare what the chunks need."""
-
-    def _project(self, spec: np.ndarray, rate: int, out: np.ndarray) -> None:
-        np.abs(spec, out=out)
-        if self.magnitude_norm == "sqrt_nfft":
-            out *= np.float32(1.0 / math.sqrt(self.n_fft))
-        if self.power == 2:
-            np.square(out, out=out)
+    def _projector(self, rate: int):
+        """Check the settings that depend on the rate; return ``project(spec, out)`` for one chunk."""
+        return functools.partial(spectral.magnitude, n_fft=self.n_fft, sqrt_nfft=self.magnitude_norm == "sqrt_nfft",
+                                 power2=self.power == 2)
 
     def __call__(self, samples, sample_rate: int) -> np.ndarray:
         """Compute the features of a mono signal.
@@ -471,36 +219,18 @@ class Spectrogram:
         -------
         ndarray [shape=(n_frames(n), n_bins)], float32, C-contiguous
         """
-        x = _check_signal(samples)
-        rate = _positive_int("sample_rate", sample_rate)
+        x = check_signal(samples)
+        rate = positive_int("sample_rate", sample_rate)
         if self.sample_rate is not None and rate != self.sample_rate:
             raise ParameterError(
                 f"sample_rate={rate} differs from the transform's sample_rate={self.sample_rate}; "
                 "resample first (read_audio(..., sample_rate=...))"
             )
-        self._begin(rate)
+        project = self._projector(rate)
         out = np.empty((self.n_frames(len(x)), self.n_bins), dtype=np.float32)
         for f0, spec in self._spectra(x):
-            self._project(spec, rate, out[f0:f0 + len(spec)])
-        return self._compress(out)
-
-    def _compress(self, out: np.ndarray) -> np.ndarray:
-        if self.log == "log10p":
-            out *= np.float32(self.log_c)
-            np.log1p(out, out=out)
-            out *= np.float32(1.0 / math.log(10.0))
-        elif self.log == "db":
-            # 20 log10(max(x, 1e-5)) == 10 log10(max(x**2, 1e-10)): the same decibels for both powers
-            factor = np.float32(10.0 if self.power == 2 else 20.0)
-            np.maximum(out, np.float32(1e-10 if self.power == 2 else 1e-5), out=out)
-            np.log10(out, out=out)
-            out *= factor
-            # the floor is -100 dB exactly: numpy's AVX-512 float32 log10 gives log10(1e-10) = -10.000001, one
-            # ulp below the baseline kernels, so clip to the exact constant to make the floor the same on every CPU
-            np.maximum(out, np.float32(DB_FLOOR), out=out)
-            if self.top_db is not None and out.size:
-                np.maximum(out, out.max() - np.float32(self.top_db), out=out)
-        return out
+            project(spec, out[f0:f0 + len(spec)])
+        return spectral.compress(out, log=self.log, log_c=self.log_c, power2=self.power == 2, top_db=self.top_db)
 
     # --- serialisation --------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -553,14 +283,13 @@ class MelSpectrogram(Spectrogram):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        object.__setattr__(self, "n_mels", _positive_int("n_mels", self.n_mels))
-        if not isinstance(self.mel_scale, str) or self.mel_scale not in MEL_SCALES:
-            raise ParameterError(f"mel_scale={self.mel_scale!r} must be one of {MEL_SCALES}")
-        norm = _check_mel_norm(self.norm)
+        object.__setattr__(self, "n_mels", positive_int("n_mels", self.n_mels))
+        choice("mel_scale", self.mel_scale, MEL_SCALES)
+        norm = check_mel_norm(self.norm)
         if isinstance(norm, float) and math.isinf(norm):
             raise ParameterError("norm=inf cannot be stored as JSON; use mel_filterbank(norm=np.inf) directly")
         object.__setattr__(self, "norm", norm)
-        object.__setattr__(self, "fmin", _finite("fmin", self.fmin, minimum=0.0))
+        object.__setattr__(self, "fmin", finite("fmin", self.fmin, minimum=0.0))
         if self.fmax is not None:
             if not (isinstance(self.fmax, int | float | np.integer | np.floating) and not isinstance(self.fmax, bool)
                     and math.isfinite(self.fmax) and self.fmax > self.fmin):
@@ -602,17 +331,12 @@ class MelSpectrogram(Spectrogram):
         return mel_filterbank(sample_rate, self.n_fft, self.n_mels, self.fmin, self.fmax,
                               htk=self.mel_scale == "htk", norm=self.norm)
 
-    def _begin(self, rate: int) -> None:
+    def _projector(self, rate: int):
         self._check_rate(rate)
-        cache = self.__dict__["_cache"]
-        if rate not in cache:
-            cache[rate] = _to_sparse(self.filterbank(rate))
-
-    def _project(self, spec: np.ndarray, rate: int, out: np.ndarray) -> None:
-        first, count, weights = self.__dict__["_cache"][rate]
-        scale = 1.0 / math.sqrt(self.n_fft) if self.magnitude_norm == "sqrt_nfft" else 1.0
-        mag = np.empty((4, spec.shape[1]), np.float32)
-        _mel_project(spec, first, count, weights, scale, self.power == 2, out, mag)
+        bands = spectral.mel_bands(rate, self.n_fft, self.n_mels, self.fmin, self.fmax, self.mel_scale == "htk",
+                                   self.norm)
+        return functools.partial(spectral.mel_project, bands=bands, n_fft=self.n_fft,
+                                 sqrt_nfft=self.magnitude_norm == "sqrt_nfft", power2=self.power == 2)
 
 
 # --- configuration from JSON -----------------------------------------------------------------------
@@ -681,7 +405,7 @@ def stft(x, *, n_fft: int = 1024, hop: int = 512, win_length: int | None = None,
     (261, 513)
     """
     cfg = Spectrogram(n_fft=n_fft, hop=hop, win_length=win_length, window=window, framing=framing)
-    x = _check_signal(x)
+    x = check_signal(x)
     out = np.empty((cfg.n_frames(len(x)), cfg.n_bins), dtype=np.complex64)
     for f0, spec in cfg._spectra(x):
         out[f0:f0 + len(spec)] = spec

@@ -3,7 +3,8 @@
 Kernels take plain arrays and scalars only. They trust their inputs: the
 Python wrapper :func:`gather_blocks` checks every bound before the call, so a
 kernel never reads outside ``src``. Set ``MEMSTORE_DISABLE_JIT=1`` before
-import to run the same code as plain Python (for tests and debugging).
+import to run the same code as plain Python (for tests and debugging; the
+switch is :mod:`memstore._jit`, and :data:`JIT` says which way it is set).
 
 One pass per block fuses the float16 -> float32 conversion, the zero padding
 of short blocks, and the normalisation:
@@ -15,24 +16,12 @@ of short blocks, and the normalisation:
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
+from ._jit import JIT, njit
 from .errors import ParameterError
 
 __all__ = ["gather", "gather_half", "gather_blocks", "warm_up", "JIT"]
-
-JIT = os.environ.get("MEMSTORE_DISABLE_JIT", "") not in ("1", "true", "yes")
-
-if JIT:
-    from numba import njit
-else:  # pragma: no cover - exercised by a subprocess test
-    def njit(*args, **kwargs):
-        def wrap(f):
-            f.py_func = f
-            return f
-        return wrap
 
 
 @njit(nogil=True, cache=True)

@@ -1,4 +1,4 @@
-"""Features: exactly the tutorial by default, librosa's on request."""
+"""Features: exactly the tutorial by default (librosa as the oracle for its conventions: tests/test_librosa.py)."""
 
 from __future__ import annotations
 
@@ -7,15 +7,15 @@ import doctest
 import json
 import math
 import tracemalloc
-import warnings
 
 import librosa
 import numpy as np
 import pytest
-from hypothesis import assume, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import memstore.features as features
+import memstore.spectral as spectral
 from memstore.errors import ParameterError
 from memstore.features import (
     MelSpectrogram,
@@ -100,123 +100,6 @@ def test_tutorial_framing_other_windows_and_hops(signal, win_length, hop):
     assert ours.shape == ref.shape and rel_err(ours, ref) < 1e-5
 
 
-# --- librosa as the oracle ----------------------------------------------------------------------
-
-
-def librosa_mel(x, sr, p):
-    return librosa.feature.melspectrogram(
-        y=x, sr=sr, n_fft=p["n_fft"], hop_length=p["hop"], win_length=p.get("win_length"), window="hann",
-        center=True, pad_mode="constant", power=p["power"], n_mels=p["n_mels"], fmin=p["fmin"], fmax=p["fmax"],
-        htk=p["htk"], norm=p["norm"]).T
-
-
-def ours_librosa(p):
-    return MelSpectrogram.librosa(n_fft=p["n_fft"], hop=p["hop"], win_length=p.get("win_length"), power=p["power"],
-                                  n_mels=p["n_mels"], mel_scale="htk" if p["htk"] else "slaney", norm=p["norm"],
-                                  fmin=p["fmin"], fmax=p["fmax"])
-
-
-PARAMS = [
-    dict(sr=22050, n_fft=2048, hop=512, power=2.0, n_mels=128, htk=False, norm="slaney", fmin=0.0, fmax=None),
-    dict(sr=44100, n_fft=1024, hop=256, power=1.0, n_mels=96, htk=True, norm=None, fmin=30.0, fmax=16000.0),
-    dict(sr=16000, n_fft=512, hop=128, power=2.0, n_mels=40, htk=True, norm="slaney", fmin=20.0, fmax=7600.0),
-    dict(sr=44100, n_fft=2048, hop=441, power=1.0, n_mels=64, htk=False, norm=None, fmin=0.0, fmax=11025.0),
-    dict(sr=16000, n_fft=1024, hop=160, power=1.0, n_mels=80, htk=False, norm="slaney", fmin=125.0, fmax=None),
-    dict(sr=22050, n_fft=512, hop=256, power=2.0, n_mels=32, htk=True, norm=None, fmin=0.0, fmax=None),
-    dict(sr=44100, n_fft=1024, hop=512, power=2.0, n_mels=96, htk=False, norm=2.0, fmin=0.0, fmax=None),
-    dict(sr=22050, n_fft=1023, hop=300, power=1.0, n_mels=48, htk=False, norm=1.0, fmin=50.0, fmax=10000.0),
-    dict(sr=22050, n_fft=1024, hop=300, win_length=600, power=2.0, n_mels=96, htk=False, norm="slaney",
-         fmin=0.0, fmax=None),
-]
-
-
-@pytest.mark.parametrize("p", PARAMS, ids=lambda p: f"{p['sr']}-{p['n_fft']}-{p['hop']}-p{p['power']:g}")
-def test_librosa_conventions_match_librosa(signal, p):
-    x = signal[: p["sr"] * 2]
-    ours = ours_librosa(p)(x, p["sr"])
-    ref = librosa_mel(x, p["sr"], p)
-    assert ours.shape == ref.shape == (ours_librosa(p).n_frames(len(x)), p["n_mels"])
-    assert rel_err(ours, ref) < 1e-4
-
-
-@settings(max_examples=15, deadline=None)
-@given(sr=st.sampled_from([16000, 22050, 44100]), n_fft=st.sampled_from([512, 1024, 2048]),
-       hop=st.sampled_from([128, 256, 512]), power=st.sampled_from([1.0, 2.0]), htk=st.booleans(),
-       norm=st.sampled_from(["slaney", None]), n_mels=st.integers(16, 64), fmin=st.sampled_from([0.0, 40.0, 300.0]),
-       fmax_frac=st.sampled_from([None, 0.5, 0.9]), n=st.integers(4096, 20000))
-def test_librosa_oracle_property(signal, sr, n_fft, hop, power, htk, norm, n_mels, fmin, fmax_frac, n):
-    p = dict(n_fft=n_fft, hop=hop, power=power, htk=htk, norm=norm, n_mels=n_mels, fmin=fmin,
-             fmax=None if fmax_frac is None else fmax_frac * sr / 2)
-    x = signal[1000:1000 + n]
-    # too many mels for a small n_fft leaves bands empty: both libraries warn, and that case has its own test
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        try:
-            mel_filterbank(sr, n_fft, n_mels, fmin, p["fmax"], htk=htk, norm=norm)
-        except UserWarning:
-            assume(False)
-    assert rel_err(ours_librosa(p)(x, sr), librosa_mel(x, sr, p)) < 1e-4
-
-
-@pytest.mark.parametrize("htk", [False, True])
-@pytest.mark.parametrize("norm", ["slaney", None, 1, 2.0, np.inf])
-def test_filterbank_matches_librosa(htk, norm):
-    for sr, n_fft, n_mels, fmin, fmax in [(44100, 1024, 96, 0.0, None), (16000, 512, 40, 50.0, 7000.0),
-                                          (22050, 2048, 128, 20.0, 11025.0), (8000, 255, 20, 0.0, 3000.0)]:
-        ours = mel_filterbank(sr, n_fft, n_mels, fmin, fmax, htk=htk, norm=norm)
-        ref = librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax, htk=htk, norm=norm,
-                                  dtype=np.float64)
-        assert ours.shape == ref.shape == (n_mels, 1 + n_fft // 2) and ours.dtype == np.float64
-        assert np.abs(ours - ref).max() < 1e-6
-
-
-def test_filterbank_warns_about_empty_bands_like_librosa():
-    with pytest.warns(UserWarning, match="empty mel bands"):
-        ours = mel_filterbank(16000, 128, 64)
-    with pytest.warns(UserWarning, match="Empty filters"):
-        ref = librosa.filters.mel(sr=16000, n_fft=128, n_mels=64, dtype=np.float64)
-    assert np.abs(ours - ref).max() < 1e-6
-
-
-@pytest.mark.parametrize("power", [1.0, 2.0])
-def test_spectrogram_matches_librosa_stft(signal, power):
-    x = signal[:40000]
-    ours = Spectrogram(window="hann", framing="center", magnitude_norm="none", power=power, n_fft=512, hop=128)(x, 8000)
-    ref = np.abs(librosa.stft(x, n_fft=512, hop_length=128, window="hann", center=True, pad_mode="constant")) ** power
-    assert ours.shape == ref.T.shape and rel_err(ours, ref.T) < 1e-5
-
-
-def test_stft_is_librosas_complex_stft(signal):
-    x = signal[:20000]
-    ours = stft(x, n_fft=1024, hop=256, win_length=800, window="hann", framing="center")
-    ref = librosa.stft(x, n_fft=1024, hop_length=256, win_length=800, pad_mode="constant").T
-    assert ours.dtype == np.complex64 and ours.shape == ref.shape
-    assert np.abs(ours - ref).max() / np.abs(ref).max() < 1e-5  # phase included
-
-
-def test_log_compressions(signal):
-    base = MelSpectrogram()(signal, 44100)
-    log10p = MelSpectrogram(log="log10p")(signal, 44100)
-    np.testing.assert_allclose(log10p, np.log10(1 + 100 * base.astype(np.float64)), rtol=1e-5, atol=1e-6)
-    log10p_c = MelSpectrogram(log="log10p", log_c=3.5)(signal, 44100)
-    np.testing.assert_allclose(log10p_c, np.log10(1 + 3.5 * base.astype(np.float64)), rtol=1e-5, atol=1e-6)
-
-    quiet = signal.copy()
-    quiet[40000:90000] = 0  # silence: below amin and below top_db
-    power = MelSpectrogram.librosa()(quiet, 44100)
-    db = MelSpectrogram.librosa(log="db")(quiet, 44100)
-    np.testing.assert_allclose(db, librosa.power_to_db(power, ref=1.0, amin=1e-10, top_db=80.0), atol=1e-3)
-    db_all = MelSpectrogram.librosa(log="db", top_db=None)(quiet, 44100)
-    np.testing.assert_allclose(db_all, librosa.power_to_db(power, ref=1.0, amin=1e-10, top_db=None), atol=1e-3)
-    assert db_all.min() == -100.0 < db.min() == pytest.approx(db.max() - 80.0)
-
-    amp = MelSpectrogram.librosa(power=1.0)(quiet, 44100)
-    db_amp = MelSpectrogram.librosa(power=1.0, log="db")(quiet, 44100)
-    np.testing.assert_allclose(db_amp, librosa.amplitude_to_db(amp, ref=1.0, amin=1e-5, top_db=80.0), atol=1e-3)
-    for out in (log10p, db, db_amp):
-        assert out.dtype == np.float32 and out.flags.c_contiguous
-
-
 # --- frame counts, chunking, memory -------------------------------------------------------------
 
 
@@ -251,9 +134,12 @@ def test_empty_signal_follows_the_formula():
 def test_chunking_does_not_change_a_bit(signal, monkeypatch, chunk):
     whole = MelSpectrogram()(signal, 44100)
     spec = Spectrogram(framing="center", power=2.0)(signal, 44100)
-    monkeypatch.setattr(features, "CHUNK_FRAMES", chunk)
-    np.testing.assert_array_equal(MelSpectrogram()(signal, 44100), whole)
+    monkeypatch.setattr(spectral, "CHUNK_FRAMES", chunk)  # the chunk loop lives in memstore.spectral
+    lazy = LazySignal(signal)
+    np.testing.assert_array_equal(MelSpectrogram()(lazy, 44100), whole)
     np.testing.assert_array_equal(Spectrogram(framing="center", power=2.0)(signal, 44100), spec)
+    # the patched chunk size was the one used: no slice of the signal is longer than one chunk's frames need
+    assert lazy.largest <= (chunk - 1) * 512 + 1024
 
 
 class LazySignal:
@@ -277,7 +163,8 @@ class LazySignal:
 def test_lazy_signal_is_read_a_chunk_at_a_time(signal):
     lazy = LazySignal(signal)
     np.testing.assert_array_equal(MelSpectrogram()(lazy, 44100), MelSpectrogram()(signal, 44100))
-    assert lazy.largest <= (features.CHUNK_FRAMES - 1) * 512 + 1024
+    assert lazy.largest <= (spectral.CHUNK_FRAMES - 1) * 512 + 1024
+    assert features.CHUNK_FRAMES == spectral.CHUNK_FRAMES  # still importable where it was documented
 
 
 def test_other_float_dtypes_and_strided_input(signal):
@@ -289,19 +176,19 @@ def test_other_float_dtypes_and_strided_input(signal):
 
 def test_interpreted_kernels_equal_the_jitted_ones(signal):
     """MEMSTORE_DISABLE_JIT=1 runs the kernels' Python source: it must compute the same numbers."""
-    if not hasattr(features._frame_window, "py_func"):
+    if spectral._frame_window is spectral._frame_window.py_func:
         pytest.skip("numba JIT disabled")
     w, pad = MelSpectrogram()._geometry()
     seg = signal[:3000]
     a, b = np.empty((6, 1024), np.float32), np.empty((6, 1024), np.float32)
-    features._frame_window(seg, -pad, 512, w, a)
-    features._frame_window.py_func(seg, -pad, 512, w, b)
+    spectral._frame_window(seg, -pad, 512, w, a)
+    spectral._frame_window.py_func(seg, -pad, 512, w, b)
     np.testing.assert_array_equal(a, b)
     spec = np.fft.rfft(a, axis=1).astype(np.complex64)
-    first, count, weights = features._to_sparse(mel_filterbank(44100, 1024, 96))
+    first, count, weights = spectral._to_sparse(mel_filterbank(44100, 1024, 96))
     outs = [np.empty((6, 96), np.float32), np.empty((6, 96), np.float32)]
-    features._mel_project(spec, first, count, weights, 1 / 32, True, outs[0], np.empty((4, 513), np.float32))
-    features._mel_project.py_func(spec, first, count, weights, 1 / 32, True, outs[1], np.empty((4, 513), np.float32))
+    spectral._mel_project(spec, first, count, weights, 1 / 32, True, outs[0], np.empty((4, 513), np.float32))
+    spectral._mel_project.py_func(spec, first, count, weights, 1 / 32, True, outs[1], np.empty((4, 513), np.float32))
     np.testing.assert_allclose(outs[0], outs[1], rtol=1e-6)
 
 
