@@ -335,6 +335,9 @@ def _read(f: h5py.File, path: Path, size: int) -> dict[str, Any]:
 class Store:
     """A read-only, memory-mapped feature store. Use :func:`open_store`.
 
+    Made from a :class:`StoreMeta` (a dict of its fields is validated into one
+    first); it owns the StoreMeta's ``fd``.
+
     Attributes
     ----------
     index : ndarray [shape=(n_files,)], :data:`memstore.layout.INDEX_DTYPE`

@@ -17,10 +17,11 @@ What is checked
 - the statistics: finite, counted over every frame, and equal (to rounding)
   to the mean and standard deviation recomputed during the pass.
 
-:func:`memstore.store.open_store` already refuses a store whose header,
-datasets or index offsets are malformed, or that has an empty segment (an
-append that stored nothing, written by memstore before it stopped writing
-those); such a store is reported as one problem, ``("<store>", reason)``.
+:func:`memstore.store.open_store` already refuses a store that breaks a rule
+of :class:`memstore.store.StoreMeta` (a malformed header, dataset or index
+offsets, labels out of range, or an empty segment: an append that stored
+nothing, written by memstore before it stopped writing those); such a store is
+reported as one problem, ``("<store>", reason)``.
 """
 
 from __future__ import annotations
