@@ -31,6 +31,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ._validate import is_int
 from .audio import write_wav
 from .errors import ParameterError
 
@@ -138,7 +139,7 @@ def _stereo(rng: np.random.Generator, x: np.ndarray) -> np.ndarray:
 
 def _check(count_name, count, seed, duration, sample_rate) -> int:
     for name, value in ((count_name, count), ("seed", seed), ("sample_rate", sample_rate)):
-        if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        if not is_int(value):
             raise ParameterError(f"{name}={value!r} must be an integer")
     if count < 1:
         raise ParameterError(f"{count_name}={count} must be a positive integer")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._validate import choice, int_at_least
 from .errors import ParameterError
 
 __all__ = ["aggregate_by_file", "HOW"]
@@ -58,11 +59,8 @@ def aggregate_by_file(scores, file, *, n_files: int, how: str = "mean") -> np.nd
            [nan, nan],
            [1. , 0. ]])
     """
-    if how not in HOW:
-        raise ParameterError(f"how={how!r} must be one of {HOW}")
-    if isinstance(n_files, bool) or not isinstance(n_files, int | np.integer) or n_files < 0:
-        raise ParameterError(f"n_files={n_files!r} must be an integer >= 0")
-    n_files = int(n_files)
+    how = choice("how", how, HOW)
+    n_files = int_at_least("n_files", n_files, 0)
     s = np.asarray(scores)
     if s.dtype.kind not in "biuf":
         raise ParameterError(f"scores of dtype {s.dtype} must be real numbers")

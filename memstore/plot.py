@@ -11,6 +11,7 @@ import fnmatch
 
 import numpy as np
 
+from ._validate import is_int, positive_int
 from .errors import ParameterError, require
 from .features import MelSpectrogram, hz_to_mel, mel_to_hz
 
@@ -42,11 +43,10 @@ def select_files(store, *, file: int | None = None, path: str | None = None, cls
         For an index out of range, an unknown class, a bad limit, or a
         selection that matches nothing.
     """
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-        raise ParameterError(f"limit={limit!r} must be a positive integer")
+    limit = positive_int("limit", limit)
     n = len(store)
     if file is not None:
-        if isinstance(file, bool) or not isinstance(file, int | np.integer) or not -n <= file < n:
+        if not is_int(file) or not -n <= file < n:
             raise ParameterError(f"--file {file} must be an integer in [-{n}, {n})")
         chosen = [int(file) % n]
     else:
@@ -119,8 +119,7 @@ def plot_store(store, out, files: list[int], *, dpi: int = 100):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    if isinstance(dpi, bool) or not isinstance(dpi, int) or dpi < 1:
-        raise ParameterError(f"dpi={dpi!r} must be a positive integer")
+    dpi = positive_int("dpi", dpi)
     cfg = store.config
     rate = cfg.sample_rate
     centres = band_frequencies(cfg)

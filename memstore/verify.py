@@ -17,10 +17,11 @@ What is checked
 - the statistics: finite, counted over every frame, and equal (to rounding)
   to the mean and standard deviation recomputed during the pass.
 
-:func:`memstore.store.open_store` already refuses a store whose header,
-datasets or index offsets are malformed, or that has an empty segment (an
-append that stored nothing, written by memstore before it stopped writing
-those); such a store is reported as one problem, ``("<store>", reason)``.
+:func:`memstore.store.open_store` already refuses a store that breaks a rule
+of :class:`memstore.store.StoreMeta` (a malformed header, dataset or index
+offsets, labels out of range, or an empty segment: an append that stored
+nothing, written by memstore before it stopped writing those); such a store is
+reported as one problem, ``("<store>", reason)``.
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import _progress
-from .build import _merge
-from .errors import ParameterError
+from ._validate import positive_int
+from .stats import RunningStats, merge, starts
 from .store import open_store
 
 __all__ = ["VerifyReport", "verify_store"]
@@ -98,8 +99,7 @@ def verify_store(path, *, progress: bool | None = None, chunk_bytes: int = CHUNK
     >>> report.ok, report.corrupt_files              # doctest: +SKIP
     (True, [])
     """
-    if isinstance(chunk_bytes, bool) or not isinstance(chunk_bytes, int) or chunk_bytes < 1:
-        raise ParameterError(f"chunk_bytes={chunk_bytes!r} must be a positive integer")
+    chunk_bytes = positive_int("chunk_bytes", chunk_bytes)
     report = VerifyReport(os.fsdecode(path))
     try:
         store = open_store(path)
@@ -115,7 +115,7 @@ def verify_store(path, *, progress: bool | None = None, chunk_bytes: int = CHUNK
 
 
 def _check_features(store, report: VerifyReport, progress: bool | None, chunk_bytes: int):
-    """One sequential pass: per-file crc32 and non-finite rows; returns (count, mean, m2 diagonal)."""
+    """One sequential pass: per-file crc32 and non-finite rows; returns the rows' RunningStats (m2's diagonal)."""
     idx = store.index
     row_bytes = store.n_bins * store.dtype.itemsize
     rows_per_chunk = max(1, chunk_bytes // max(row_bytes, 1))
@@ -154,10 +154,8 @@ def _check_features(store, report: VerifyReport, progress: bool | None, chunk_by
             if not finite.all():
                 owners = np.searchsorted(ends, row + np.flatnonzero(~finite), side="right")
                 np.add.at(bad_rows, owners, 1)
-            else:
-                x64 = x.astype(np.float64)
-                mean = x64.mean(axis=0)
-                stats = _merge(stats, (n, mean, ((x64 - mean) ** 2).sum(axis=0)))
+            else:  # the whole chunk at once (not of_rows' default sub-chunks): the sums verify has always made
+                stats = merge(stats, RunningStats.of_rows(x, diagonal=True, chunk_rows=n))
             row += n
             bar.update(n * row_bytes)
     report.frames = row
@@ -197,8 +195,7 @@ def _check_segments(store, problems: list) -> None:
     seg, idx = store.segments, store.index
     if len(idx) == 0:
         return
-    first_file = np.r_[0, np.cumsum(seg["n_files"])[:-1]] if len(seg) else np.zeros(0, np.int64)
-    first_frame = np.r_[0, np.cumsum(seg["n_frames"])[:-1]] if len(seg) else np.zeros(0, np.int64)
+    first_file, first_frame = starts(seg["n_files"]), starts(seg["n_frames"])
     if (not len(seg) or np.any(seg["first_file"] != first_file) or np.any(seg["first_frame"] != first_frame)
             or seg["n_files"].sum() != len(idx) or seg["n_frames"].sum() != store.n_frames_total):
         problems.append(("segments", "the segments table does not tile the files and frames"))
@@ -245,8 +242,7 @@ def _check_stats(store, sums, problems: list) -> None:
         problems.append(("stats", f"count {int(st['count'])} is not the {store.n_frames_total} frames stored"))
     if sums is None or "mean" not in st or "std" not in st:
         return
-    count, mean, m2 = sums
-    std = np.sqrt(m2 / max(count, 1))
+    mean, std = sums.mean, sums.std
     scale = max(float(np.abs(mean).max()), float(std.max()), 1e-30)
     for key, value in (("mean", mean), ("std", std)):
         err = float(np.abs(np.asarray(st[key], np.float64) - value).max())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import h5py
@@ -133,3 +134,27 @@ def test_cli_clean_prints_ok_and_progress_goes_to_stderr(demo_store, capsys):
     assert "OK, 18 file(s) verified" in captured.out and "verifying" not in captured.out
     verify_store(demo_store, progress=True)
     assert "verifying" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("chunk_bytes", [384 * 7, 1 << 26])
+def test_stats_are_checked_against_an_independent_recomputation(copy, chunk_bytes):
+    """The stored std is judged against the features' own, to 1e-6 of the largest mean or std: a change just
+    inside passes and one just outside is reported, whichever chunks the pass reads."""
+    with open_store(copy) as s:
+        x = np.asarray(s.features, np.float64)
+    mean, std = x.mean(axis=0), x.std(axis=0)
+    scale = max(np.abs(mean).max(), std.max())
+    for shift, ok in ((0.5e-6 * scale, True), (2e-6 * scale, False)):
+        with h5py.File(copy, "r+") as f:
+            f["stats/mean"][...] = mean
+            f["stats/std"][...] = std
+            f["stats/std"][7] = std[7] + shift
+        problems = verify_store(copy, chunk_bytes=chunk_bytes).problems
+        assert problems == ([] if ok else [("stats", f"stored std differs from the features by up to "
+                                                     f"{shift:.3g}")])
+
+
+def test_chunk_bytes_must_be_a_positive_integer_and_not_a_bool(copy):
+    for bad in (True, 0, -1, 1.5, "64"):
+        with pytest.raises(ParameterError, match=re.escape(f"chunk_bytes={bad!r} must be a positive integer")):
+            verify_store(copy, chunk_bytes=bad)
