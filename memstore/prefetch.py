@@ -89,7 +89,9 @@ class Inline:
         return next(self._source)
 
     def close(self) -> None:
-        _close_source(self._source)
+        """Close the source (once)."""
+        source, self._source = self._source, iter(())
+        _close_source(source)
 
 
 class Prefetcher:
