@@ -14,11 +14,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._validate import choice, flag, int_at_least
+from .blocks import block_table
 from .errors import ParameterError
 from .pager import parse_memory, window_budget
 from .stats import standardiser, whitener
 
-__all__ = ["Settings", "check_settings", "split_mask", "label_matrix", "normaliser", "budget",
+__all__ = ["Settings", "check_settings", "Blocks", "split_blocks", "split_mask", "label_matrix", "normaliser", "budget",
            "LAYOUTS", "LABEL_KINDS", "NORMALIZE", "SPLITS", "BALANCE", "PREFETCH"]
 
 LAYOUTS = ("NCTF", "NTFC", "NFTC", "NTF")
@@ -80,6 +81,31 @@ def check_settings(*, batch_size, time_context, step, split, valid_fraction, see
                     drop_last=bool(drop_last), layout=layout, labels=labels, normalize=normalize,
                     memory_limit=parse_memory(memory_limit), shard=shard, split_by=split_by, tail=bool(tail),
                     prefetch=bool(prefetch), return_file=return_file, balance=balance)
+
+
+@dataclass(frozen=True, eq=False)
+class Blocks:
+    """The blocks a stream serves (one entry per block of its split) and the validation blocks."""
+
+    file: np.ndarray        # int64: store file of each block
+    start: np.ndarray       # int64: first frame of each block within its file
+    row: np.ndarray         # int64: absolute store row where each block starts (sorted)
+    valid: np.ndarray       # int64: real rows of each block (``time_context``, or fewer at a short file)
+    held_out: tuple         # (file, start) of every validation block, in store order
+
+
+def split_blocks(store, c: Settings, valid_files) -> Blocks:
+    """The block table of ``store`` cut to the split ``c.split`` (see :func:`split_mask`)."""
+    if len(store) == 0:
+        raise ParameterError(f"{store.path} holds no files")
+    n_frames = store.index["n_frames"]
+    bf, bs = block_table(n_frames, c.time_context, c.step, tail=c.tail)
+    held = split_mask(store, bf, seed=c.seed, split_by=c.split_by, valid_fraction=c.valid_fraction,
+                      valid_files=valid_files)
+    chosen = {"train": ~held, "valid": held, "all": np.ones_like(held)}[c.split]
+    file, start = bf[chosen], bs[chosen]
+    return Blocks(file, start, store.index["offset"][file] + start, np.minimum(c.time_context, n_frames[file] - start),
+                  (bf[held], bs[held]))
 
 
 def split_mask(store, block_file: np.ndarray, *, seed: int, split_by: str, valid_fraction: float,

@@ -54,9 +54,8 @@ from ._streamconf import LAYOUTS as LAYOUTS
 from ._streamconf import NORMALIZE as NORMALIZE
 from ._streamconf import PREFETCH as PREFETCH
 from ._streamconf import SPLITS as SPLITS
-from ._streamconf import budget, check_settings, label_matrix, normaliser, split_mask
+from ._streamconf import budget, check_settings, label_matrix, normaliser, split_blocks
 from ._streamstate import STATE_FORMAT as STATE_FORMAT
-from .blocks import block_table
 from .errors import ParameterError
 from .order import EpochOrder, balance_classes, order_report
 from .prefetch import start as start_producer
@@ -149,17 +148,9 @@ class BatchStream:
         self._holder: list = [None]
         self._finalizer = weakref.finalize(self, _close_active, self._holder)
 
-        if len(s) == 0:
-            raise ParameterError(f"{s.path} holds no files")
-        n_frames = s.index["n_frames"]
-        bf, bs = block_table(n_frames, self.time_context, self.step, tail=self.tail)
-        valid_set = split_mask(s, bf, seed=self.seed, split_by=self.split_by, valid_fraction=self.valid_fraction,
-                               valid_files=valid_files)
-        chosen = {"train": ~valid_set, "valid": valid_set, "all": np.ones_like(valid_set)}[self.split]
-        self.block_file, self.block_start = bf[chosen], bs[chosen]
-        self.block_row = s.index["offset"][self.block_file] + self.block_start
-        self.block_valid = np.minimum(self.time_context, n_frames[self.block_file] - self.block_start)
-        self._valid_blocks = (bf[valid_set], bs[valid_set])
+        b = split_blocks(s, c, valid_files)
+        self.block_file, self.block_start, self.block_row, self.block_valid = b.file, b.start, b.row, b.valid
+        self._valid_blocks = b.held_out
         self.total_points = len(self.block_file) // self._world
         n = self.total_points
         self.iteration_size = n // self.batch_size if self.drop_last else -(-n // self.batch_size)
