@@ -16,6 +16,15 @@ drains the queue (freeing a producer blocked on a full one) and joins the
 thread; after ``JOIN_S`` it gives up with a ``ResourceWarning``. A source
 that waits on anything should poll ``stop`` with :func:`wait_get`.
 
+Who waits for whom. ``close()`` joins the thread unless it runs on a
+producer thread that did not start this one: a finalizer may run on any
+thread that happens to trigger a garbage collection, and a window reader
+running the finalizer of a dropped stream must not wait for that stream's
+batch producer, which may be waiting for the reader's next window. A user's
+thread joins what it closes; a producer joins only the producers it started
+(the batch producer its window reader), so no two threads ever wait for each
+other; a producer that is not joined still sees ``stop`` and ends.
+
 Garbage collection. The thread holds the source, the queue and the stop
 event, never the :class:`Prefetcher` (nor the object that owns it): a thread
 is a garbage-collection root, so a thread holding its owner would keep both
@@ -41,6 +50,8 @@ POLL_S = 0.1
 JOIN_S = 30.0
 
 _END = object()
+#: ``producer`` is True on the threads that run :func:`_pump`
+_role = threading.local()
 
 
 class _Raised:
@@ -110,7 +121,8 @@ class Prefetcher:
         except BaseException:
             _close_source(source)
             raise
-        self._finalizer = weakref.finalize(self, _halt, self._thread, self._queue, self._stop, wake, what)
+        self._finalizer = weakref.finalize(self, _halt, self._thread, self._queue, self._stop, wake, what,
+                                           threading.current_thread())
 
     def __iter__(self):
         return self
@@ -170,6 +182,7 @@ def _close_source(source) -> None:
 
 def _pump(source, q: queue.Queue, stop: threading.Event) -> None:
     """Thread target: move items from ``source`` into ``q`` until the end, an error or ``stop``."""
+    _role.producer = True
     try:
         for item in source:
             if not _put(q, item, stop):
@@ -181,13 +194,17 @@ def _pump(source, q: queue.Queue, stop: threading.Event) -> None:
         _close_source(source)
 
 
-def _halt(thread: threading.Thread, q: queue.Queue, stop: threading.Event, wake, what: str) -> None:
+def _halt(thread: threading.Thread, q: queue.Queue, stop: threading.Event, wake, what: str,
+          creator: threading.Thread) -> None:
     """Stop the producer and wait for its thread (``Prefetcher.close`` and its finalizer)."""
     stop.set()
     if wake is not None:
         wake()
-    if thread is threading.current_thread():
+    me = threading.current_thread()
+    if thread is me:
         return  # collected by the producer's own garbage collection: it sees ``stop`` and ends
+    if getattr(_role, "producer", False) and me is not creator:
+        return  # another producer (see "Who waits for whom"): it may be waiting for this one
     deadline = time.monotonic() + JOIN_S
     while thread.is_alive():
         try:  # free the queue's memory and a producer blocked on a full queue

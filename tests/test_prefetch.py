@@ -13,6 +13,7 @@ import weakref
 
 import pytest
 
+from memstore import prefetch
 from memstore.prefetch import Inline, Prefetcher, start, wait_get
 
 
@@ -148,3 +149,47 @@ def test_a_producer_that_died_without_a_word_is_an_error_not_a_hang():
     with pytest.raises(RuntimeError, match="the test producer thread ended without a result"):
         next(p)
 
+
+
+def test_a_producer_never_waits_for_a_producer_it_did_not_start(monkeypatch):
+    """A finalizer runs on whatever thread collects garbage: a window reader's thread may close a dropped
+    stream's batch producer while that producer waits for the reader. Here A's thread closes B, which
+    waits for something only A gives after the close: joining B from A would hang until JOIN_S."""
+    monkeypatch.setattr(prefetch, "JOIN_S", 5.0)
+    release = threading.Event()
+
+    def b_source():
+        yield 0
+        while not release.wait(0.05):  # waits for A, as a batch producer waits for its reader
+            pass
+        yield 1
+
+    b = Prefetcher(b_source(), depth=1, name="memstore-test-b", what="test producer b")
+    assert next(b) == 0
+    (b_thread,) = threads_named("memstore-test-b")
+
+    def a_source():
+        b.close()  # on A's thread: must not wait for B
+        release.set()
+        yield "done"
+
+    a = Prefetcher(a_source(), depth=1, name="memstore-test-a", what="test producer a")
+    assert next(a) == "done"  # before: a ResourceWarning (an error here) after JOIN_S
+    a.close()
+    assert ended(b_thread)
+
+
+def test_a_producer_joins_the_producer_it_started():
+    """The batch producer closing its window reader waits for it: the reader's thread is gone after close."""
+    seen = {}
+
+    def outer():
+        inner = Prefetcher(Source(), depth=2, name="memstore-test-inner", what="test inner")
+        next(inner)
+        (seen["thread"],) = threads_named("memstore-test-inner")
+        inner.close()
+        yield seen["thread"].is_alive()
+
+    p = Prefetcher(outer(), depth=1, name="memstore-test-outer", what="test outer")
+    assert next(p) is False
+    p.close()
