@@ -35,9 +35,10 @@ Batches are assembled by a background thread (the numba kernel releases the
 GIL) one or two batches ahead. Every batch is a new array: it stays valid as
 long as you keep it. The thread reads a snapshot of the stream's arrays,
 never the stream itself, so a stream dropped without ``close()`` is garbage
-collected and its finalizer stops and joins the thread (and the pager's
-reader thread behind it). ``close()`` still ends them at a moment of your
-choosing.
+collected and its finalizer stops the thread (and the pager's reader thread
+behind it), joining it unless the collection runs on another producer thread
+(:mod:`memstore.prefetch`). ``close()`` ends and joins them at a moment of
+your choosing.
 """
 
 from __future__ import annotations
