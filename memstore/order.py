@@ -70,7 +70,7 @@ import numpy as np
 from .errors import ParameterError
 
 __all__ = ["EpochOrder", "Window", "balance_classes", "balanced_counts", "deal", "deal_windows", "plan_pages",
-           "plan_epoch", "shuffle_quality", "MIN_PAGES_PER_WINDOW"]
+           "plan_epoch", "shuffle_quality", "order_report", "MIN_PAGES_PER_WINDOW"]
 
 #: separates the balanced draw's random stream from the shuffle's ``(seed, epoch)`` stream
 _BALANCE_TAG = 0xBA1A
