@@ -25,45 +25,44 @@ paths serve. Shards deal one global sequence per epoch; a state records the
 epoch's global position, so it resumes at any world size (elastic resume,
 :meth:`BatchStream.load_state_dict`).
 
+The stream hands out its work (ffcv's ``Loader`` is the model): the checks,
+split, labels, normaliser and budget are in ``memstore._streamconf``; the
+order of every epoch, on both paths, in :class:`memstore.order.EpochOrder`;
+batch assembly in ``memstore._assemble``; the producer thread in
+:mod:`memstore.prefetch`; states in ``memstore._streamstate``.
+
 Batches are assembled by a background thread (the numba kernel releases the
 GIL) one or two batches ahead. Every batch is a new array: it stays valid as
-long as you keep it.
-
-The thread reads a snapshot of the stream's arrays (``_Job``), never the
-stream itself, so a stream dropped without ``close()`` is garbage collected
-and its finalizer stops and joins the thread (and the pager's reader thread
-behind it). ``close()`` still ends them at a moment of your choosing.
+long as you keep it. The thread reads a snapshot of the stream's arrays,
+never the stream itself, so a stream dropped without ``close()`` is garbage
+collected and its finalizer stops the thread (and the pager's reader thread
+behind it), joining it unless the collection runs on another producer thread
+(:mod:`memstore.prefetch`). ``close()`` ends and joins them at a moment of
+your choosing.
 """
 
 from __future__ import annotations
 
-import queue
-import threading
-import time
-import warnings
 import weakref
-from dataclasses import dataclass
 
 import numpy as np
 
-from .blocks import block_table
+from . import _streamstate as state
+from ._assemble import Job, produce, shape
+from ._streamconf import BALANCE as BALANCE  # the names below were defined here before: kept importable
+from ._streamconf import LABEL_KINDS as LABEL_KINDS
+from ._streamconf import LAYOUTS as LAYOUTS
+from ._streamconf import NORMALIZE as NORMALIZE
+from ._streamconf import PREFETCH as PREFETCH
+from ._streamconf import SPLITS as SPLITS
+from ._streamconf import budget, check_settings, label_matrix, normaliser, split_blocks
+from ._streamstate import STATE_FORMAT as STATE_FORMAT
 from .errors import ParameterError
-from .order import balance_classes, balanced_counts, deal
-from .pager import Window, WindowReader, parse_memory, plan_epoch, shuffle_quality, window_budget
+from .order import EpochOrder, balance_classes, order_report
+from .prefetch import start as start_producer
 from .slicer import gather_blocks
 
 __all__ = ["BatchStream"]
-
-LAYOUTS = ("NCTF", "NTFC", "NFTC", "NTF")
-LABEL_KINDS = ("onehot", "index", "multihot")
-NORMALIZE = (False, "standard", "pca")
-SPLITS = ("train", "valid", "all")
-BALANCE = (None, "class")
-#: version of ``state_dict()``; a state without ``"format"`` is format 1 (same shard only)
-STATE_FORMAT = 2
-#: batches assembled ahead by the background thread
-PREFETCH = 2
-_STD_FLOOR = 1e-8
 
 
 class BatchStream:
@@ -126,37 +125,18 @@ class BatchStream:
         from .store import Store, open_store
 
         self._own = not isinstance(store, Store)
-        self.store = open_store(store) if self._own else store
-        for name, v, low in (("batch_size", batch_size, 1), ("time_context", time_context, 1),
-                             ("step", step, 1), ("seed", seed, 0)):
-            if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < low:
-                raise ParameterError(f"{name}={v!r} must be an integer >= {low}")
-        if not isinstance(return_file, bool | np.bool_):
-            raise ParameterError(f"return_file={return_file!r} must be True or False")
-        checks = (("split", split, SPLITS), ("layout", layout, LAYOUTS), ("labels", labels, LABEL_KINDS),
-                  ("normalize", normalize, NORMALIZE), ("split_by", split_by, ("file", "block")))
-        for name, v, allowed in checks:
-            if v not in allowed or isinstance(v, bool) and v is not False:
-                raise ParameterError(f"{name}={v!r} must be one of {allowed}")
-        if not (isinstance(balance, str) or balance is None) or balance not in BALANCE:
-            raise ParameterError(f"balance={balance!r} must be one of {BALANCE}")
-        if balance is not None and not shuffle:
-            raise ParameterError(f"balance={balance!r} draws a random multiset of blocks: it needs shuffle=True")
-        if not (isinstance(valid_fraction, int | float) and 0 <= valid_fraction < 1):
-            raise ParameterError(f"valid_fraction={valid_fraction!r} must be in [0, 1)")
-        if shard is not None:
-            if (not isinstance(shard, tuple | list) or len(shard) != 2
-                    or not all(isinstance(v, int) for v in shard) or not 0 <= shard[0] < shard[1]):
-                raise ParameterError(f"shard={shard!r} must be (rank, world_size) with 0 <= rank < world_size")
-            shard = (int(shard[0]), int(shard[1]))
-        self.batch_size, self.time_context, self.step = int(batch_size), int(time_context), int(step)
-        self.split, self.valid_fraction, self.seed = split, float(valid_fraction), int(seed)
-        self.shuffle, self.drop_last, self.layout = bool(shuffle), bool(drop_last), layout
-        self.label_kind, self.normalize, self.shard = labels, normalize, shard
-        self.split_by, self.tail, self.prefetch = split_by, bool(tail), bool(prefetch)
-        self.return_file = bool(return_file)
-        self.balance = balance
-        self.memory_limit = parse_memory(memory_limit)
+        self.store = s = open_store(store) if self._own else store
+        c = check_settings(batch_size=batch_size, time_context=time_context, step=step, split=split,
+                           valid_fraction=valid_fraction, seed=seed, shuffle=shuffle, drop_last=drop_last,
+                           layout=layout, labels=labels, normalize=normalize, memory_limit=memory_limit,
+                           shard=shard, split_by=split_by, tail=tail, prefetch=prefetch, return_file=return_file,
+                           balance=balance)
+        self.batch_size, self.time_context, self.step = c.batch_size, c.time_context, c.step
+        self.split, self.valid_fraction, self.seed = c.split, c.valid_fraction, c.seed
+        self.shuffle, self.drop_last, self.layout = c.shuffle, c.drop_last, c.layout
+        self.label_kind, self.normalize, self.shard = c.labels, c.normalize, c.shard
+        self.split_by, self.tail, self.prefetch = c.split_by, c.tail, c.prefetch
+        self.return_file, self.balance, self.memory_limit = c.return_file, c.balance, c.memory_limit
         self.epoch = 0
         self.iteration_step = 0
         # global position where this epoch's dealing began: 0, or the point of an elastic resume
@@ -164,135 +144,37 @@ class BatchStream:
         # (offset, stride): of the batches from the current step on, assemble only every stride-th,
         # from the offset-th (a torch DataLoader worker's share of its rank's batches)
         self._take = (0, 1)
-        # (source, thread, stop) of the running epoch; the finalizer shares the list, so it
-        # always stops the current producer when the stream is garbage collected
+        # the running epoch's producer; the finalizer shares the list, so it always stops the
+        # current producer when the stream is garbage collected
         self._holder: list = [None]
-        self._finalizer = weakref.finalize(self, _stop_active, self._holder)
+        self._finalizer = weakref.finalize(self, _close_active, self._holder)
 
-        s = self.store
-        n_frames = s.index["n_frames"]
-        if len(s) == 0:
-            raise ParameterError(f"{s.path} holds no files")
-        bf, bs = block_table(n_frames, self.time_context, self.step, tail=self.tail)
-        valid_set = self._split_mask(bf, valid_files)
-        chosen = {"train": ~valid_set, "valid": valid_set, "all": np.ones_like(valid_set)}[split]
-        self._other = valid_set if split == "train" else None
-        self.block_file = bf[chosen]
-        self.block_start = bs[chosen]
-        self.block_row = s.index["offset"][self.block_file] + self.block_start
-        self.block_valid = np.minimum(self.time_context, n_frames[self.block_file] - self.block_start)
-        self._valid_blocks = (bf[valid_set], bs[valid_set])
-        n = len(self.block_file)
-        if shard is not None:
-            n = n // shard[1]
-        self.total_points = int(n)
-        self.iteration_size = (n // self.batch_size if self.drop_last else -(-n // self.batch_size))
-        self._norm = self._normalisation()
-        self._labels_all = self._label_matrix()
+        b = split_blocks(s, c, valid_files)
+        self.block_file, self.block_start, self.block_row, self.block_valid = b.file, b.start, b.row, b.valid
+        self._valid_blocks = b.held_out
+        self.total_points = len(self.block_file) // self._world
+        n = self.total_points
+        self.iteration_size = n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        self._norm = normaliser(s, self.normalize)
+        self._labels_all = label_matrix(s, self.label_kind)
         self._block_class = balance_classes(self.block_file, s.label_index, s.labels)
-        if balance is not None and not np.any(self._block_class >= 0):
-            raise ParameterError(f"balance={balance!r} needs labelled files; the {split} split of {s.path} "
-                                 "has none")
-
-        row_bytes = s.n_bins * s.dtype.itemsize
-        self._batch_bytes = self.batch_size * self.time_context * s.n_bins * 4
-        split_bytes = int(n_frames[np.unique(self.block_file)].sum()) * row_bytes
-        n_batch_buffers = PREFETCH + 2
-        self.out_of_core = (self.memory_limit is not None and
-                            split_bytes + n_batch_buffers * self._batch_bytes > self.memory_limit)
-        if self.out_of_core:
-            self._window_rows = window_budget(self.memory_limit, row_bytes=row_bytes,
-                                              batch_bytes=self._batch_bytes,
-                                              n_batch_buffers=n_batch_buffers,
-                                              time_context=self.time_context)
-        elif self.memory_limit is not None and n_batch_buffers * self._batch_bytes > self.memory_limit:
-            raise ParameterError(f"memory_limit={self.memory_limit} bytes is smaller than "
-                                 f"{n_batch_buffers} batches ({n_batch_buffers * self._batch_bytes} bytes)")
-
-    # --- set-up -----------------------------------------------------------------------------
-    def _split_mask(self, bf: np.ndarray, valid_files) -> np.ndarray:
-        s = self.store
-        rng = np.random.default_rng((self.seed, 0x5E11))
-        if valid_files is not None:
-            where = {p: i for i, p in enumerate(s.paths)}
-            missing = [p for p in valid_files if p not in where]
-            if missing:
-                raise ParameterError(f"valid_files {missing[:5]} are not in the store")
-            files = np.zeros(len(s), bool)
-            files[[where[p] for p in valid_files]] = True
-            return files[bf]
-        if self.split_by == "block":
-            mask = np.zeros(len(bf), bool)
-            mask[rng.permutation(len(bf))[: int(round(self.valid_fraction * len(bf)))]] = True
-            return mask
-        files = np.zeros(len(s), bool)
-        strata = s.label_index
-        for c in np.unique(strata):
-            members = np.flatnonzero(strata == c)
-            k = int(round(self.valid_fraction * len(members)))
-            files[rng.permutation(members)[:k]] = True
-        return files[bf]
-
-    def _normalisation(self) -> dict:
-        if not self.normalize:
-            return {}
-        st = self.store.stats
-        if "mean" not in st:
-            raise ParameterError(f"{self.store.path} has no statistics to normalise with")
-        mean = np.asarray(st["mean"], np.float64)
-        if self.normalize == "standard":
-            std = np.maximum(np.asarray(st["std"], np.float64), _STD_FLOOR)
-            return {"mean": mean.astype(np.float32), "scale": (1.0 / std).astype(np.float32)}
-        cov = np.asarray(st["cov"], np.float64)
-        eig, vec = np.linalg.eigh(cov)
-        eps = 1e-6 * max(float(eig.max()), _STD_FLOOR)  # keeps near-silent directions bounded
-        return {"mean": mean.astype(np.float32), "proj": (vec / np.sqrt(np.maximum(eig, 0) + eps)).astype(np.float32)}
-
-    def _label_matrix(self) -> np.ndarray:
-        s = self.store
-        if self.label_kind == "index":
-            return s.label_index.astype(np.int64)
-        if self.label_kind == "multihot":
-            return s.labels.astype(np.float32)
-        onehot = np.zeros((len(s), len(s.classes)), np.float32)
-        idx = s.label_index
-        onehot[np.flatnonzero(idx >= 0), idx[idx >= 0]] = 1.0
-        return onehot
+        if self.balance is not None and not np.any(self._block_class >= 0):
+            raise ParameterError(f"balance={self.balance!r} needs labelled files; the {self.split} split of "
+                                 f"{s.path} has none")
+        self.out_of_core, self._window_rows = budget(s, self.block_file, batch_size=self.batch_size,
+                                                     time_context=self.time_context, memory_limit=self.memory_limit)
+        self._order = EpochOrder(self.block_row, self.block_valid, self.seed, self.shuffle,
+                                 self._block_class if self.balance else None,
+                                 self._window_rows if self.out_of_core else None)
 
     # --- order ------------------------------------------------------------------------------
-    def _counts(self, epoch: int) -> np.ndarray | None:
-        """Times each block is served in ``epoch`` (balanced), or None (every block once)."""
-        if self.balance is None:
-            return None
-        return balanced_counts(self._block_class, len(self.block_file), seed=self.seed, epoch=epoch)
-
-    def _windows(self, epoch: int, start: int = 0) -> list[Window]:
-        """This rank's windows of ``epoch``, dealt from global position ``start`` (see memstore.order)."""
-        counts = self._counts(epoch)
-        if self.out_of_core:
-            return plan_epoch(self.block_row, self.block_valid, window_rows=self._window_rows,
-                              seed=self.seed, epoch=epoch, shard=self.shard, shuffle=self.shuffle,
-                              counts=counts, start=start)
-        n = len(self.block_file)
-        if counts is not None:
-            order = np.random.default_rng((self.seed, int(epoch))).permutation(
-                np.repeat(np.arange(n, dtype=np.int64), counts))
-        else:
-            order = (np.random.default_rng((self.seed, int(epoch))).permutation(n) if self.shuffle
-                     else np.arange(n))
-        if self.shard is not None or start:
-            rank, world = self.shard or (0, 1)
-            order = order[deal(n, rank, world, start)]
-        empty = np.zeros(0, np.int64)
-        return [Window(empty, empty, empty, 0, order, self.block_row[order])]
-
     @property
     def _world(self) -> int:
         return 1 if self.shard is None else self.shard[1]
 
     def _n_batches(self, start: int) -> int:
         """Batches of this rank in an epoch dealt from global position ``start``."""
-        n = max(0, (len(self.block_file) - start) // self._world)
+        n = self._order.per_rank(self._world, start)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def order(self, epoch: int | None = None) -> np.ndarray:
@@ -303,65 +185,35 @@ class BatchStream:
         shard or position), the order starts at the resume point.
         """
         epoch = self.epoch if epoch is None else int(epoch)
-        ws = self._windows(epoch, self._origin if epoch == self.epoch else 0)
-        return np.concatenate([w.blocks for w in ws]) if ws else np.zeros(0, np.int64)
+        return self._order.blocks(epoch, self.shard, self._origin if epoch == self.epoch else 0)
 
     # --- batches ----------------------------------------------------------------------------
-    def _job(self) -> _Job:
-        s = self.store
-        return _Job(batch_size=self.batch_size, time_context=self.time_context, n_bins=s.n_bins,
-                    n_batches=self._n_batches(self._origin), take=self._take, layout=self.layout,
-                    block_valid=self.block_valid,
-                    block_file=self.block_file, labels=self._labels_all, norm=self._norm,
-                    features=None if self.out_of_core else np.asarray(s.features),
-                    path=s.source, data_offset=s.data_offset, dtype=s.dtype,
-                    window_rows=self._window_rows if self.out_of_core else 0, return_file=self.return_file)
-
-    def _start(self, epoch: int, first_batch: int):
+    def _start(self, epoch: int, first_batch: int) -> None:
         self._stop_active()
-        stop = threading.Event()
-        # the producer gets a snapshot of the arrays it reads, never ``self``: a thread is a GC
-        # root, and a thread holding the stream would keep it (and itself) alive forever
-        gen = _produce(self._job(), self._windows(epoch, self._origin), first_batch, stop)
-        if not self.prefetch:
-            self._holder[0] = (gen, None, stop)
-            return
-        q: queue.Queue = queue.Queue(maxsize=PREFETCH)
-        t = threading.Thread(target=_run_producer, args=(gen, q, stop), name="memstore-batches", daemon=True)
-        self._holder[0] = (q, t, stop)
-        t.start()
+        s = self.store
+        job = Job(batch_size=self.batch_size, time_context=self.time_context, n_bins=s.n_bins,
+                  n_batches=self._n_batches(self._origin), take=self._take, layout=self.layout,
+                  block_valid=self.block_valid, block_file=self.block_file, labels=self._labels_all, norm=self._norm,
+                  features=None if self.out_of_core else np.asarray(s.features), path=s.source,
+                  data_offset=s.data_offset, dtype=s.dtype, window_rows=self._window_rows,
+                  return_file=self.return_file)
+        # the producer gets a snapshot of the arrays it reads (``job``), never ``self``
+        batches = produce(job, self._order.windows(epoch, self.shard, self._origin), first_batch)
+        self._holder[0] = start_producer(batches, depth=PREFETCH, name="memstore-batches", what="batch producer",
+                                         threaded=self.prefetch)
 
     @property
     def _active(self):
         return self._holder[0]
 
-    def _next_item(self):
-        src, thread, _ = self._active
-        if thread is None:
-            return next(src, _END)
-        while True:  # bounded waits: a producer that died without a word is an error, not a hang
-            try:
-                item = src.get(timeout=_POLL_S)
-                break
-            except queue.Empty:
-                if not thread.is_alive() and src.empty():
-                    raise RuntimeError("the batch producer thread ended without a result") from None
-        if isinstance(item, BaseException):
-            raise item
-        return item
-
     def _stop_active(self) -> None:
-        _stop_active(self._holder)
+        _close_active(self._holder)
 
     def __iter__(self):
         """One epoch of ``(x, y)`` (or ``(x, y, file)``) batches, from the current position."""
-        epoch, first = self.epoch, self.iteration_step
-        self._start(epoch, first)
+        self._start(self.epoch, self.iteration_step)
         try:
-            while True:
-                item = self._next_item()
-                if item is _END:
-                    break
+            while (item := next(self._active, None)) is not None:
                 self.iteration_step += 1
                 yield item
         finally:
@@ -381,12 +233,12 @@ class BatchStream:
                                  f"{self.batch_size}")
         if self._active is None:
             self._start(self.epoch, self.iteration_step)
-        item = self._next_item()
-        if item is _END:
+        item = next(self._active, None)
+        if item is None:
             self._stop_active()
             self._next_epoch()
             self._start(self.epoch, 0)
-            item = self._next_item()
+            item = next(self._active)
         self.iteration_step += 1
         return item
 
@@ -394,18 +246,8 @@ class BatchStream:
         return self.iteration_size
 
     # --- state ------------------------------------------------------------------------------
-    def _fingerprint(self) -> list:
-        """What fixes the epochs' global sequences (the shard does not: states load at any world size)."""
-        return [len(self.block_file), self.batch_size, self.time_context, self.step, self.split,
-                self.valid_fraction, self.shuffle, self.drop_last, self.out_of_core,
-                self._window_rows if self.out_of_core else 0, self.balance, str(self.store.path),
-                self.store.generation]
-
     def _fingerprint_v1(self) -> list:
-        """The format-1 fingerprint (before elastic resume), which included the shard."""
-        return [len(self.block_file), self.batch_size, self.time_context, self.step, self.split,
-                self.valid_fraction, self.shuffle, self.drop_last, list(self.shard or []), self.out_of_core,
-                str(self.store.path), self.store.generation]
+        return state.fingerprint_v1(self)
 
     def state_dict(self) -> dict:
         """A few scalars that resume the epoch where it is, at this or any other world size.
@@ -416,16 +258,9 @@ class BatchStream:
         stream with ``shard=(rank, M)`` for any ``M`` (see :meth:`load_state_dict`). A state
         saved after an epoch's last batch points at the start of the next epoch.
         """
-        if self.iteration_step >= self._n_batches(self._origin):
-            epoch, position = self.epoch + 1, 0
-        else:
-            epoch = self.epoch
-            position = self._origin + self.iteration_step * self.batch_size * self._world
-        return {"format": STATE_FORMAT, "epoch": int(epoch), "position": int(position), "seed": self.seed,
-                "shard": list(self.shard) if self.shard else None, "iteration_step": self.iteration_step,
-                "fingerprint": self._fingerprint()}
+        return state.state_of(self)
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state_dict: dict) -> None:
         """Resume from :meth:`state_dict`, possibly saved at another world size (elastic resume).
 
         The rest of the saved epoch, from its global position on, is dealt round-robin among
@@ -435,46 +270,9 @@ class BatchStream:
         match. A format-1 state (saved before elastic resume, it has no ``"format"`` key) loads
         only at the shard it was saved with; otherwise it raises ``ParameterError``.
         """
-        if not isinstance(state, dict):
-            raise ParameterError(f"state must be a dict from state_dict(); got {type(state).__name__}")
-        if "format" not in state:
-            self._load_v1(state)
-            return
-        if state.get("format") != STATE_FORMAT:
-            raise ParameterError(f"state_dict format {state.get('format')!r} is not supported "
-                                 f"(this memstore reads formats 1 and {STATE_FORMAT})")
-        if state.get("fingerprint") != self._fingerprint() or state.get("seed") != self.seed:
-            raise ParameterError("this state_dict belongs to a stream with other settings or another store")
-        epoch, position = state.get("epoch"), state.get("position")
-        n = len(self.block_file)
-        for name, v, high in (("epoch", epoch, None), ("position", position, n)):
-            if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 0 or (high is not None and v > high):
-                raise ParameterError(f"state_dict {name}={v!r} must be an integer in [0, {high or 'inf'}]")
+        epoch, origin, step = state.resume_point(self, state_dict)
         self._stop_active()
-        self.epoch = int(epoch)
-        per_step = self.batch_size * self._world
-        if position % per_step == 0:  # a step boundary of this world size: the epoch's own dealing
-            self._origin, self.iteration_step = 0, int(position) // per_step
-        else:
-            self._origin, self.iteration_step = int(position), 0
-
-    def _load_v1(self, state: dict) -> None:
-        fingerprint = state.get("fingerprint")
-        if self.balance is not None:
-            raise ParameterError("a format-1 state_dict (no 'format' key) predates balance= and cannot resume "
-                                 "a balanced stream")
-        if (isinstance(fingerprint, list) and len(fingerprint) == 12 and state.get("seed") == self.seed
-                and fingerprint[8] != list(self.shard or []) and
-                fingerprint[:8] + fingerprint[9:] == self._fingerprint_v1()[:8] + self._fingerprint_v1()[9:]):
-            raise ParameterError(f"this format-1 state_dict (no 'format' key) was saved with shard="
-                                 f"{fingerprint[8] or None} and loads only at that shard; load it there and save "
-                                 "it again to resume at another world size")
-        if fingerprint != self._fingerprint_v1() or state.get("seed") != self.seed:
-            raise ParameterError("this state_dict belongs to a stream with other settings or another store")
-        self._stop_active()
-        self.epoch = int(state["epoch"])
-        self.iteration_step = int(state["iteration_step"])
-        self._origin = 0
+        self.epoch, self._origin, self.iteration_step = epoch, origin, step
 
     # --- whole arrays (the tutorial's getData) ----------------------------------------------
     def _materialise(self, bf: np.ndarray, bs: np.ndarray):
@@ -487,7 +285,7 @@ class BatchStream:
         rows = s.index["offset"][bf] + bs
         valid = np.minimum(self.time_context, s.index["n_frames"][bf] - bs)
         gather_blocks(np.asarray(s.features), rows, valid, out, **self._norm)
-        return _shape(out, self.layout), self._labels_all[bf]
+        return shape(out, self.layout), self._labels_all[bf]
 
     def get_validation(self):
         """``(features_valid, labels_valid)``: every validation block, in store order."""
@@ -507,18 +305,11 @@ class BatchStream:
         rarest label, as ``balance="class"`` counts; blocks of unlabelled files count in no class,
         so the shares sum to less than 1 when the split has some (unbalanced streams only).
         """
-        order = self.order(epoch)
-        rng = np.random.default_rng((self.seed, 0x610B))
-        glob = rng.permutation(len(self.block_file))[: len(order)]
-        cls = self._block_class[order]
-        shares = np.bincount(cls[cls >= 0], minlength=len(self.store.classes)) / max(len(order), 1)
-        return {
-            "stream": shuffle_quality(self.block_file[order], self.block_row[order], self.batch_size),
-            "global_shuffle": shuffle_quality(self.block_file[glob], self.block_row[glob], self.batch_size),
-            "out_of_core": self.out_of_core,
-            "balance": self.balance,
-            "class_shares": {str(c): float(v) for c, v in zip(self.store.classes, shares, strict=True)},
-        }
+        rep = order_report(self.order(epoch), block_file=self.block_file, block_row=self.block_row,
+                           block_class=self._block_class, classes=self.store.classes, batch_size=self.batch_size,
+                           seed=self.seed)
+        return {"stream": rep["stream"], "global_shuffle": rep["global_shuffle"], "out_of_core": self.out_of_core,
+                "balance": self.balance, "class_shares": rep["class_shares"]}
 
     def close(self) -> None:
         """Stop the background thread; close the store if the stream opened it."""
@@ -537,141 +328,8 @@ class BatchStream:
                 f"{self.batch_size}, {'out of core' if self.out_of_core else 'in memory'}, epoch {self.epoch}>")
 
 
-_END = object()
-#: how often blocked producers and consumers look at their stop event / the other side
-_POLL_S = 0.1
-#: how long stopping waits for a producer before giving up with a warning
-_JOIN_S = 30.0
-
-
-@dataclass(frozen=True, eq=False)
-class _Job:
-    """What a producer reads: arrays and scalars of the stream, but not the stream itself."""
-
-    batch_size: int
-    time_context: int
-    n_bins: int
-    n_batches: int
-    take: tuple       # (offset, stride): assemble only batches b with (b - first) % stride == offset
-    layout: str
-    block_valid: np.ndarray
-    block_file: np.ndarray
-    labels: np.ndarray
-    norm: dict
-    features: np.ndarray | None   # the store's mapping (in memory), or None (out of core)
-    path: object
-    data_offset: int
-    dtype: np.dtype
-    window_rows: int
-    return_file: bool
-
-
-def _shape(x: np.ndarray, layout: str) -> np.ndarray:
-    if layout == "NCTF":
-        return x[:, None]
-    if layout == "NTFC":
-        return x[..., None]
-    if layout == "NFTC":
-        return np.ascontiguousarray(x.transpose(0, 2, 1))[..., None]
-    return x
-
-
-def _produce(job: _Job, ws: list[Window], first_batch: int, stop: threading.Event):
-    """Yield (x, y) or (x, y, file) from the windows ``ws`` of an epoch, from batch ``first_batch`` on."""
-    counts = np.array([len(w.blocks) for w in ws], np.int64)
-    cum = np.r_[0, np.cumsum(counts)]
-    if job.n_batches == 0 or first_batch >= job.n_batches:
-        return
-    first_pos = first_batch * job.batch_size
-    w_idx = int(np.searchsorted(cum, first_pos, side="right") - 1)
-    if job.features is None:
-        reader = WindowReader(job.path, job.data_offset, job.n_bins, job.dtype, ws[w_idx:], job.window_rows)
-        windows = iter(reader)
-    else:
-        reader = None
-        windows = iter([(ws[0], job.features)])
-    try:
-        w, buf = next(windows)
-        total = int(cum[-1])
-        offset, stride = job.take
-        for b in range(first_batch, job.n_batches):
-            if stop.is_set():
-                return
-            if (b - first_batch) % stride != offset:
-                continue
-            pos = b * job.batch_size
-            size = min(job.batch_size, total - pos)
-            out = np.empty((size, job.time_context, job.n_bins), np.float32)
-            ids = np.empty(size, np.int64)
-            filled = 0
-            while filled < size:
-                while pos >= cum[w_idx + 1]:
-                    w, buf = next(windows)
-                    w_idx += 1
-                k = pos - int(cum[w_idx])
-                take = min(size - filled, int(cum[w_idx + 1]) - pos)
-                blk = w.blocks[k:k + take]
-                gather_blocks(buf, w.src_row[k:k + take], job.block_valid[blk], out[filled:filled + take],
-                              **job.norm)
-                ids[filled:filled + take] = blk
-                filled += take
-                pos += take
-            files = job.block_file[ids]
-            if job.return_file:
-                yield _shape(out, job.layout), job.labels[files], files
-            else:
-                yield _shape(out, job.layout), job.labels[files]
-    finally:
-        if reader is not None:
-            reader.close()
-
-
-def _put(q: queue.Queue, item, stop: threading.Event) -> bool:
-    """Put ``item`` unless ``stop`` is set first; False if it was not put."""
-    while not stop.is_set():
-        try:
-            q.put(item, timeout=_POLL_S)
-            return True
-        except queue.Full:
-            continue
-    return False
-
-
-def _run_producer(gen, q: queue.Queue, stop: threading.Event) -> None:
-    """Thread target: move batches from ``gen`` into ``q`` until the end, an error or ``stop``."""
-    try:
-        for item in gen:
-            if not _put(q, item, stop):
-                return
-        _put(q, _END, stop)
-    except BaseException as err:  # handed to the consumer
-        _put(q, err, stop)
-    finally:
-        gen.close()
-
-
-def _stop_active(holder: list) -> None:
+def _close_active(holder: list) -> None:
     """Stop the producer in ``holder[0]`` and wait for its thread (also the stream's finalizer)."""
-    active = holder[0]
-    holder[0] = None
-    if active is None:
-        return
-    src, thread, stop = active
-    stop.set()
-    if thread is None:
-        src.close()
-        return
-    if thread is threading.current_thread():
-        return  # collected by the producer's own garbage collection: it sees ``stop`` and ends
-    deadline = time.monotonic() + _JOIN_S
-    while thread.is_alive():
-        try:  # free the queue's memory; the producer itself stops on ``stop`` within _POLL_S
-            while True:
-                src.get_nowait()
-        except queue.Empty:
-            pass
-        if time.monotonic() > deadline:
-            warnings.warn(f"memstore: batch producer thread did not stop within {_JOIN_S:.0f} s",
-                          ResourceWarning, stacklevel=2)
-            return
-        thread.join(timeout=_POLL_S)
+    active, holder[0] = holder[0], None
+    if active is not None:
+        active.close()

@@ -18,15 +18,15 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._validate import positive_int
 from .errors import ParameterError
 
 __all__ = ["block_counts", "block_table"]
 
 
 def _check(n_frames, time_context, step) -> np.ndarray:
-    for name, v in (("time_context", time_context), ("step", step)):
-        if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 1:
-            raise ParameterError(f"{name}={v!r} must be a positive integer")
+    positive_int("time_context", time_context)
+    positive_int("step", step)
     n = np.asarray(n_frames)
     if n.ndim != 1 or (n.size and not np.issubdtype(n.dtype, np.integer)):
         raise ParameterError("n_frames must be a one-dimensional array of integers")

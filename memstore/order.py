@@ -1,4 +1,36 @@
-"""Epoch order helpers shared by both paths: class-balanced draws and elastic dealing.
+"""Epoch order: which block is served when, for the in-memory and the paged path alike.
+
+Everything here is a pure function of ``(seed, epoch)`` and the split's block
+table (MosaicML streaming's shuffles are the model): no I/O, no threads.
+:class:`EpochOrder` gives an epoch as a list of :class:`Window` objects -- one
+window over the whole store map in memory, the pager's windows out of core --
+and both paths deal it to ranks by one rule, :func:`deal_windows`.
+
+In memory
+---------
+The epoch's global sequence is ``default_rng((seed, epoch)).permutation(n)``
+(``arange(n)`` with ``shuffle=False``), or, for a balanced epoch, the same
+generator's permutation of the drawn multiset ``repeat(arange(n), counts)``.
+
+Out of core (:func:`plan_epoch`)
+--------------------------------
+Blocks, in store order, are grouped into *pages*: contiguous runs of rows no
+longer than ``page_rows`` that hold whole blocks (consecutive pages of one
+long file overlap by up to ``time_context - 1`` rows, so every block lies
+inside one page). For epoch ``e`` and seed ``s``:
+
+1. the pages are shuffled with ``np.random.default_rng((s, e))``;
+2. windows are filled greedily with pages in that order, up to
+   ``window_rows`` rows; inside a window the pages are sorted by row, so the
+   pager reads them with large sequential reads into a preallocated buffer;
+3. the blocks of a window are shuffled among themselves (same generator).
+
+A window mixes about ``window_rows / page_rows`` (at least 16 when the budget
+allows) pages drawn from the whole store, so a batch holds blocks of many
+files and classes even when the store was written class by class (ffcv's
+QuasiRandom repeats classes within a batch; see ``docs/outofcore.md``).
+A balanced epoch passes per-block ``counts``: pages without a drawn block are
+left out, and a repeated block is served repeatedly from its window.
 
 Balanced epochs (``balance="class"``)
 --------------------------------------
@@ -15,11 +47,10 @@ replacement: a minority class's blocks are repeated as evenly as possible, a
 majority class is sampled down, and the class shares of an epoch are equal
 within one block. The draw is a pure function of ``(seed, epoch)``; it
 returns per-block multiplicities (``counts``), which either path turns into an
-order (a permutation of the multiset in memory; the pager's windows out of
-core, see :func:`memstore.pager.plan_epoch`).
+order as above.
 
-Elastic dealing
----------------
+Dealing to ranks (elastic)
+--------------------------
 An epoch is one global sequence of blocks, the same for every world size.
 With ``shard=(rank, world)`` it is dealt round-robin from a start position
 ``start`` (0 for a fresh epoch): rank ``r`` gets positions
@@ -27,17 +58,100 @@ With ``shard=(rank, world)`` it is dealt round-robin from a start position
 After ``k`` blocks per rank the ranks together have consumed exactly the
 prefix ``[start, start + k * world)``, so one number -- the global position --
 says what is left, and the rest can be dealt among any number of ranks
-(:func:`deal`).
+(:func:`deal`). Windows wholly before ``start`` are left out (not read).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
-__all__ = ["balance_classes", "balanced_counts", "deal"]
+from .errors import ParameterError
+
+__all__ = ["EpochOrder", "Window", "balance_classes", "balanced_counts", "deal", "deal_windows", "plan_pages",
+           "plan_epoch", "shuffle_quality", "order_report", "MIN_PAGES_PER_WINDOW"]
 
 #: separates the balanced draw's random stream from the shuffle's ``(seed, epoch)`` stream
 _BALANCE_TAG = 0xBA1A
+#: a window should mix at least this many pages when the budget allows
+MIN_PAGES_PER_WINDOW = 16
+#: seeds the global shuffle that :func:`order_report` compares an order with
+_REPORT_TAG = 0x610B
+
+
+@dataclass(frozen=True)
+class Window:
+    """Blocks served from one resident window of an epoch (in memory: the whole store map)."""
+
+    row_start: np.ndarray   # int64 (pages,): absolute store rows read
+    row_stop: np.ndarray
+    buf_start: np.ndarray   # int64 (pages,): where each page lands in the buffer
+    n_rows: int
+    blocks: np.ndarray      # int64: block ids in serving order
+    src_row: np.ndarray     # int64: buffer row where each served block starts
+
+
+@dataclass(frozen=True, eq=False)
+class EpochOrder:
+    """The order of every epoch of one split, on either path.
+
+    Parameters
+    ----------
+    block_row : int64 array [shape=(n_blocks,)]
+        Absolute store row where each block starts, sorted (the split's block table).
+    block_valid : int64 array [shape=(n_blocks,)]
+        Real rows of each block (``time_context``, or fewer for a short file).
+    seed : int
+    shuffle : bool
+        False: store order, file by file and by start frame (``seed`` unused).
+    block_class : int64 array [shape=(n_blocks,)], optional
+        Balancing class of each block: every epoch is a balanced draw. None: every block once.
+    window_rows : int, optional
+        Rows per window buffer: the paged order (:func:`plan_epoch`). None: in memory.
+    """
+
+    block_row: np.ndarray
+    block_valid: np.ndarray
+    seed: int
+    shuffle: bool = True
+    block_class: np.ndarray | None = None
+    window_rows: int | None = None
+
+    def __len__(self) -> int:
+        """Blocks in an epoch's global sequence (a balanced draw is as long as the split)."""
+        return len(self.block_row)
+
+    def counts(self, epoch: int) -> np.ndarray | None:
+        """Times each block is served in ``epoch`` (balanced), or None (every block once)."""
+        if self.block_class is None:
+            return None
+        return balanced_counts(self.block_class, len(self), seed=self.seed, epoch=epoch)
+
+    def windows(self, epoch: int, shard=None, start: int = 0) -> list[Window]:
+        """The windows of ``epoch`` with the blocks rank ``shard[0]`` serves, dealt from ``start``."""
+        counts = self.counts(epoch)
+        if self.window_rows is not None:
+            return plan_epoch(self.block_row, self.block_valid, window_rows=self.window_rows, seed=self.seed,
+                              epoch=epoch, shard=shard, shuffle=self.shuffle, counts=counts, start=start)
+        n = len(self)
+        rng = np.random.default_rng((self.seed, int(epoch)))
+        if counts is not None:
+            order = rng.permutation(np.repeat(np.arange(n, dtype=np.int64), counts))
+        else:
+            order = rng.permutation(n) if self.shuffle else np.arange(n)
+        empty = np.zeros(0, np.int64)
+        whole = [Window(empty, empty, empty, 0, order, self.block_row[order])]
+        return deal_windows(whole, shard, start) if shard is not None or start else whole
+
+    def blocks(self, epoch: int, shard=None, start: int = 0) -> np.ndarray:
+        """Block ids in the order rank ``shard[0]`` serves them in ``epoch`` (see :meth:`windows`)."""
+        ws = self.windows(epoch, shard, start)
+        return np.concatenate([w.blocks for w in ws]) if ws else np.zeros(0, np.int64)
+
+    def per_rank(self, world: int = 1, start: int = 0) -> int:
+        """Blocks each of ``world`` ranks serves in an epoch dealt from ``start``."""
+        return max(0, (len(self) - start) // world)
 
 
 def balance_classes(block_file: np.ndarray, label_index: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -101,3 +215,165 @@ def deal(n: int, rank: int, world: int, start: int = 0) -> np.ndarray:
     """
     per_rank = max(0, (n - start) // world)
     return start + rank + world * np.arange(per_rank, dtype=np.int64)
+
+
+def deal_windows(windows: list[Window], shard, start: int = 0) -> list[Window]:
+    """The one sharding rule: the windows' global block sequence dealt to ``shard`` by :func:`deal`.
+
+    Every rank computes the same windows and keeps its own blocks of each (out of
+    core every rank reads every window: I/O grows with the world size on one
+    machine's page cache; see docs/outofcore.md). Windows wholly before ``start``
+    are left out: nothing in them is served, so they are not read.
+    """
+    rank, world = shard or (0, 1)
+    sizes = np.array([len(w.blocks) for w in windows], np.int64)
+    bounds = np.r_[0, np.cumsum(sizes)].astype(np.int64)
+    total = int(bounds[-1])
+    if not 0 <= start <= total:
+        raise ParameterError(f"start={start} must lie in the epoch's {total} blocks")
+    pos = deal(total, rank, world, start)
+    cut = np.searchsorted(pos, bounds)  # this rank's positions inside window i: pos[cut[i]:cut[i + 1]]
+    out = []
+    for i, w in enumerate(windows):
+        if start and bounds[i + 1] <= start:
+            continue
+        keep = pos[cut[i]:cut[i + 1]] - bounds[i]
+        out.append(Window(w.row_start, w.row_stop, w.buf_start, w.n_rows, w.blocks[keep], w.src_row[keep]))
+    return out
+
+
+def plan_pages(block_row: np.ndarray, block_valid: np.ndarray, page_rows: int):
+    """Group blocks (sorted by absolute row) into pages of at most ``page_rows`` rows.
+
+    Returns ``(page_of_block, page_start, page_stop)``.
+    """
+    n = len(block_row)
+    ends = block_row + block_valid
+    if n and np.any(np.diff(block_row) < 0):
+        raise ParameterError("blocks must be sorted by row to be paged")
+    run_end = np.maximum.accumulate(ends) if n else ends
+    starts_idx = []
+    i = 0
+    while i < n:  # one step per page, not per block
+        starts_idx.append(i)
+        j = int(np.searchsorted(run_end, block_row[i] + page_rows, side="right"))
+        i = max(j, i + 1)
+    first = np.asarray(starts_idx, dtype=np.int64)
+    page_of_block = np.repeat(np.arange(len(first), dtype=np.int64), np.diff(np.r_[first, n]))
+    page_start = block_row[first] if n else np.zeros(0, np.int64)
+    last = np.r_[first[1:], n] - 1
+    page_stop = run_end[last] if n else np.zeros(0, np.int64)
+    return page_of_block, page_start.astype(np.int64), page_stop.astype(np.int64)
+
+
+def plan_epoch(block_row, block_valid, *, window_rows: int, seed: int, epoch: int, shard=None,
+               page_rows: int | None = None, shuffle: bool = True, counts=None, start: int = 0) -> list[Window]:
+    """The windows of one paged epoch (see the module notes); a pure function of its arguments.
+
+    Parameters
+    ----------
+    block_row : int64 array
+        Absolute store row where each block of the split starts, sorted.
+    block_valid : int64 array
+        Real rows of each block (``time_context``, or fewer for short files).
+    window_rows : int
+    seed, epoch : int
+    shard : (rank, world_size), optional
+        Each rank gets every ``world``-th block of the epoch's sequence, cut to a common length.
+    start : int
+        Position in the epoch's global sequence where the dealing to ranks begins (an elastic
+        resume, :func:`deal_windows`); earlier blocks go to nobody and windows left without a
+        block of this rank are not read.
+    page_rows : int, optional
+        Default ``max(max block rows, window_rows // 16)``.
+    shuffle : bool
+        False: pages and blocks in store order (steps 1 and 3 skipped; ``seed`` and
+        ``epoch`` unused), so the epoch is served file by file, each by start frame.
+    counts : int array [shape=(n_blocks,)], optional
+        Times each block is served (a balanced draw); default once each.
+    """
+    block_row = np.asarray(block_row, dtype=np.int64)
+    block_valid = np.asarray(block_valid, dtype=np.int64)
+    longest = int(block_valid.max()) if len(block_valid) else 1
+    if page_rows is None:
+        page_rows = max(longest, window_rows // MIN_PAGES_PER_WINDOW)
+    if page_rows > window_rows or longest > page_rows:
+        raise ParameterError(f"window_rows={window_rows} must hold a page of {page_rows} rows and "
+                             f"the longest block ({longest} rows)")
+    page_of_block, p_start, p_stop = plan_pages(block_row, block_valid, page_rows)
+    counts = _check_counts(counts, len(block_row))
+    rng = np.random.default_rng((int(seed), int(epoch)))
+    order = rng.permutation(len(p_start)) if shuffle else np.arange(len(p_start))
+    if counts is not None:  # pages with nothing to serve this epoch are never read
+        order = order[np.bincount(page_of_block, weights=counts, minlength=len(p_start))[order] > 0]
+    page_first = np.searchsorted(page_of_block, np.arange(len(p_start) + 1))  # blocks are sorted by page
+    out = []
+    for pages in _pack(order, (p_stop - p_start)[order], window_rows):
+        pages = np.sort(np.asarray(pages, dtype=np.int64))
+        rows = p_stop[pages] - p_start[pages]
+        buf = np.r_[0, np.cumsum(rows)[:-1]].astype(np.int64)
+        idx = np.concatenate([np.arange(page_first[p], page_first[p + 1]) for p in pages])
+        owner = np.repeat(np.arange(len(pages)), page_first[pages + 1] - page_first[pages])
+        src = buf[owner] + block_row[idx] - p_start[pages][owner]
+        if counts is not None:
+            src = np.repeat(src, counts[idx])
+            idx = np.repeat(idx, counts[idx])
+        perm = rng.permutation(len(idx)) if shuffle else np.arange(len(idx))
+        out.append(Window(p_start[pages], p_stop[pages], buf, int(rows.sum()), idx[perm], src[perm]))
+    if shard is not None or start:
+        out = deal_windows(out, shard, int(start))
+    return out
+
+
+def _check_counts(counts, n: int) -> np.ndarray | None:
+    if counts is None:
+        return None
+    counts = np.asarray(counts)
+    if counts.shape != (n,) or not np.issubdtype(counts.dtype, np.integer) or np.any(counts < 0):
+        raise ParameterError(f"counts must be {n} non-negative integers, one per block")
+    return counts.astype(np.int64)
+
+
+def _pack(order: np.ndarray, sizes: np.ndarray, window_rows: int) -> list[list[int]]:
+    """Greedy packing of the pages in ``order`` (of ``sizes`` rows) into windows of ``window_rows``."""
+    windows_of: list[list[int]] = []
+    cum = 0
+    cur: list[int] = []
+    for k, size in zip(order.tolist(), sizes.tolist(), strict=True):
+        if cur and cum + size > window_rows:
+            windows_of.append(cur)
+            cur, cum = [], 0
+        cur.append(k)
+        cum += size
+    if cur:
+        windows_of.append(cur)
+    return windows_of
+
+
+def shuffle_quality(block_file_order, block_row_order, batch_size: int) -> dict:
+    """Distinct files per batch and mean distance (rows) between consecutive blocks."""
+    f = np.asarray(block_file_order)
+    r = np.asarray(block_row_order, dtype=np.int64)
+    n = len(f) // batch_size * batch_size
+    distinct = (float(np.mean([len(np.unique(f[i:i + batch_size])) for i in range(0, n, batch_size)]))
+                if n else float("nan"))
+    step = float(np.abs(np.diff(r)).mean()) if len(r) > 1 else float("nan")
+    return {"distinct_files_per_batch": distinct, "mean_abs_step": step}
+
+
+def order_report(order: np.ndarray, *, block_file: np.ndarray, block_row: np.ndarray, block_class: np.ndarray,
+                 classes, batch_size: int, seed: int) -> dict:
+    """Shuffle quality of ``order`` against a global shuffle of the same blocks, and its class shares.
+
+    ``class_shares`` counts each block in its balancing class (:func:`balance_classes`);
+    blocks of class ``-1`` count in none, so the shares may sum to less than 1.
+    """
+    rng = np.random.default_rng((seed, _REPORT_TAG))
+    glob = rng.permutation(len(block_file))[: len(order)]
+    cls = block_class[order]
+    shares = np.bincount(cls[cls >= 0], minlength=len(classes)) / max(len(order), 1)
+    return {
+        "stream": shuffle_quality(block_file[order], block_row[order], batch_size),
+        "global_shuffle": shuffle_quality(block_file[glob], block_row[glob], batch_size),
+        "class_shares": {str(c): float(v) for c, v in zip(classes, shares, strict=True)},
+    }

@@ -173,7 +173,8 @@ def test_bad_arguments(store):
              (dict(batch_size=4, labels="soft"), "labels"), (dict(batch_size=4, normalize=True), "normalize"),
              (dict(batch_size=4, split="test"), "split"), (dict(batch_size=4, valid_fraction=1.5), "valid_fraction"),
              (dict(batch_size=4, shard=(3, 2)), "shard"), (dict(batch_size=4, memory_limit="lots"), "memory_limit"),
-             (dict(batch_size=64, memory_limit="1MB"), "too small")]
+             (dict(batch_size=64, memory_limit="1MB"), "too small"),
+             (dict(batch_size=4, normalize=0), r"normalize=0 must be one of")]  # 0 is not False (_validate.choice)
     for kw, match in cases:
         with pytest.raises(ParameterError, match=match):
             BatchStream(store, **kw)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 
 import numpy as np
@@ -113,3 +114,35 @@ def test_parse_memory_and_budget():
                          time_context=128) == 6_000_000 // 800
     with pytest.raises(ParameterError, match="too small.*need 4102400 bytes"):
         window_budget(1_000_000, row_bytes=400, batch_bytes=1_000_000, n_batch_buffers=4, time_context=128)
+
+
+def open_fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")
+def test_reader_without_prefetch_reads_in_the_callers_thread_and_closes_its_file(tmp_path):
+    data = np.random.default_rng(1).standard_normal((5000, 7)).astype(np.float32)
+    path = tmp_path / "raw.bin"
+    path.write_bytes(b"H" * 123 + data.tobytes())
+    rows, valid = table([1000, 1500, 2500], 64, 30)
+    windows = plan_epoch(rows, valid, window_rows=700, seed=1, epoch=0)
+    before_threads, before_fds = set(threading.enumerate()), open_fds()
+    for prefetch in (True, False):
+        reader = WindowReader(path, 123, 7, np.float32, windows, 700, prefetch=prefetch)
+        started = {t.name for t in set(threading.enumerate()) - before_threads}
+        assert started == ({"memstore-pager"} if prefetch else set())  # prefetch=False starts no thread
+        n = 0
+        for w, buf in reader:
+            assert w is windows[n]
+            for p in range(len(w.row_start)):
+                k = w.row_stop[p] - w.row_start[p]
+                np.testing.assert_array_equal(buf[w.buf_start[p]:w.buf_start[p] + k],
+                                              data[w.row_start[p]:w.row_stop[p]])
+            n += 1
+        assert n == len(windows)
+        assert open_fds() <= before_fds  # the file is closed at the end
+    reader = WindowReader(path, 123, 7, np.float32, windows, 700, prefetch=False)
+    next(reader)
+    reader.close()  # abandoned early: closed too
+    assert open_fds() <= before_fds

@@ -1,0 +1,219 @@
+"""Producer threads: one lifecycle for the batch producer and the pager's window reader.
+
+:func:`start` runs a *source* (any iterator; its ``close()``, if it has one,
+is called once when it ends) ahead of its consumer:
+
+- **threaded**: a daemon thread moves the source's items into a queue of
+  ``depth`` items. The consumer waits in bounded steps, so a thread that ended
+  without a word is a ``RuntimeError``, never a hang. An exception raised by
+  the source is handed over and raised in the consumer, with its traceback.
+- **inline** (``threaded=False``): the consumer pulls from the source itself;
+  same interface, no thread.
+
+Stopping. ``close()`` sets the stop event, calls ``wake`` (to free a source
+blocked on something of its own, such as the pager's free-buffer queue),
+drains the queue (freeing a producer blocked on a full one) and joins the
+thread; after ``JOIN_S`` it gives up with a ``ResourceWarning``. A source
+that waits on anything should poll ``stop`` with :func:`wait_get`.
+
+Who waits for whom. ``close()`` joins the thread unless it runs on a
+producer thread that did not start this one: a finalizer may run on any
+thread that happens to trigger a garbage collection, and a window reader
+running the finalizer of a dropped stream must not wait for that stream's
+batch producer, which may be waiting for the reader's next window. A user's
+thread joins what it closes; a producer joins only the producers it started
+(the batch producer its window reader), so no two threads ever wait for each
+other; a producer that is not joined still sees ``stop`` and ends.
+
+Garbage collection. The thread holds the source, the queue and the stop
+event, never the :class:`Prefetcher` (nor the object that owns it): a thread
+is a garbage-collection root, so a thread holding its owner would keep both
+alive forever. A ``weakref.finalize`` on the :class:`Prefetcher` runs
+``close()`` when it is collected, so an owner dropped without ``close()`` --
+a ``BatchStream`` or ``WindowReader`` forgotten mid-epoch, even in a
+reference cycle -- still ends its thread (``tests/test_threads.py``).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+import warnings
+import weakref
+
+__all__ = ["Prefetcher", "Inline", "start", "wait_get", "POLL_S", "JOIN_S"]
+
+#: how often blocked producers and consumers look at their stop event / the other side
+POLL_S = 0.1
+#: how long stopping waits for a producer before giving up with a warning
+JOIN_S = 30.0
+
+_END = object()
+#: ``producer`` is True on the threads that run :func:`_pump`
+_role = threading.local()
+
+
+class _Raised:
+    """An exception of the source, on its way to the consumer."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException):
+        self.error = error
+
+
+def start(source, *, depth: int, name: str, what: str, threaded: bool = True,
+          stop: threading.Event | None = None, wake=None) -> Prefetcher | Inline:
+    """A :class:`Prefetcher` over ``source``, or an :class:`Inline` one when ``threaded`` is False.
+
+    Parameters
+    ----------
+    source : iterator
+        Closed (``source.close()``, if it has one) once it ends, whatever happens.
+    depth : int
+        Items produced ahead (the queue's size).
+    name : str
+        The thread's name (``memstore-...``).
+    what : str
+        Names the producer in errors and warnings (``"batch producer"``).
+    stop : threading.Event, optional
+        The stop event, when the source polls it too (default: a new one).
+    wake : callable, optional
+        Called on close, after ``stop`` is set, to free a source blocked on its own queue.
+    """
+    if not threaded:
+        return Inline(source)
+    return Prefetcher(source, depth=depth, name=name, what=what, stop=stop, wake=wake)
+
+
+class Inline:
+    """The consumer pulls from ``source`` itself: the interface of :class:`Prefetcher`, no thread."""
+
+    def __init__(self, source):
+        self._source = source
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return next(self._source)
+
+    def close(self) -> None:
+        """Close the source (once)."""
+        source, self._source = self._source, iter(())
+        _close_source(source)
+
+
+class Prefetcher:
+    """Iterate ``source`` in a daemon thread, ``depth`` items ahead (see the module notes)."""
+
+    def __init__(self, source, *, depth: int, name: str, what: str, stop: threading.Event | None = None,
+                 wake=None):
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = stop if stop is not None else threading.Event()
+        self._what = what
+        self._done = False
+        self._thread = threading.Thread(target=_pump, args=(source, self._queue, self._stop), name=name,
+                                        daemon=True)
+        try:
+            self._thread.start()
+        except BaseException:
+            _close_source(source)
+            raise
+        self._finalizer = weakref.finalize(self, _halt, self._thread, self._queue, self._stop, wake, what,
+                                           threading.current_thread())
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self._done:
+            raise StopIteration
+        while True:  # bounded waits: a producer that died without a word is an error, not a hang
+            try:
+                item = self._queue.get(timeout=POLL_S)
+                break
+            except queue.Empty:
+                if not self._thread.is_alive() and self._queue.empty():
+                    self.close()
+                    raise RuntimeError(f"the {self._what} thread ended without a result") from None
+        if item is _END:
+            self._done = True
+            self.close()
+            raise StopIteration
+        if isinstance(item, _Raised):
+            self._done = True
+            self.close()
+            raise item.error
+        return item
+
+    def close(self) -> None:
+        """Stop and join the thread (idempotent; also the finalizer)."""
+        self._finalizer()
+
+
+def wait_get(q: queue.Queue, stop: threading.Event):
+    """The next item of ``q``, or None once ``stop`` is set: a wait that a stop always ends."""
+    while not stop.is_set():
+        try:
+            return q.get(timeout=POLL_S)
+        except queue.Empty:
+            continue
+    return None
+
+
+def _put(q: queue.Queue, item, stop: threading.Event) -> bool:
+    """Put ``item`` unless ``stop`` is set first; False if it was not put."""
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=POLL_S)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def _close_source(source) -> None:
+    close = getattr(source, "close", None)
+    if close is not None:
+        close()
+
+
+def _pump(source, q: queue.Queue, stop: threading.Event) -> None:
+    """Thread target: move items from ``source`` into ``q`` until the end, an error or ``stop``."""
+    _role.producer = True
+    try:
+        for item in source:
+            if not _put(q, item, stop):
+                return
+        _put(q, _END, stop)
+    except BaseException as err:  # handed to the consumer
+        _put(q, _Raised(err), stop)
+    finally:
+        _close_source(source)
+
+
+def _halt(thread: threading.Thread, q: queue.Queue, stop: threading.Event, wake, what: str,
+          creator: threading.Thread) -> None:
+    """Stop the producer and wait for its thread (``Prefetcher.close`` and its finalizer)."""
+    stop.set()
+    if wake is not None:
+        wake()
+    me = threading.current_thread()
+    if thread is me:
+        return  # collected by the producer's own garbage collection: it sees ``stop`` and ends
+    if getattr(_role, "producer", False) and me is not creator:
+        return  # another producer (see "Who waits for whom"): it may be waiting for this one
+    deadline = time.monotonic() + JOIN_S
+    while thread.is_alive():
+        try:  # free the queue's memory and a producer blocked on a full queue
+            while True:
+                q.get_nowait()
+        except queue.Empty:
+            pass
+        if time.monotonic() > deadline:
+            warnings.warn(f"memstore: {what} thread did not stop within {JOIN_S:.0f} s", ResourceWarning,
+                          stacklevel=2)
+            return
+        thread.join(timeout=POLL_S)
