@@ -72,6 +72,39 @@ def test_windows_mix_pages_from_across_the_store():
     assert first.row_start.max() - first.row_start.min() > 0.5 * rows.max()
 
 
+def _continuations(windows) -> float:
+    """Share of page reads that go on where a page of the previous window ended (a sequential stream)."""
+    hits = total = 0
+    for prev, w in zip(windows, windows[1:]):
+        for rs in w.row_start.tolist():
+            total += 1
+            # the previous window read a page that ends inside or just before this one: one lane, read on
+            hits += bool(np.any((prev.row_start < rs) & (rs <= prev.row_stop + 300)))
+    return hits / max(total, 1)
+
+
+def test_shuffled_windows_read_every_lane_front_to_back():
+    rows, valid = table([300] * 400, 128, 50)  # 120k rows, windows of 4800: 25+ windows
+    windows = plan_epoch(rows, valid, window_rows=16 * 300, seed=3, epoch=2)
+    assert len(windows) > 20
+    # page j of every lane: almost every page continues a lane read in the window before (the readahead's
+    # sequential streams); a random page order would continue almost none
+    assert _continuations(windows) > 0.9
+    assert all(len(w.row_start) >= 8 for w in windows[:-1])  # each window still mixes the store's stretches
+    # the first window is smaller than the rest: a lane's first page is 1/16 of a full one, doubling after
+    # (never less than the longest block, which here is 128 of a page's 300 rows)
+    assert windows[0].n_rows <= 0.5 * np.median([w.n_rows for w in windows])
+    rows, valid = table([300] * 400, 16, 8)
+    windows = plan_epoch(rows, valid, window_rows=16 * 300, seed=3, epoch=2)
+    assert windows[0].n_rows <= np.median([w.n_rows for w in windows]) / 8
+
+
+def test_lanes_start_at_a_new_place_every_epoch():
+    rows, valid = table([300] * 400, 128, 50)
+    firsts = {int(plan_epoch(rows, valid, window_rows=4800, seed=0, epoch=e)[0].row_start.min()) for e in range(6)}
+    assert len(firsts) >= 5
+
+
 def test_reader_returns_the_file_rows_and_stops_its_thread(tmp_path):
     data = np.random.default_rng(0).standard_normal((5000, 7)).astype(np.float32)
     path = tmp_path / "raw.bin"
