@@ -24,7 +24,7 @@ Each epoch runs in a child process of its own, which reports:
 - ``read/size``: ``read_bytes`` of ``/proc/self/io`` over the store's size (1.0 = no byte read twice);
 - ``rss+``: the peak resident set (sampled after every batch) above the child's
   resident set before the stream was made (target: within ``memory_limit`` + 100 MB),
-  and the absolute peak ``ru_maxrss`` of the child (interpreter, numba and imports included);
+  and the absolute peak ``VmHWM`` of the child (interpreter, numba and imports included);
 - ``mix``: distinct classes per batch over the same figure for a global shuffle of
   the same blocks (target >= 0.8).
 
@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -79,6 +78,15 @@ def _io_read_bytes() -> int:
         for line in f:
             if line.startswith("read_bytes:"):
                 return int(line.split()[1])
+    return -1
+
+
+def _hwm_bytes() -> int:
+    """VmHWM: this process's peak RSS (``ru_maxrss`` would carry the parent's peak over ``exec``)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
     return -1
 
 
@@ -123,7 +131,7 @@ def child(args) -> int:
     print(json.dumps({"wall": wall, "ttfb": ttfb, "blocks": n_blocks, "read_bytes": read,
                       "feature_bytes": feature_bytes, "file_bytes": os.path.getsize(args.store),
                       "rss_before": rss0, "rss_peak": peak,
-                      "maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                      "maxrss": _hwm_bytes(),
                       "out_of_core": stream.out_of_core,
                       "mix": float(np.mean(distinct)) / float(np.mean(glob)), "classes": n_classes}))
     store.close()
