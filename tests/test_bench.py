@@ -32,3 +32,20 @@ def test_distinct_rows_is_the_size_of_the_union(blocks):
     for r, v in blocks:
         covered.update(range(r, r + v))
     assert _distinct_rows(rows, valid) == len(covered)
+
+
+def test_bench_counts_whole_epochs_and_reports_the_first_batch(demo_store, capsys):
+    import json
+
+    from memstore import BatchStream
+    from memstore.cli import main
+
+    with BatchStream(demo_store, batch_size=8, split="all") as s:
+        per_epoch = len(s) * 8
+    assert main(["bench", str(demo_store), "--batch-size", "8", "--epochs", "2", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    # two epochs, less the first batch, whose wait is the time to first batch and not throughput
+    assert out["stream"]["blocks"] == 2 * per_epoch - 8
+    assert out["stream"]["epochs"] == 2 and out["stream"]["time_to_first_batch_s"] > 0
+    assert main(["bench", str(demo_store), "--epochs", "0"]) == 1
+    assert "--epochs 0" in capsys.readouterr().err

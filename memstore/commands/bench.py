@@ -27,7 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument("--step", type=int, default=50, help="hop between blocks in frames (default: 50)")
     parser.add_argument("--cold", action="store_true", help="evict the store from the page cache before each run")
     parser.add_argument("--max-batches", type=int, default=None, metavar="N",
-                        help="stop each measurement after N batches (default: one epoch)")
+                        help="stop each measurement after N batches (default: --epochs whole epochs)")
+    parser.add_argument("--epochs", type=int, default=1, metavar="N",
+                        help="whole epochs to time when --max-batches is not given (default: 1)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
 
 
@@ -74,30 +76,29 @@ def naive_random(store, rows, valid, t_ctx, limit_blocks, max_seconds=20.0) -> t
 
 def run(args: argparse.Namespace) -> int:
     from ..batches import BatchStream
+    from ..errors import ParameterError
     from ..slicer import warm_up
     from ..store import open_store
 
+    if args.epochs < 1 or (args.max_batches is not None and args.max_batches < 1):
+        raise ParameterError(f"--epochs {args.epochs} and --max-batches {args.max_batches} must be positive")
     results: dict = {"store": args.store, "cold": args.cold}
     with open_store(args.store) as store:
-        stream = BatchStream(store, batch_size=args.batch_size, time_context=args.time_context, step=args.step,
-                             split="all", memory_limit=args.memory_limit)
-        results["out_of_core"] = stream.out_of_core
         warm_up(store.dtype, store.n_bins)  # JIT start-up is not throughput
         frame_bytes = store.n_bins * store.dtype.itemsize
         if args.cold:
             results["evicted"] = evict(store.path)
-        n_blocks = 0
-        t0 = time.perf_counter()
-        for i, (x, _) in enumerate(stream):
-            n_blocks += len(x)
-            if args.max_batches and i + 1 >= args.max_batches:
-                break
-        dt = time.perf_counter() - t0
+        t_make = time.perf_counter()
+        stream = BatchStream(store, batch_size=args.batch_size, time_context=args.time_context, step=args.step,
+                             split="all", memory_limit=args.memory_limit)
+        results["out_of_core"] = stream.out_of_core
+        n_blocks, ttfb, dt, served = _time_stream(stream, t_make, args.max_batches, args.epochs)
         stream.close()
-        served = stream.order(0)[:n_blocks]
         distinct_rows = _distinct_rows(stream.block_row[served], stream.block_valid[served])
         results["stream"] = {"blocks": n_blocks, "seconds": dt, "blocks_per_s": n_blocks / dt,
-                             "distinct_MB_per_s": distinct_rows * frame_bytes / dt / 1e6}
+                             "distinct_MB_per_s": distinct_rows * frame_bytes / dt / 1e6,
+                             "epochs": None if args.max_batches else args.epochs,
+                             "time_to_first_batch_s": ttfb}
         if args.cold:
             evict(store.path)
         nbytes, sdt = sequential_read(store.path)
@@ -121,7 +122,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"{args.store} ({'cold' if args.cold else 'warm'} cache, "
           f"{'out of core' if results['out_of_core'] else 'in memory'}):")
     print(f"  BatchStream        {s['blocks_per_s']:>12,.0f} blocks/s  "
-          f"{s['distinct_MB_per_s']:>9,.1f} MB/s distinct frames")
+          f"{s['distinct_MB_per_s']:>9,.1f} MB/s distinct frames  (first batch after "
+          f"{s['time_to_first_batch_s'] * 1e3:.0f} ms)")
     print(f"  sequential read    {'':>12}           {q['MB_per_s']:>9,.1f} MB/s")
     print(f"  naive memmap random{r['blocks_per_s']:>12,.0f} blocks/s")
     print(f"  ratios: {results['ratios']['stream_vs_sequential_read']:.2f} of sequential read speed, "
@@ -131,6 +133,25 @@ def run(args: argparse.Namespace) -> int:
           f"(global shuffle {sh['global_shuffle']['distinct_files_per_batch']:.1f}), mean step "
           f"{sh['stream']['mean_abs_step']:.0f} rows (global {sh['global_shuffle']['mean_abs_step']:.0f})")
     return 0
+
+
+def _time_stream(stream, t_make: float, max_batches, epochs: int):
+    """(blocks, seconds to the first batch, seconds of the run after it, block ids served)."""
+    n_blocks, ttfb, orders = 0, None, []
+    t0 = time.perf_counter()
+    for epoch in range(1 if max_batches else epochs):
+        orders.append(stream.order(epoch))
+        for i, (x, _) in enumerate(stream):
+            if ttfb is None:
+                ttfb = time.perf_counter() - t_make
+                t0 = time.perf_counter()  # the first batch's wait is the time to first batch, not throughput
+            else:
+                n_blocks += len(x)
+            if max_batches and i + 1 >= max_batches:
+                break
+    dt = time.perf_counter() - t0
+    served = np.concatenate(orders)[1 * stream.batch_size: 1 * stream.batch_size + n_blocks]
+    return n_blocks, ttfb or 0.0, dt, served
 
 
 def _distinct_rows(rows, valid) -> int:
