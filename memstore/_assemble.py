@@ -16,7 +16,7 @@ import numpy as np
 
 from .order import Window
 from .pager import WindowReader
-from .slicer import gather_blocks
+from .slicer import BlockGather
 
 __all__ = ["Job", "shape", "produce"]
 
@@ -70,6 +70,7 @@ def produce(job: Job, ws: list[Window], first_batch: int):
         windows = iter([(ws[0], job.features)])
     try:
         w, buf = next(windows)
+        fill = BlockGather(buf, w.src_row, job.block_valid[w.blocks], job.time_context, **job.norm)
         total = int(cum[-1])
         offset, stride = job.take
         for b in range(first_batch, job.n_batches):
@@ -84,12 +85,11 @@ def produce(job: Job, ws: list[Window], first_batch: int):
                 while pos >= cum[w_idx + 1]:
                     w, buf = next(windows)
                     w_idx += 1
+                    fill = BlockGather(buf, w.src_row, job.block_valid[w.blocks], job.time_context, **job.norm)
                 k = pos - int(cum[w_idx])
                 take = min(size - filled, int(cum[w_idx + 1]) - pos)
-                blk = w.blocks[k:k + take]
-                gather_blocks(buf, w.src_row[k:k + take], job.block_valid[blk], out[filled:filled + take],
-                              **job.norm)
-                ids[filled:filled + take] = blk
+                fill(k, k + take, out[filled:filled + take])  # every block of the window checked once
+                ids[filled:filled + take] = w.blocks[k:k + take]
                 filled += take
                 pos += take
             files = job.block_file[ids]

@@ -98,3 +98,28 @@ def test_disable_jit_runs_the_same_code_in_python():
     got = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     src = np.arange(40, dtype=np.float32).reshape(10, 4)
     assert float(got.stdout) == reference(src, [1, 8], [3, 2], 3).sum()
+
+
+def test_block_gather_checks_once_and_then_only_the_range():
+    from memstore.slicer import BlockGather
+
+    rng = np.random.default_rng(3)
+    src = rng.standard_normal((500, 6)).astype(np.float32)
+    starts = rng.integers(0, 480, 40)
+    valid = rng.integers(0, 21, 40)
+    g = BlockGather(src, starts, valid, 20, mean=np.zeros(6), scale=np.full(6, 2.0))
+    out = np.full((7, 20, 6), np.nan, np.float32)
+    g(10, 17, out)
+    ref = gather_blocks(src, starts[10:17], valid[10:17], np.empty((7, 20, 6), np.float32),
+                        mean=np.zeros(6), scale=np.full(6, 2.0))
+    np.testing.assert_array_equal(out, ref)
+    with pytest.raises(ParameterError, match="outside the 40 checked"):
+        g(35, 42, np.empty((7, 20, 6), np.float32))
+    with pytest.raises(ParameterError, match="need"):
+        g(0, 7, np.empty((6, 20, 6), np.float32))
+    with pytest.raises(ParameterError, match="writeable C-contiguous"):
+        g(0, 7, np.empty((7, 20, 6), np.float64))
+    with pytest.raises(ParameterError, match="outside src"):
+        BlockGather(src, [495], [10], 20)
+    with pytest.raises(ParameterError, match=r"valid rows must lie in \[0, 20\]"):
+        BlockGather(src, [0], [21], 20)
