@@ -137,7 +137,11 @@ def test_balanced_shards_are_equal_and_together_serve_the_epoch(store, path, wor
         n_r = s.total_points
         sd = np.sqrt(n_r * (1 / k) * (1 - 1 / k) * (n - n_r) / (n - 1))
         counts = np.array([np.bincount(cls[s.order(e)], minlength=k) for e in range(12)])
-        assert np.all(np.abs(counts - n_r / k) < 4.5 * sd + 1)
+        # out of core a rank serves a contiguous run of windows (sharding by pages: it reads only those),
+        # i.e. a stretch of each lane, so its class counts vary more from epoch to epoch (about 3 sd with
+        # this store's 3 lanes) -- while staying unbiased over epochs (the last assertion)
+        spread = 3 if path == "pager" else 1
+        assert np.all(np.abs(counts - n_r / k) < 4.5 * spread * sd + 1)
         assert np.all(np.abs(counts.mean(axis=0) - n_r / k) < 4.5 * sd / np.sqrt(12) + 1)
 
 
