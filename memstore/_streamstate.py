@@ -1,10 +1,15 @@
-"""``BatchStream.state_dict()`` and ``load_state_dict()``: a few scalars that resume an epoch anywhere.
+"""``BatchStream.state_dict()`` and ``load_state_dict()``: what is left of an epoch, at any world size.
 
-A state records the epoch and its *global position*: blocks consumed by all
-ranks together. The fingerprint lists what fixes the epochs' global
-sequences -- not the shard, so a state loads at any world size (elastic
-resume, :mod:`memstore.order`). Format 1 (no ``"format"`` key, from before
-elastic resume) had the shard in its fingerprint and loads only at that shard.
+A state (format 3) records the epoch and its *unserved set*: the positions of
+the epoch's global sequence that no rank has served yet, as ``[lo, hi)``
+intervals (:mod:`memstore.order`). All ranks take the same number of steps, so
+the state does not depend on the rank that saves it. The fingerprint lists
+what fixes the epochs' global sequences -- not the shard, so a state loads at
+any world size (elastic resume). Format 2 (a global position ``P``: the prefix
+consumed under the earlier round-robin dealing) loads as the unserved set
+``[(P, n)]``. Format 1 (no ``"format"`` key, from before elastic resume) had
+the shard in its fingerprint and loads only at that shard (its steps were
+taken under round-robin dealing, so it too loads as a consumed prefix).
 """
 
 from __future__ import annotations
@@ -12,11 +17,12 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import ParameterError
+from .order import intervals, remaining
 
 __all__ = ["STATE_FORMAT", "fingerprint", "fingerprint_v1", "state_of", "resume_point"]
 
 #: version of ``state_dict()``; a state without ``"format"`` is format 1 (same shard only)
-STATE_FORMAT = 2
+STATE_FORMAT = 3
 
 
 def fingerprint(s) -> list:
@@ -31,31 +37,39 @@ def fingerprint_v1(s) -> list:
             s.drop_last, list(s.shard or []), s.out_of_core, str(s.store.path), s.store.generation]
 
 
-def state_of(s) -> dict:
-    """``s.state_dict()``: after an epoch's last batch, the start of the next epoch."""
-    if s.iteration_step >= s._n_batches(s._origin):
-        epoch, position = s.epoch + 1, 0
+def state_of(s, steps=None) -> dict:
+    """``s.state_dict()``; after an epoch's last batch, the start of the next epoch.
+
+    ``steps``: the steps each of the ``world`` ranks (sub-shards) of ``s`` has taken of its chunk
+    (default ``s.iteration_step`` for all, as ranks in lockstep take).
+    """
+    n, world = len(s.block_file), s._world
+    steps = [s.iteration_step] * world if steps is None else list(steps)
+    whole = intervals(None, n)
+    if min(steps) >= s._n_batches(s._unserved):
+        epoch, left = s.epoch + 1, whole
     else:
         epoch = s.epoch
-        position = s._origin + s.iteration_step * s.batch_size * s._world
-    return {"format": STATE_FORMAT, "epoch": int(epoch), "position": int(position), "seed": s.seed,
-            "shard": list(s.shard) if s.shard else None, "iteration_step": s.iteration_step,
-            "fingerprint": fingerprint(s)}
+        unserved = whole if s._unserved is None else s._unserved
+        per = s._order.per_rank(world, unserved)
+        left = remaining(unserved, world, [min(k * s.batch_size, per) for k in steps])
+    return {"format": STATE_FORMAT, "epoch": int(epoch), "position": int(n - (left[:, 1] - left[:, 0]).sum()),
+            "remaining": left.tolist(), "seed": s.seed, "fingerprint": fingerprint(s)}
 
 
-def resume_point(s, state) -> tuple[int, int, int]:
-    """``(epoch, origin, iteration_step)`` that ``state`` resumes stream ``s`` at, or a ``ParameterError``.
+def resume_point(s, state) -> tuple[int, np.ndarray | None, int]:
+    """``(epoch, unserved, iteration_step)`` that ``state`` resumes stream ``s`` at, or a ``ParameterError``.
 
-    ``origin`` is the global position where the epoch's dealing begins: 0 when the state's
-    position is a step boundary of ``s``'s world size (the epoch's own dealing), else that position.
+    ``unserved`` is None (the epoch's own dealing, resumed at step ``iteration_step``) when the state
+    is what ``s``'s world size leaves after whole steps of a fresh epoch; else the set to deal.
     """
     if not isinstance(state, dict):
         raise ParameterError(f"state must be a dict from state_dict(); got {type(state).__name__}")
     if "format" not in state:
         return _resume_point_v1(s, state)
-    if state.get("format") != STATE_FORMAT:
+    if state.get("format") not in (2, STATE_FORMAT):
         raise ParameterError(f"state_dict format {state.get('format')!r} is not supported "
-                             f"(this memstore reads formats 1 and {STATE_FORMAT})")
+                             f"(this memstore reads formats 1 to {STATE_FORMAT})")
     if state.get("fingerprint") != fingerprint(s) or state.get("seed") != s.seed:
         raise ParameterError("this state_dict belongs to a stream with other settings or another store")
     epoch, position = state.get("epoch"), state.get("position")
@@ -63,13 +77,34 @@ def resume_point(s, state) -> tuple[int, int, int]:
     for name, v, high in (("epoch", epoch, None), ("position", position, n)):
         if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 0 or (high is not None and v > high):
             raise ParameterError(f"state_dict {name}={v!r} must be an integer in [0, {high or 'inf'}]")
-    per_step = s.batch_size * s._world
-    if position % per_step == 0:
-        return int(epoch), 0, int(position) // per_step
-    return int(epoch), int(position), 0
+    if state["format"] == 2:  # a consumed prefix (round-robin dealing)
+        unserved = intervals([[int(position), n]], n)
+    else:
+        unserved = intervals(state.get("remaining"), n)
+        if n - int((unserved[:, 1] - unserved[:, 0]).sum()) != position:
+            raise ParameterError(f"state_dict position={position!r} does not match its remaining positions")
+    return (int(epoch),) + _as_steps(s, unserved)
 
 
-def _resume_point_v1(s, state: dict) -> tuple[int, int, int]:
+def _as_steps(s, unserved: np.ndarray) -> tuple[np.ndarray | None, int]:
+    """``(None, k)`` if ``unserved`` is what ``k`` steps leave of a fresh epoch at ``s``'s world size.
+
+    Otherwise ``(unserved, 0)``: the set is dealt anew from step 0.
+    """
+    n, world, size = len(s.block_file), s._world, s.batch_size
+    whole = intervals(None, n)
+    if np.array_equal(unserved, whole):
+        return None, 0
+    if len(unserved) and unserved[0, 0] % size == 0:
+        k = int(unserved[0, 0]) // size
+        per = s._order.per_rank(world)
+        if 0 < k < s._n_batches(None) and np.array_equal(remaining(whole, world, [min(k * size, per)] * world),
+                                                          unserved):
+            return None, k
+    return unserved, 0
+
+
+def _resume_point_v1(s, state: dict) -> tuple[int, np.ndarray | None, int]:
     saved = state.get("fingerprint")
     if s.balance is not None:
         raise ParameterError("a format-1 state_dict (no 'format' key) predates balance= and cannot resume "
@@ -82,4 +117,8 @@ def _resume_point_v1(s, state: dict) -> tuple[int, int, int]:
                              "it again to resume at another world size")
     if saved != mine or state.get("seed") != s.seed:
         raise ParameterError("this state_dict belongs to a stream with other settings or another store")
-    return int(state["epoch"]), 0, int(state["iteration_step"])
+    # the steps were taken under the round-robin dealing of that time: a prefix of the epoch is consumed
+    epoch, k, n = int(state["epoch"]), int(state["iteration_step"]), len(s.block_file)
+    if k >= s._n_batches(None):
+        return epoch + 1, None, 0
+    return (epoch,) + _as_steps(s, intervals([[k * s.batch_size * s._world, n]], n))

@@ -21,9 +21,10 @@ dropped), the order is a pure function of ``(seed, epoch)``, and
 
 ``balance="class"`` replaces "every block once" by a class-balanced draw of
 the same length (a multiset of blocks, :mod:`memstore.order`), which both
-paths serve. Shards deal one global sequence per epoch; a state records the
-epoch's global position, so it resumes at any world size (elastic resume,
-:meth:`BatchStream.load_state_dict`).
+paths serve. Shards deal one global sequence per epoch in contiguous chunks,
+so out of core each rank reads only the pages of its own blocks; a state
+records which positions of the epoch are left, so it resumes at any world
+size (elastic resume, :meth:`BatchStream.load_state_dict`).
 
 The stream hands out its work (ffcv's ``Loader`` is the model): the checks,
 split, labels, normaliser and budget are in ``memstore._streamconf``; the
@@ -89,7 +90,8 @@ class BatchStream:
     memory_limit : int or str, optional
         Budget for resident feature data, e.g. ``"2GB"``.
     shard : (rank, world_size), optional
-        Disjoint, equal-size parts of every epoch.
+        Disjoint, equal-size parts of every epoch: contiguous chunks of its global sequence,
+        so out of core each rank reads only the pages of its blocks (:mod:`memstore.order`).
     valid_files : list of str, optional
         Explicit validation files (``store.paths`` entries).
     tail : bool
@@ -139,11 +141,8 @@ class BatchStream:
         self.return_file, self.balance, self.memory_limit = c.return_file, c.balance, c.memory_limit
         self.epoch = 0
         self.iteration_step = 0
-        # global position where this epoch's dealing began: 0, or the point of an elastic resume
-        self._origin = 0
-        # (offset, stride): of the batches from the current step on, assemble only every stride-th,
-        # from the offset-th (a torch DataLoader worker's share of its rank's batches)
-        self._take = (0, 1)
+        # positions of this epoch's sequence dealt to the ranks: None (all), or what an elastic resume left
+        self._unserved = None
         # the running epoch's producer; the finalizer shares the list, so it always stops the
         # current producer when the stream is garbage collected
         self._holder: list = [None]
@@ -172,9 +171,9 @@ class BatchStream:
     def _world(self) -> int:
         return 1 if self.shard is None else self.shard[1]
 
-    def _n_batches(self, start: int) -> int:
-        """Batches of this rank in an epoch dealt from global position ``start``."""
-        n = self._order.per_rank(self._world, start)
+    def _n_batches(self, unserved) -> int:
+        """Batches of this rank when the positions ``unserved`` (None: all) of an epoch are dealt."""
+        n = self._order.per_rank(self._world, unserved)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def order(self, epoch: int | None = None) -> np.ndarray:
@@ -185,20 +184,20 @@ class BatchStream:
         shard or position), the order starts at the resume point.
         """
         epoch = self.epoch if epoch is None else int(epoch)
-        return self._order.blocks(epoch, self.shard, self._origin if epoch == self.epoch else 0)
+        return self._order.blocks(epoch, self.shard, self._unserved if epoch == self.epoch else None)
 
     # --- batches ----------------------------------------------------------------------------
     def _start(self, epoch: int, first_batch: int) -> None:
         self._stop_active()
         s = self.store
         job = Job(batch_size=self.batch_size, time_context=self.time_context, n_bins=s.n_bins,
-                  n_batches=self._n_batches(self._origin), take=self._take, layout=self.layout,
+                  n_batches=self._n_batches(self._unserved), take=(0, 1), layout=self.layout,
                   block_valid=self.block_valid, block_file=self.block_file, labels=self._labels_all, norm=self._norm,
                   features=None if self.out_of_core else np.asarray(s.features), path=s.source,
                   data_offset=s.data_offset, dtype=s.dtype, window_rows=self._window_rows,
                   return_file=self.return_file)
         # the producer gets a snapshot of the arrays it reads (``job``), never ``self``
-        batches = produce(job, self._order.windows(epoch, self.shard, self._origin), first_batch)
+        batches = produce(job, self._order.windows(epoch, self.shard, self._unserved), first_batch)
         self._holder[0] = start_producer(batches, depth=PREFETCH, name="memstore-batches", what="batch producer",
                                          threaded=self.prefetch)
 
@@ -218,13 +217,13 @@ class BatchStream:
                 yield item
         finally:
             self._stop_active()
-        if self.iteration_step >= self._n_batches(self._origin):
+        if self.iteration_step >= self._n_batches(self._unserved):
             self._next_epoch()
 
     def _next_epoch(self) -> None:
         self.epoch += 1
         self.iteration_step = 0
-        self._origin = 0
+        self._unserved = None
 
     def __call__(self):
         """The next batch, rolling over into the next epoch (the tutorial's ``db()``)."""
@@ -250,29 +249,35 @@ class BatchStream:
         return state.fingerprint_v1(self)
 
     def state_dict(self) -> dict:
-        """A few scalars that resume the epoch where it is, at this or any other world size.
+        """What is left of the epoch, to resume it at this or any other world size.
 
-        ``position`` is the epoch's global position: blocks consumed by all ranks together
+        ``{"format": 3, "epoch", "position", "remaining", "seed", "fingerprint"}``: ``remaining``
+        lists the ``[lo, hi)`` positions of the epoch's global sequence no rank has served yet
+        (the blocks equal shares dropped included), ``position`` counts the served ones
         (``iteration_step * batch_size * world_size`` on a fresh epoch). All ranks take the same
-        number of steps, so the state of any one rank describes them all; it loads into a
-        stream with ``shard=(rank, M)`` for any ``M`` (see :meth:`load_state_dict`). A state
-        saved after an epoch's last batch points at the start of the next epoch.
+        number of steps, so every rank saves the same state; it loads into a stream with
+        ``shard=(rank, M)`` for any ``M`` (see :meth:`load_state_dict`). A state saved after an
+        epoch's last batch points at the start of the next epoch.
         """
         return state.state_of(self)
 
     def load_state_dict(self, state_dict: dict) -> None:
         """Resume from :meth:`state_dict`, possibly saved at another world size (elastic resume).
 
-        The rest of the saved epoch, from its global position on, is dealt round-robin among
-        this stream's ``world_size`` ranks: no block is served twice and none is lost beyond the
-        at most ``world_size - 1`` that equal shares drop. Settings other than ``shard``
+        The saved epoch's remaining positions are dealt in contiguous chunks among this stream's
+        ``world_size`` ranks: no block is served twice and none is lost beyond the at most
+        ``world_size - 1`` that equal shares drop. A state that a fresh epoch at this world size
+        leaves after ``k`` steps resumes at ``iteration_step == k`` of the epoch's own dealing
+        (the uninterrupted order); otherwise ``iteration_step`` counts from the resume point and
+        ``order()`` of that epoch starts there. Format-2 states (a global position) load as
+        that prefix consumed. Settings other than ``shard``
         (split, seed, batch size, ``memory_limit``'s window size, ``balance``, the store) must
         match. A format-1 state (saved before elastic resume, it has no ``"format"`` key) loads
         only at the shard it was saved with; otherwise it raises ``ParameterError``.
         """
-        epoch, origin, step = state.resume_point(self, state_dict)
+        epoch, unserved, step = state.resume_point(self, state_dict)
         self._stop_active()
-        self.epoch, self._origin, self.iteration_step = epoch, origin, step
+        self.epoch, self._unserved, self.iteration_step = epoch, unserved, step
 
     # --- whole arrays (the tutorial's getData) ----------------------------------------------
     def _materialise(self, bf: np.ndarray, bs: np.ndarray):

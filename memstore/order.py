@@ -55,16 +55,22 @@ within one block. The draw is a pure function of ``(seed, epoch)``; it
 returns per-block multiplicities (``counts``), which either path turns into an
 order as above.
 
-Dealing to ranks (elastic)
---------------------------
-An epoch is one global sequence of blocks, the same for every world size.
-With ``shard=(rank, world)`` it is dealt round-robin from a start position
-``start`` (0 for a fresh epoch): rank ``r`` gets positions
-``start + r, start + r + world, ...``, cut to ``(n - start) // world`` each.
-After ``k`` blocks per rank the ranks together have consumed exactly the
-prefix ``[start, start + k * world)``, so one number -- the global position --
-says what is left, and the rest can be dealt among any number of ranks
-(:func:`deal`). Windows wholly before ``start`` are left out (not read).
+Dealing to ranks by pages (elastic)
+-----------------------------------
+An epoch is one global sequence ``G`` of blocks, the same for every world
+size. What is left of it is the *unserved set* ``U``: disjoint ascending
+intervals ``[lo, hi)`` of positions in ``G`` (a fresh epoch: ``[(0, n)]``).
+With ``shard=(rank, world)``, ``U`` is dealt in contiguous chunks
+(:func:`deal`): with ``m = |U|`` and ``per = m // world``, rank ``r`` serves
+the positions ``flat(U)[r * per:(r + 1) * per]`` in ascending order, and the
+last ``m - per * world`` (at most ``world - 1``) go to nobody. Out of core a
+rank's windows are those holding its positions, each cut to its blocks *and
+to the pages that hold them* (:func:`deal_windows`): a rank reads about
+``1 / world`` of the store, plus the pages of the at most two windows it
+shares with its neighbours. After each rank ``j`` consumed the first ``c_j``
+positions of its chunk, the rest is again an unserved set
+(:func:`remaining`, the dropped tail put back), which any number of ranks can
+deal: an elastic resume.
 """
 
 from __future__ import annotations
@@ -73,11 +79,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ._deal import deal, deal_windows, intervals, remaining
 from ._jit import njit
 from .errors import ParameterError
 
-__all__ = ["EpochOrder", "Window", "balance_classes", "balanced_counts", "deal", "deal_windows", "plan_pages",
-           "plan_epoch", "shuffle_quality", "order_report", "MIN_PAGES_PER_WINDOW"]
+__all__ = ["EpochOrder", "Window", "balance_classes", "balanced_counts", "deal", "deal_windows", "intervals",
+           "remaining", "plan_pages", "plan_epoch", "shuffle_quality", "order_report", "MIN_PAGES_PER_WINDOW"]
 
 #: separates the balanced draw's random stream from the shuffle's ``(seed, epoch)`` stream
 _BALANCE_TAG = 0xBA1A
@@ -137,12 +144,12 @@ class EpochOrder:
             return None
         return balanced_counts(self.block_class, len(self), seed=self.seed, epoch=epoch)
 
-    def windows(self, epoch: int, shard=None, start: int = 0) -> list[Window]:
-        """The windows of ``epoch`` with the blocks rank ``shard[0]`` serves, dealt from ``start``."""
+    def windows(self, epoch: int, shard=None, unserved=None) -> list[Window]:
+        """The windows of ``epoch`` with the blocks rank ``shard[0]`` serves of ``unserved`` (default: all)."""
         counts = self.counts(epoch)
         if self.window_rows is not None:
             return plan_epoch(self.block_row, self.block_valid, window_rows=self.window_rows, seed=self.seed,
-                              epoch=epoch, shard=shard, shuffle=self.shuffle, counts=counts, start=start)
+                              epoch=epoch, shard=shard, shuffle=self.shuffle, counts=counts, unserved=unserved)
         n = len(self)
         rng = np.random.default_rng((self.seed, int(epoch)))
         if counts is not None:
@@ -151,16 +158,17 @@ class EpochOrder:
             order = rng.permutation(n) if self.shuffle else np.arange(n)
         empty = np.zeros(0, np.int64)
         whole = [Window(empty, empty, empty, 0, order, self.block_row[order])]
-        return deal_windows(whole, shard, start) if shard is not None or start else whole
+        return deal_windows(whole, shard, unserved) if shard is not None or unserved is not None else whole
 
-    def blocks(self, epoch: int, shard=None, start: int = 0) -> np.ndarray:
+    def blocks(self, epoch: int, shard=None, unserved=None) -> np.ndarray:
         """Block ids in the order rank ``shard[0]`` serves them in ``epoch`` (see :meth:`windows`)."""
-        ws = self.windows(epoch, shard, start)
+        ws = self.windows(epoch, shard, unserved)
         return np.concatenate([w.blocks for w in ws]) if ws else np.zeros(0, np.int64)
 
-    def per_rank(self, world: int = 1, start: int = 0) -> int:
-        """Blocks each of ``world`` ranks serves in an epoch dealt from ``start``."""
-        return max(0, (len(self) - start) // world)
+    def per_rank(self, world: int = 1, unserved=None) -> int:
+        """Blocks each of ``world`` ranks serves of ``unserved`` (default: the whole epoch)."""
+        iv = intervals(unserved, len(self))
+        return int((iv[:, 1] - iv[:, 0]).sum()) // world
 
 
 def balance_classes(block_file: np.ndarray, label_index: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -216,41 +224,6 @@ def balanced_counts(block_class: np.ndarray, n_draw: int, *, seed: int, epoch: i
     return counts
 
 
-def deal(n: int, rank: int, world: int, start: int = 0) -> np.ndarray:
-    """Positions in an ``n``-long global sequence that ``rank`` of ``world`` serves from ``start`` on.
-
-    ``start + rank + world * j`` for ``j < (n - start) // world``: every rank gets as many,
-    and at most ``world - 1`` positions of ``[start, n)`` go to nobody.
-    """
-    per_rank = max(0, (n - start) // world)
-    return start + rank + world * np.arange(per_rank, dtype=np.int64)
-
-
-def deal_windows(windows: list[Window], shard, start: int = 0) -> list[Window]:
-    """The one sharding rule: the windows' global block sequence dealt to ``shard`` by :func:`deal`.
-
-    Every rank computes the same windows and keeps its own blocks of each (out of
-    core every rank reads every window: I/O grows with the world size on one
-    machine's page cache; see docs/outofcore.md). Windows wholly before ``start``
-    are left out: nothing in them is served, so they are not read.
-    """
-    rank, world = shard or (0, 1)
-    sizes = np.array([len(w.blocks) for w in windows], np.int64)
-    bounds = np.r_[0, np.cumsum(sizes)].astype(np.int64)
-    total = int(bounds[-1])
-    if not 0 <= start <= total:
-        raise ParameterError(f"start={start} must lie in the epoch's {total} blocks")
-    pos = deal(total, rank, world, start)
-    cut = np.searchsorted(pos, bounds)  # this rank's positions inside window i: pos[cut[i]:cut[i + 1]]
-    out = []
-    for i, w in enumerate(windows):
-        if start and bounds[i + 1] <= start:
-            continue
-        keep = pos[cut[i]:cut[i + 1]] - bounds[i]
-        out.append(Window(w.row_start, w.row_stop, w.buf_start, w.n_rows, w.blocks[keep], w.src_row[keep]))
-    return out
-
-
 def plan_pages(block_row: np.ndarray, block_valid: np.ndarray, page_rows: int):
     """Group blocks (sorted by absolute row) into pages of at most ``page_rows`` rows.
 
@@ -276,7 +249,7 @@ def plan_pages(block_row: np.ndarray, block_valid: np.ndarray, page_rows: int):
 
 
 def plan_epoch(block_row, block_valid, *, window_rows: int, seed: int, epoch: int, shard=None,
-               page_rows: int | None = None, shuffle: bool = True, counts=None, start: int = 0) -> list[Window]:
+               page_rows: int | None = None, shuffle: bool = True, counts=None, unserved=None) -> list[Window]:
     """The windows of one paged epoch (see the module notes); a pure function of its arguments.
 
     Parameters
@@ -288,11 +261,11 @@ def plan_epoch(block_row, block_valid, *, window_rows: int, seed: int, epoch: in
     window_rows : int
     seed, epoch : int
     shard : (rank, world_size), optional
-        Each rank gets every ``world``-th block of the epoch's sequence, cut to a common length.
-    start : int
-        Position in the epoch's global sequence where the dealing to ranks begins (an elastic
-        resume, :func:`deal_windows`); earlier blocks go to nobody and windows left without a
-        block of this rank are not read.
+        Each rank gets an equal contiguous chunk of the epoch's sequence (:func:`deal_windows`);
+        windows and pages without a block of this rank are left out (not read).
+    unserved : intervals, optional
+        The positions of the epoch's sequence still to serve (an elastic resume, :func:`deal`);
+        default the whole sequence. Only these are dealt.
     page_rows : int, optional
         Default ``max(max block rows, window_rows // 16)``.
     shuffle : bool
@@ -320,8 +293,8 @@ def plan_epoch(block_row, block_valid, *, window_rows: int, seed: int, epoch: in
         pages_of = _store_order_windows(block_row, block_valid, window_rows, page_rows, counts)
     end = np.maximum.accumulate(block_row[served] + block_valid[served]) if len(served) else served
     out = [_window(pages, served, end, block_row, counts, rng if shuffle else None) for pages in pages_of]
-    if shard is not None or start:
-        out = deal_windows(out, shard, int(start))
+    if shard is not None or unserved is not None:
+        out = deal_windows(out, shard, unserved)
     return out
 
 

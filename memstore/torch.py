@@ -1,19 +1,22 @@
 """PyTorch adapter (optional ``torch`` extra): BatchStream as an IterableDataset.
 
 ``BlockDataset`` yields whole batches, so use it with ``DataLoader(ds,
-batch_size=None, num_workers=N)``. The epoch is sharded over the DDP ranks
+batch_size=None, num_workers=W)``. The epoch is sharded over the DDP ranks
 (from ``torch.distributed`` when it is initialised, or the
-``rank``/``world_size`` arguments): each rank takes a disjoint, equal share.
-Within a rank, each DataLoader worker opens the store itself and assembles
-every ``num_workers``-th batch of the rank's share, so the DataLoader (which
-takes batches from its workers in turn) delivers the rank's batches in the
-stream's order -- and the number of batches a rank has taken is a position
-in the epoch. Call ``set_epoch(e)`` before each epoch, as with
-``DistributedSampler``.
+``rank``/``world_size`` arguments) *and* their DataLoader workers: worker
+``w`` of rank ``r`` opens the store itself and serves sub-shard
+``r * W + w`` of ``world_size * W`` (:mod:`memstore.order`: a contiguous
+chunk of the epoch), so out of core each worker reads only the pages of its
+own blocks, about ``1 / (world_size * W)`` of the store. All sub-shards have
+as many batches, and the DataLoader takes batches from its workers in turn,
+so after a rank has taken ``k`` batches worker ``w`` has delivered
+``k // W + (1 if w < k % W else 0)``. Call ``set_epoch(e)`` before each
+epoch, as with ``DistributedSampler``.
 
-``state_dict(step)`` and ``load_state_dict`` resume an epoch at this or any
-other world size (elastic resume, see :meth:`memstore.BatchStream.load_state_dict`):
-all ranks checkpoint at the same step, so one rank's state is enough.
+``state_dict(step, num_workers=W)`` and ``load_state_dict`` resume an epoch
+at this or any other world size and worker count (elastic resume, see
+:meth:`memstore.BatchStream.load_state_dict`): all ranks checkpoint at the
+same step, so one rank's state is enough.
 
 Example
 -------
@@ -25,6 +28,7 @@ Example
 
 from __future__ import annotations
 
+from . import _streamstate as state
 from .errors import require
 
 torch = require("torch", "torch")
@@ -77,11 +81,13 @@ class BlockDataset(_data.IterableDataset):
                 rank, world = 0, 1
         return int(rank), int(world)
 
-    def _stream(self, **extra):
-        """This rank's stream, at this epoch and at the loaded state if it is for this epoch."""
+    def _stream(self, workers: int = 1, wid: int = 0, **extra):
+        """Worker ``wid``'s stream of this rank, at this epoch and at the loaded state if it is for this epoch."""
         from .batches import BatchStream
 
-        stream = BatchStream(self.store_path, shard=self._ranks(), **{**self.stream_args, **extra})
+        rank, world = self._ranks()
+        stream = BatchStream(self.store_path, shard=(rank * workers + wid, world * workers),
+                             **{**self.stream_args, **extra})
         try:
             stream.epoch = self.epoch
             if self._resume is not None and self._resume.get("epoch") == self.epoch:
@@ -91,7 +97,7 @@ class BlockDataset(_data.IterableDataset):
             raise
         return stream
 
-    def state_dict(self, step: int | None = None) -> dict:
+    def state_dict(self, step: int | None = None, num_workers: int | None = None) -> dict:
         """The state after this rank has taken ``step`` batches of the current iteration.
 
         Parameters
@@ -101,6 +107,9 @@ class BlockDataset(_data.IterableDataset):
             the dataset was resumed with :meth:`load_state_dict`); the same on every rank.
             Required with DataLoader workers, whose iteration runs in other processes; without
             workers the batches yielded in this process are counted.
+        num_workers : int, optional
+            The DataLoader's ``num_workers`` (0: none), required with ``step``: which worker
+            served which of the ``step`` batches depends on it.
 
         Returns
         -------
@@ -114,16 +123,23 @@ class BlockDataset(_data.IterableDataset):
             if self._taken is None:
                 raise ParameterError("state_dict() needs step= (batches taken this iteration): with DataLoader "
                                      "workers the batches are taken in other processes")
-            step = self._taken
-        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-            raise ParameterError(f"step={step!r} must be an integer >= 0")
-        stream = self._stream(prefetch=False)
+            step, num_workers = self._taken, 0
+        elif num_workers is None:
+            raise ParameterError("state_dict(step=...) needs num_workers= (the DataLoader's num_workers, 0 "
+                                 "without workers): each worker serves its own part of the epoch")
+        for name, v in (("step", step), ("num_workers", num_workers)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ParameterError(f"{name}={v!r} must be an integer >= 0")
+        workers = max(1, num_workers)
+        stream = self._stream(workers, prefetch=False)  # every worker's stream resumes at the same step
         try:
-            left = stream._n_batches(stream._origin) - stream.iteration_step
+            first = stream.iteration_step
+            left = workers * (stream._n_batches(stream._unserved) - first)
             if step > left:
                 raise ParameterError(f"step={step} is more than the {left} batches this iteration serves")
-            stream.iteration_step += step
-            return stream.state_dict()
+            # the loader takes batches from its workers in turn: worker w has delivered these
+            delivered = [first + step // workers + (1 if w < step % workers else 0) for w in range(workers)]
+            return state.state_of(stream, [delivered[j % workers] for j in range(stream._world)])
         finally:
             stream.close()
 
@@ -141,16 +157,14 @@ class BlockDataset(_data.IterableDataset):
     def __iter__(self):
         info = _data.get_worker_info()
         workers, wid = (1, 0) if info is None else (info.num_workers, info.id)
-        stream = self._stream()
+        stream = self._stream(workers, wid)  # this worker's own part of the rank's share
         in_process = info is None
         if in_process:
             self._taken = 0
         try:
-            first, n_batches, size = stream.iteration_step, stream._n_batches(stream._origin), stream.batch_size
+            first, size = stream.iteration_step, stream.batch_size
             ids = stream.order(self.epoch)
-            stream._take = (wid, workers)
-            mine = range(first + wid, n_batches, workers)
-            for b, item in zip(mine, stream, strict=False):  # (x, y), or (x, y, file) with return_file=True
+            for b, item in enumerate(stream, start=first):  # (x, y), or (x, y, file) with return_file=True
                 out = tuple(torch.from_numpy(a) for a in item)
                 if self.with_ids:
                     out += (torch.from_numpy(ids[b * size:(b + 1) * size].copy()),)

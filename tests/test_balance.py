@@ -137,7 +137,11 @@ def test_balanced_shards_are_equal_and_together_serve_the_epoch(store, path, wor
         n_r = s.total_points
         sd = np.sqrt(n_r * (1 / k) * (1 - 1 / k) * (n - n_r) / (n - 1))
         counts = np.array([np.bincount(cls[s.order(e)], minlength=k) for e in range(12)])
-        assert np.all(np.abs(counts - n_r / k) < 4.5 * sd + 1)
+        # out of core a rank serves a contiguous run of windows (sharding by pages: it reads only those),
+        # i.e. a stretch of each lane, so its class counts vary more from epoch to epoch (about 3 sd with
+        # this store's 3 lanes) -- while staying unbiased over epochs (the last assertion)
+        spread = 3 if path == "pager" else 1
+        assert np.all(np.abs(counts - n_r / k) < 4.5 * spread * sd + 1)
         assert np.all(np.abs(counts.mean(axis=0) - n_r / k) < 4.5 * sd / np.sqrt(12) + 1)
 
 
@@ -155,9 +159,9 @@ def test_balance_is_validated(store, tmp_path):
         BatchStream(tmp_path / "none.h5", batch_size=2, balance="class").close()
 
 
-def _unbalanced_hash(demo_store, ml) -> str:
+def _unbalanced_hash(demo_store, ml, shards) -> str:
     h = hashlib.sha256()
-    for shard in (None, (1, 3)):
+    for shard in shards:
         for ep in (0, 1):
             with BatchStream(demo_store, batch_size=4, memory_limit=ml, shard=shard, seed=7, split="all") as s:
                 h.update(s.order(ep).astype("<i8").tobytes())
@@ -168,9 +172,14 @@ def test_unbalanced_order_is_byte_for_byte_what_it_was(demo_store):
     """Pinned from the order before balance= existed (main at 70656b3): balance=None changes nothing.
 
     Out of core the pin was renewed when the paged plan became lanes (issue 12), with balance=None.
+    Sharding by pages (issue 12) changed the sharded orders: they have pins of their own since, and
+    the unsharded ones are the orders before it (recomputed over the unsharded cases alone).
     """
-    assert _unbalanced_hash(demo_store, None) == "5a385c4d95c2eef9e0269e304b0a92a1"
-    assert _unbalanced_hash(demo_store, 4 * 4 * 128 * 96 * 4 + 2 * 680 * 96 * 4) == "e78a0feebdb3f3394a038991410e261f"
+    paged = 4 * 4 * 128 * 96 * 4 + 2 * 680 * 96 * 4
+    assert _unbalanced_hash(demo_store, None, [None]) == "cd3a60287e4092bebe70804f98df0771"
+    assert _unbalanced_hash(demo_store, paged, [None]) == "d82f14296f8e862b67237af00471865a"
+    assert _unbalanced_hash(demo_store, None, [(1, 3)]) == "5b791c44c5f66a8dd449a076cea92dca"
+    assert _unbalanced_hash(demo_store, paged, [(1, 3)]) == "2ddd1b1bc785d1a7613504d3acbc899c"
 
 
 @settings(max_examples=60, deadline=None)

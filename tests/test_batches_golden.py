@@ -2,12 +2,15 @@
 
 The oracle builds each epoch with nothing but numpy: the in-memory order is
 ``default_rng((seed, epoch)).permutation`` of the split (or of a balanced
-draw's multiset), dealt to ranks as positions ``start + rank + world * j``;
+draw's multiset), dealt to ranks in contiguous chunks: of the positions
+``start, start + 1, ...``, rank ``r`` of ``w`` takes the ``r``-th of ``w`` equal runs;
 every batch is the store's frames of its blocks (zero-padded), normalised by
 the store's statistics with the formulas written out here. The paged order is
 a function of the pager's windows, so its bytes are pinned (hashes taken from
 main at 62c5729, before order.py and prefetch.py took over): the redesign of
-issue 11 changes no order.
+issue 11 changes no order. Sharding by pages (issue 12) changed the sharded
+orders only: their pins were taken anew at that change, the unsharded ones
+are the orders before it (recomputed over the unsharded cases alone).
 """
 
 from __future__ import annotations
@@ -45,7 +48,8 @@ def oracle_order(s: BatchStream, epoch: int, start: int = 0) -> np.ndarray:
     else:
         seq = rng.permutation(n) if s.shuffle else np.arange(n)
     rank, world = s.shard or (0, 1)
-    return seq[start + rank + world * np.arange((n - start) // world)]
+    per = (n - start) // world
+    return seq[start + rank * per:start + (rank + 1) * per]
 
 
 def oracle_batches(store, s: BatchStream, order: np.ndarray):
@@ -170,11 +174,11 @@ def test_elastic_resume_in_memory_is_the_oracles_dealing(store):
         np.testing.assert_array_equal(s.order(), oracle_order(s, 0, start=28))
 
 
-def order_hash(store, limit) -> str:
+def order_hash(store, limit, shards) -> str:
     h = hashlib.sha256()
     for kw in (dict(), dict(shuffle=False), dict(tail=True, split="all"), dict(balance="class"),
                dict(split_by="block", seed=8)):
-        for shard in (None, (1, 3)):
+        for shard in shards:
             s = BatchStream(store, batch_size=4, time_context=T, step=STEP, memory_limit=limit, shard=shard,
                             **{"seed": 5, **kw})
             for epoch in (0, 1):
@@ -182,14 +186,18 @@ def order_hash(store, limit) -> str:
             one = BatchStream(store, batch_size=4, time_context=T, step=STEP, memory_limit=limit,
                               **{"seed": 5, **kw})
             one.iteration_step = 7
-            s.load_state_dict(one.state_dict())  # elastic: dealt from position 28
+            s.load_state_dict(one.state_dict())  # elastic: 28 blocks of the epoch served
             h.update(s.order().astype("<i8").tobytes())
     return h.hexdigest()
 
 
 def test_orders_on_both_paths_are_the_pinned_bytes(store):
     # in memory: pinned from main at 62c5729, before the redesign of issue 11
-    assert order_hash(store, None)[:32] == "27a6f9b73ebb74b8962413840176cff9"
+    assert order_hash(store, None, [None])[:32] == "5a91d276856a97e034de6560cd0b0cae"
     # out of core: pinned when the paged plan became lanes (issue 12: read at the disk's sequential speed);
     # an order may change only with a reason like that one, and stays a pure function of (seed, epoch, settings)
-    assert order_hash(store, paged_limit(4))[:32] == "5c242a8774002cf16759705e7355d620"
+    assert order_hash(store, paged_limit(4), [None])[:32] == "14d41537266b18813f84002a6e0c6f61"
+    # sharded: pinned at sharding by pages (issue 12: each rank reads only its pages); the unsharded pins
+    # above are the orders before it, recomputed over the unsharded cases alone
+    assert order_hash(store, None, [(1, 3)])[:32] == "44086b3bdef1e13f9c965ca70f4914d1"
+    assert order_hash(store, paged_limit(4), [(1, 3)])[:32] == "c53f5b683ffca4f36fc5a9339ec5f769"

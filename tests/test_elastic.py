@@ -141,7 +141,8 @@ def test_unsharded_states_load_sharded_and_back(store):
         s.iteration_step = 2  # both ranks took 2 more batches of 3: position 33
     back = stream(store, "memory", None)
     back.load_state_dict(two[1].state_dict())
-    assert back.iteration_step == 11  # 33 blocks = 11 steps of 3 for one rank
+    # 33 blocks served, but two chunks' heads (not a prefix): dealt anew, not step 11 of the epoch
+    assert back.iteration_step == 0 and back.state_dict()["position"] == 33
     check_union(served + [remaining(back)], epoch_multiset(store, "memory", None), 1)
 
 
@@ -150,8 +151,16 @@ def test_format_1_states_load_at_their_shard_and_are_refused_at_another(store):
     v1 = {"epoch": 0, "iteration_step": 4, "seed": 5, "fingerprint": old._fingerprint_v1()}  # as saved before
     again = stream(store, "memory", (1, 2))
     again.load_state_dict(v1)
-    assert again.iteration_step == 4
-    np.testing.assert_array_equal(remaining(again), old.order()[12:])
+    # its 4 steps were taken under round-robin dealing: the prefix of 4 x 3 x 2 blocks is consumed
+    glob = stream(store, "memory", None).order()
+    per = (len(glob) - 24) // 2
+    assert again.iteration_step == 0 and again.state_dict()["position"] == 24
+    np.testing.assert_array_equal(remaining(again), glob[24 + per:24 + 2 * per])
+    v2 = {"format": 2, "epoch": 0, "position": 24, "seed": 5, "shard": [1, 2], "iteration_step": 4,
+          "fingerprint": again.state_dict()["fingerprint"]}  # a format-2 state: the same prefix consumed
+    from_v2 = stream(store, "memory", (1, 2))
+    from_v2.load_state_dict(v2)
+    assert from_v2.state_dict() == again.state_dict()
     with pytest.raises(ParameterError, match=r"saved with shard=\[1, 2\] and loads only at that shard"):
         stream(store, "memory", (0, 3)).load_state_dict(v1)
     with pytest.raises(ParameterError, match="predates balance="):
@@ -164,7 +173,7 @@ def test_bad_states_are_refused(store):
     s = stream(store, "memory", (0, 2))
     good = s.state_dict()
     n = len(s.block_file)
-    cases = [({**good, "format": 3}, "format 3"), ({**good, "position": n + 1}, "position="),
+    cases = [({**good, "format": 4}, "format 4"), ({**good, "position": n + 1}, "position="),
              ({**good, "position": -1}, "position="), ({**good, "epoch": "1"}, "epoch="),
              ({**good, "seed": 6}, "other settings"), (["no"], "must be a dict")]
     for state, match in cases:
@@ -195,7 +204,7 @@ def test_torch_datasets_resume_at_another_world_size(store, balance):
         it.close()
     state = old[2].state_dict()  # counted in this process: 5 batches
     assert state["position"] == 5 * 3 * 4
-    assert {**state, "shard": None} == {**old[0].state_dict(step=5), "shard": None}  # any rank's will do
+    assert state == old[0].state_dict(step=5, num_workers=0)  # any rank's will do: the same state
     new = [dataset(store, r, 2, balance) for r in range(2)]
     for ds in new:
         ds.load_state_dict(state)
@@ -218,12 +227,17 @@ def test_torch_workers_deliver_the_ranks_batches_in_order_and_resume_elastically
             got.append(ids.numpy())
             if i + 1 == 7:
                 break
-        # two workers each assemble every other batch; the loader hands them over in the stream's order
-        np.testing.assert_array_equal(np.concatenate(got), stream(store, "pager", (r, 2), "class").order()[:21])
+        # each worker serves its own sub-shard (2r + w of 4); the loader takes their batches in turn
+        parts = [stream(store, "pager", (2 * r + w, 4), "class").order() for w in range(2)]
+        want = np.concatenate([parts[i % 2][i // 2 * 3:(i // 2 + 1) * 3] for i in range(7)])
+        np.testing.assert_array_equal(np.concatenate(got), want)
         served += got
     with pytest.raises(ParameterError, match="needs step="):
         first[0].state_dict()
-    state = first[1].state_dict(step=7)
+    with pytest.raises(ParameterError, match="needs num_workers="):
+        first[0].state_dict(step=7)
+    state = first[1].state_dict(step=7, num_workers=2)
+    assert state == first[0].state_dict(step=7, num_workers=2)
     assert state["position"] == 7 * 3 * 2
     for r in range(3):
         ds = dataset(store, r, 3, "class", **kw)
