@@ -76,7 +76,7 @@ def test_windows_mix_pages_from_across_the_store():
 def _continuations(windows) -> float:
     """Share of page reads that go on where a page of the previous window ended (a sequential stream)."""
     hits = total = 0
-    for prev, w in zip(windows, windows[1:]):
+    for prev, w in zip(windows[:-1], windows[1:], strict=True):
         for rs in w.row_start.tolist():
             total += 1
             # the previous window read a page that ends inside or just before this one: one lane, read on
