@@ -29,7 +29,6 @@ class Job:
     time_context: int
     n_bins: int
     n_batches: int
-    take: tuple       # (offset, stride): assemble only batches b with (b - first) % stride == offset
     layout: str
     block_valid: np.ndarray
     block_file: np.ndarray
@@ -72,10 +71,7 @@ def produce(job: Job, ws: list[Window], first_batch: int):
         w, buf = next(windows)
         fill = BlockGather(buf, w.src_row, job.block_valid[w.blocks], job.time_context, **job.norm)
         total = int(cum[-1])
-        offset, stride = job.take
         for b in range(first_batch, job.n_batches):
-            if (b - first_batch) % stride != offset:
-                continue
             pos = b * job.batch_size
             size = min(job.batch_size, total - pos)
             out = np.empty((size, job.time_context, job.n_bins), np.float32)

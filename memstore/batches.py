@@ -191,7 +191,7 @@ class BatchStream:
         self._stop_active()
         s = self.store
         job = Job(batch_size=self.batch_size, time_context=self.time_context, n_bins=s.n_bins,
-                  n_batches=self._n_batches(self._unserved), take=(0, 1), layout=self.layout,
+                  n_batches=self._n_batches(self._unserved), layout=self.layout,
                   block_valid=self.block_valid, block_file=self.block_file, labels=self._labels_all, norm=self._norm,
                   features=None if self.out_of_core else np.asarray(s.features), path=s.source,
                   data_offset=s.data_offset, dtype=s.dtype, window_rows=self._window_rows,
