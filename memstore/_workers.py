@@ -1,8 +1,10 @@
 """The local build's worker processes: who may start them, how they start, and when they end.
 
 ``build_store(..., workers=N)`` extracts in ``N`` processes started with the
-``spawn`` method (fork is unsafe with HDF5 handles and threads). Three things
-about those processes live here, apart from the build itself:
+``spawn`` method (fork is unsafe with HDF5 handles and threads):
+:func:`memstore.extract.local_executor` starts one :class:`WorkerPool` per
+build and :mod:`memstore.extract` runs the tasks on it. Three things about
+those processes live here, apart from the build and its tasks:
 
 **The main guard.** A spawned worker imports the caller's main script again
 (as ``__mp_main__``) before it does any work. A script that calls
