@@ -10,6 +10,7 @@ statistics stay the same bytes.
 
 from __future__ import annotations
 
+import ast
 import concurrent.futures as cf
 import os
 import zlib
@@ -28,6 +29,9 @@ from memstore.errors import BuildError
 from memstore.features import MelSpectrogram, Spectrogram
 from memstore.stats import RunningStats
 from memstore.store import open_store
+
+TOOLS = Path(__file__).resolve().parents[1] / "tools"
+
 
 # --- which files are decoded lazily ---------------------------------------------------------
 
@@ -222,3 +226,43 @@ def test_memory_running_out_says_what_to_change(tmp_path, monkeypatch, workers, 
     with cf.ThreadPoolExecutor(2) as pool, pytest.raises(BuildError, match="memory ran out .*" + advice):
         build.build_store(tmp_path / "a", tmp_path / "s.h5", workers=workers, executor=pool if threads else None,
                           progress=False)
+
+
+# --- tools use the public API ----------------------------------------------------------------
+
+def _private_memstore_imports(path: Path) -> list[str]:
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "memstore":
+            names = [a.name for a in node.names]
+            found += [f"{node.module}.{n}" for n in names if n.startswith("_")]
+            found += [node.module] if any(p.startswith("_") for p in node.module.split(".")) else []
+        elif isinstance(node, ast.Import):
+            found += [a.name for a in node.names
+                      if a.name.split(".")[0] == "memstore" and any(p.startswith("_") for p in a.name.split("."))]
+    return found
+
+
+def test_bench_build_imports_no_private_name():
+    assert _private_memstore_imports(TOOLS / "bench_build.py") == []
+
+
+def _blas_threads() -> list[int]:
+    import threadpoolctl
+
+    return [p["num_threads"] for p in threadpoolctl.threadpool_info() if p["user_api"] == "blas"]
+
+
+def test_the_benchmarks_warm_workers_run_one_blas_thread_and_leave_the_environment(monkeypatch):
+    pytest.importorskip("threadpoolctl")
+    monkeypatch.syspath_prepend(str(TOOLS))
+    import bench_build
+
+    before = {k: os.environ.get(k) for k in bench_build.THREAD_VARS}
+    pool = bench_build.warm_pool(2)
+    try:
+        assert {k: os.environ.get(k) for k in bench_build.THREAD_VARS} == before
+        threads = pool.submit(_blas_threads).result()
+        assert threads and set(threads) == {1}
+    finally:
+        pool.shutdown()
