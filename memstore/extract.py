@@ -45,7 +45,7 @@ import zlib
 import numpy as np
 
 from . import _progress
-from ._workers import GUARD_ADVICE, WorkerPool, broken_pool_error, check_main_guard, wait_any
+from ._workers import GUARD_ADVICE, WorkerPool, check_main_guard, wait_any
 from .audio import decodes_lazily, open_signal, read_audio
 from .errors import AudioDecodeError, BuildError
 from .features import transform_from_json
@@ -270,7 +270,16 @@ def _extract_on_executor(pool, n_workers, args, run, record, partial) -> None:
             for fut in finished:
                 record(fut.result())
     except cf.process.BrokenProcessPool as err:
-        raise broken_pool_error(pool, err, partial) from err
+        raise _broken_pool_error(pool, err, partial) from err
     finally:
         for fut in running:  # after a failure, queued tasks must not go on writing into the partial file
             fut.cancel()
+
+
+def _broken_pool_error(pool, err: BaseException, partial) -> BuildError:
+    """The error for a broken local pool: the main guard if workers died starting, else resume."""
+    if isinstance(pool, WorkerPool) and pool.died_at_startup():
+        return BuildError(f"a worker process died while starting ({err}). If the script that calls "
+                          f"build_store has no main guard, every worker runs it again and fails: {GUARD_ADVICE}. "
+                          f"If a worker was killed, run the same build again to resume from {partial}")
+    return BuildError(f"a worker process died ({err}); run the same build again to resume from {partial}")
