@@ -212,21 +212,21 @@ def extract_files(files, pending, root, partial, data_offset, n_bins, dtype, con
         # flags go through the map without msync, like the rows: the page cache outlives a killed
         # process, and the finished store is fsynced before its rename (an msync per task cost the
         # parent 0.3 ms per file, in series with the workers)
-        for i, crc, stats in results:
+        for i, crc, packed_or_reason in results:
             if crc is None:
-                failed[i] = stats
+                failed[i] = packed_or_reason
                 done[i] = 2
                 fold.add(i, None)
             else:
                 checksum[i] = crc
                 done[i] = 1
-                s = RunningStats.unpacked(stats)
-                fold.add(i, (s.count, s.mean, s.m2))
+                s = RunningStats.unpacked(packed_or_reason)
+                fold.add(i, (s.count, s.mean, s.m2))  # build's fold merges (count, mean, m2) triples
         bar.update(len(results))
 
     run = tasks(files, pending, root, new, task_seconds)
     n_workers = workers or os.cpu_count() or 1
-    dask = executor is not None and _is_dask_client(executor)
+    dask = _is_dask_client(executor)
     try:
         if executor is None:
             for items in run:
@@ -252,6 +252,7 @@ def extract_files(files, pending, root, partial, data_offset, n_bins, dtype, con
 
 
 def _is_dask_client(executor) -> bool:
+    """A ``distributed.Client`` (told by its methods: distributed is imported only when one is given)."""
     return hasattr(executor, "gather") and hasattr(executor, "scheduler_info")
 
 
