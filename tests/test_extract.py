@@ -13,6 +13,7 @@ from __future__ import annotations
 import ast
 import concurrent.futures as cf
 import os
+import time
 import zlib
 from pathlib import Path
 
@@ -205,7 +206,14 @@ def test_the_builds_own_pool_is_shut_down_after_it_and_killed_when_it_fails():
     assert _gone(pids)
     with pytest.raises(KeyError, match="the build failed"), extract.local_executor(2, None) as pool:
         pids = list(pool._processes)
+        busy = [pool.submit(time.sleep, 120) for _ in range(2)]
+        deadline = time.monotonic() + 60
+        while not all(f.running() for f in busy) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert all(f.running() for f in busy)  # handed to the workers: a shutdown would wait for them
         raise KeyError("the build failed")
+    # killed, not waited for: a shut-down pool would have let both sleeps return None
+    assert all(isinstance(f.exception(timeout=60), cf.process.BrokenProcessPool) for f in busy)
     assert _gone(pids)
 
 
