@@ -1,8 +1,10 @@
 """The local build's worker processes: who may start them, how they start, and when they end.
 
 ``build_store(..., workers=N)`` extracts in ``N`` processes started with the
-``spawn`` method (fork is unsafe with HDF5 handles and threads). Three things
-about those processes live here, apart from the build itself:
+``spawn`` method (fork is unsafe with HDF5 handles and threads):
+:func:`memstore.extract.local_executor` starts one :class:`WorkerPool` per
+build and :mod:`memstore.extract` runs the tasks on it. Three things about
+those processes live here, apart from the build and its tasks:
 
 **The main guard.** A spawned worker imports the caller's main script again
 (as ``__mp_main__``) before it does any work. A script that calls
@@ -202,7 +204,6 @@ class WorkerPool(cf.ProcessPoolExecutor):
         """Whether the pool broke before every worker had run its first task."""
         return any(f.done() and not f.cancelled() and f.exception() is not None for f in self._startup)
 
-
     def dead_workers(self) -> list[int]:
         """Pids of workers that have exited (the pool never retires workers, so any exit is a death)."""
         procs = getattr(self, "_processes", None) or {}
@@ -265,15 +266,6 @@ def wait_any(pool, running: set) -> tuple[set, set]:
             broken_at = now
         elif broken_at is not None and now - broken_at > DEAD_WORKER_GRACE:
             raise cf.process.BrokenProcessPool("a worker process died and the pool did not notice")
-
-
-def broken_pool_error(pool, err: BaseException, partial) -> BuildError:
-    """The error for a broken local pool: the main guard if workers died starting, else resume."""
-    if isinstance(pool, WorkerPool) and pool.died_at_startup():
-        return BuildError(f"a worker process died while starting ({err}). If the script that calls "
-                          f"build_store has no main guard, every worker runs it again and fails: {GUARD_ADVICE}. "
-                          f"If a worker was killed, run the same build again to resume from {partial}")
-    return BuildError(f"a worker process died ({err}); run the same build again to resume from {partial}")
 
 
 # --- inside a worker -----------------------------------------------------------------------

@@ -560,6 +560,30 @@ def open_signal(path) -> WavSignal | np.ndarray:
     return _dispatch(path, WavSignal, lambda p, sf: _read_soundfile(p, sf, True)[0])
 
 
+#: a WAV file with more samples than this, read at its own rate, is decoded lazily by the build
+LONG_SAMPLES = 1 << 24
+
+
+def decodes_lazily(path, *, n_samples: int, source_rate: int, sample_rate: int) -> bool:
+    """Whether to read a file with :func:`open_signal` (chunk by chunk) rather than :func:`read_audio` (whole).
+
+    True for a WAV file, by its name (``.wav`` in any case), of more than
+    :data:`LONG_SAMPLES` samples at ``source_rate`` when it is read at that
+    same rate (a resampled file is read whole). Decided from header facts the
+    caller already holds (``n_samples``, ``source_rate``, from
+    :func:`audio_info`), so no header is read again.
+
+    Example
+    -------
+    >>> decodes_lazily("long.WAV", n_samples=1 << 25, source_rate=44100, sample_rate=44100)
+    True
+    >>> decodes_lazily("long.flac", n_samples=1 << 25, source_rate=44100, sample_rate=44100)
+    False
+    """
+    return (os.fsdecode(path).lower().endswith(".wav") and source_rate == sample_rate
+            and n_samples > LONG_SAMPLES)
+
+
 def _resample(x: np.ndarray, source: int, target: int) -> np.ndarray:
     from scipy.signal import resample_poly
 

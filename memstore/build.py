@@ -11,7 +11,7 @@ The build in four steps
    reserved (``posix_fallocate``), so a full disk is a :class:`BuildError`
    here and never a SIGBUS in a mapped write. The whole build holds the lock
    ``<store>.lock``: one writer per store.
-3. **Extract** in worker processes (spawn-safe, or any
+3. **Extract** (:mod:`memstore.extract`) in worker processes (spawn-safe, or any
    ``concurrent.futures.Executor``). Each worker writes its files' rows at
    the planned offsets through its own ``np.memmap`` (one per task of several
    files; the plan's header facts travel with the task, so no header is read
@@ -36,8 +36,6 @@ sequential copy of the store per append.
 from __future__ import annotations
 
 import collections
-import concurrent.futures as cf
-import contextlib
 import dataclasses
 import errno
 import fcntl
@@ -46,7 +44,6 @@ import hashlib
 import logging
 import os
 import time
-import uuid
 import zlib
 from pathlib import Path
 from typing import Any
@@ -54,11 +51,12 @@ from typing import Any
 import h5py
 import numpy as np
 
-from . import _progress, layout
-from ._workers import GUARD_ADVICE, WorkerPool, broken_pool_error, check_main_guard, one_native_thread, wait_any
-from .audio import audio_info, open_signal, read_audio, resampled_length
+from . import layout
+from ._workers import one_native_thread
+from .audio import audio_info, resampled_length
 from .errors import AudioDecodeError, BuildError, MissingDependencyError, ParameterError, StoreFormatError
-from .features import MelSpectrogram, Spectrogram, transform_from_json
+from .extract import extract_files, local_executor
+from .features import MelSpectrogram, Spectrogram
 from .labels import assign_labels, check_classes, fix_classes, label_index, scan_audio
 from .labeltable import LabelTable, as_label_table
 from .store import PARTIAL_SUFFIX, read_file_metadata, read_metadata
@@ -67,12 +65,10 @@ __all__ = ["BuildReport", "build_store"]
 
 log = logging.getLogger(__name__)
 
-#: audio seconds per worker task: small files are batched to cut overhead
+#: audio seconds per extraction task (see memstore.extract.tasks): small files are batched to cut overhead
 TASK_AUDIO_SECONDS = 60.0
 #: rows copied per step when copying or checksumming existing data
 COPY_ROWS = 1 << 16
-#: WAV files longer than this (at the target rate) are decoded lazily, chunk by chunk
-LONG_SAMPLES = 1 << 24
 
 
 @dataclasses.dataclass
@@ -158,113 +154,6 @@ def _unpacked(stats: tuple) -> tuple:
     m2[upper] = triangle
     m2.T[upper] = triangle
     return count, mean, m2
-
-
-class _Skip(Exception):
-    """This one file cannot be stored; ``reason`` goes into the report's skipped list."""
-
-    def __init__(self, err: Exception):
-        self.reason = f"{type(err).__name__}: {err}"
-        super().__init__(self.reason)
-
-
-def _compute(audio_path: str, transform, rate: int, n_frames: int, n_bins: int, dtype: str,
-             n_samples: int, source_rate: int) -> np.ndarray:
-    """One file's feature rows in the store dtype.
-
-    Raises :class:`_Skip` when this file cannot be read or decoded, or its
-    features are unusable (not finite, or beyond float16). Anything else is
-    not about the file and propagates: a bug, or memory running out.
-
-    A long WAV at the target rate is decoded chunk by chunk as the transform
-    consumes it, so memory holds its features, not its samples. Whether it is
-    long comes from the plan (``n_samples``, ``source_rate``): the header was
-    read once, when the build was planned, and is not read again here.
-    """
-    try:
-        samples = None
-        if audio_path.lower().endswith(".wav") and source_rate == rate and n_samples > LONG_SAMPLES:
-            samples = open_signal(audio_path)
-        if samples is None:
-            samples, _ = read_audio(audio_path, sample_rate=rate)
-    except OSError as err:  # AudioDecodeError, or the OS refusing to open or read this file
-        raise _Skip(err) from err
-    try:
-        feats = transform(samples, rate)
-    except AudioDecodeError as err:  # a lazily decoded long WAV meets its bad chunk here
-        raise _Skip(err) from err
-    if feats.shape != (n_frames, n_bins):  # the plan and the transform disagree: a bug, not the file
-        raise BuildError(f"{audio_path}: computed {feats.shape} frames, planned {(n_frames, n_bins)}")
-    if not np.isfinite(feats).all():
-        raise _Skip(BuildError(f"{audio_path}: features contain NaN or infinity"))
-    rows = np.ascontiguousarray(feats.astype(dtype, copy=False))
-    if dtype == "float16" and not np.isfinite(rows).all():
-        raise _Skip(BuildError(f"{audio_path}: features overflow float16; build with dtype='float32'"))
-    return rows
-
-
-def _computed(config_json: str, rate: int, n_bins: int, dtype: str, items):
-    """Yield ``(i, planned row, rows)`` per file, or ``(i, planned row, reason)`` when it is skipped.
-
-    Only :class:`_Skip` becomes a skip. A :class:`MemoryError` gets the file's
-    name and propagates, so the build stops (resumably) instead of losing the
-    file; any other exception is a bug and propagates as it is.
-    """
-    transform = transform_from_json(config_json)
-    for i, audio_path, row, n_frames, n_samples, source_rate in items:
-        try:
-            rows = _compute(audio_path, transform, rate, n_frames, n_bins, dtype, n_samples, source_rate)
-        except _Skip as skip:
-            yield i, row, skip.reason
-            continue
-        except MemoryError as err:
-            raise MemoryError(f"{audio_path} ({n_frames} x {n_bins} features): {err}") from err
-        yield i, row, rows
-
-
-def _extract_task(partial: str, data_offset: int, n_bins: int, dtype: str, config_json: str,
-                  rate: int, items: list[tuple[int, str, int, int, int, int]]) -> list[tuple]:
-    """Local worker: compute and write the rows of several files at their planned offsets.
-
-    ``items`` are ``(i, path, first row, n_frames, n_samples, source_rate)``
-    from the plan. One memory map spans the task's rows (not one per file).
-    """
-    itemsize = np.dtype(dtype).itemsize
-    first = min(row for _, _, row, _, _, _ in items)
-    end = max(row + n for _, _, row, n, _, _ in items)
-    mm = np.memmap(partial, dtype=dtype, mode="r+", offset=data_offset + first * n_bins * itemsize,
-                   shape=(end - first, n_bins))
-    results = []
-    for i, row, rows in _computed(config_json, rate, n_bins, dtype, items):
-        if isinstance(rows, str):
-            results.append((i, None, rows))
-            continue
-        mm[row - first:row - first + len(rows)] = rows  # no msync: the page cache outlives a killed process
-        results.append((i, zlib.crc32(rows.data), _packed(_file_stats(rows))))
-    del mm
-    return results
-
-
-def _extract_shard(shard: str, n_bins: int, dtype: str, config_json: str, rate: int,
-                   items: list[tuple[int, str, int, int, int, int]]) -> list[tuple]:
-    """Cluster worker: write the rows of several files into a shard file of its own (raw ``.npy``).
-
-    Returns ``(i, crc, stats, first row in the shard)`` per file, or ``(i, None, reason)``.
-    """
-    results, parts, first = [], [], 0
-    for i, _, rows in _computed(config_json, rate, n_bins, dtype, items):
-        if isinstance(rows, str):
-            results.append((i, None, rows))
-            continue
-        parts.append(rows)
-        results.append((i, zlib.crc32(rows.data), _packed(_file_stats(rows)), first))
-        first += len(rows)
-    tmp = shard + ".tmp"
-    with open(tmp, "wb") as f:
-        np.lib.format.write_array(f, np.concatenate(parts) if parts else np.zeros((0, n_bins), dtype),
-                                  allow_pickle=False)
-    os.replace(tmp, shard)
-    return results
 
 
 # --- planning ------------------------------------------------------------------------------
@@ -555,31 +444,11 @@ def build_store(audio_root, store_path, *, transform: Spectrogram = MelSpectrogr
         classes = check_classes(classes)
         if isinstance(labels, str) and labels == "none":
             raise ParameterError("classes= needs labels; labels='none' gives every file none")
-    n_workers = workers or os.cpu_count() or 1
-    # before any worker starts: workers of an unguarded script would re-run it
-    check_main_guard(spawns=executor is None and n_workers > 1)
-    # spawn the workers now, so their start-up (interpreters, numpy, numba) overlaps the scan
-    try:
-        pool = _start_pool(n_workers) if executor is None and n_workers > 1 else None
-    except cf.process.BrokenProcessPool as err:
-        raise BuildError(f"a worker process died while starting ({err}); nothing was written. If the "
-                         f"script has no main guard: {GUARD_ADVICE}; otherwise run the same build again") from err
-    try:
+    # the main guard is checked and the workers spawned now, so their start-up overlaps the scan
+    with local_executor(workers, executor) as runner:
         return _build_store(t0, audio_root, store_path, transform=transform, labels=labels, workers=workers,
                             sample_rate=sample_rate, dtype=dtype, strict=strict, resume=resume, mode=mode,
-                            executor=executor if pool is None else pool, progress=progress, classes=classes)
-    except BaseException:
-        if pool is not None:  # a failed build waits for nothing: a broken pool's queues may never drain
-            pool.break_down()
-        raise
-    finally:
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _start_pool(n_workers: int) -> WorkerPool:
-    """Start every worker now, from this thread (see :mod:`memstore._workers`)."""
-    return WorkerPool(n_workers)
+                            executor=runner, progress=progress, classes=classes)
 
 
 @_locked
@@ -762,8 +631,8 @@ def _build_store(t0, audio_root, store_path, *, transform, labels, workers, samp
                                                     shape=(total, n_bins)), done, pending)
     with one_native_thread():  # this process's matrix products (workers=1, resumed files) on one BLAS thread
         fold.advance()
-        _extract(files, pending, root, partial, data_offset, n_bins, dtype, config_json, rate, new,
-                 done, checksum, fold, failed, workers, executor, progress)
+        extract_files(files, pending, root, partial, data_offset, n_bins, dtype, config_json, rate, new,
+                      done, checksum, fold, failed, workers, executor, progress, task_seconds=TASK_AUDIO_SECONDS)
     stats = fold.result()
     del fold
     ok = [i for i in range(len(files)) if i not in failed]
@@ -876,164 +745,6 @@ class _StatsFold:
         if self.next != len(self.new):
             raise BuildError(f"bug: statistics merged for {self.next} of {len(self.new)} files")
         return self.stats
-
-
-def _tasks(files, pending, root, new):
-    batch, seconds = [], 0.0
-    for i in pending:
-        batch.append((i, os.fsdecode(root / files[i]), int(new["offset"][i]), int(new["n_frames"][i]),
-                      int(new["n_samples"][i]), int(new["source_rate"][i])))
-        seconds += float(new["n_samples"][i]) / max(int(new["source_rate"][i]), 1)
-        if seconds >= TASK_AUDIO_SECONDS:
-            yield batch
-            batch, seconds = [], 0.0
-    if batch:
-        yield batch
-
-
-def _extract(files, pending, root, partial, data_offset, n_bins, dtype, config_json, rate, new,
-             done, checksum, fold, failed, workers, executor, progress) -> None:
-    bar = _progress.bar(total=len(files), initial=len(files) - len(pending), unit="file", desc="extracting",
-                        progress=progress)
-    args = (os.fsdecode(partial), int(data_offset), int(n_bins), dtype, config_json, int(rate))
-
-    def record(results):
-        # flags go through the map without msync, like the rows: the page cache outlives a killed
-        # process, and the finished store is fsynced before its rename (an msync per task cost the
-        # parent 0.3 ms per file, in series with the workers)
-        for item in results:
-            i = item[0]
-            if item[1] is None:
-                failed[i] = item[2]
-                done[i] = 2
-                fold.add(i, None)
-            else:
-                checksum[i] = item[1]
-                done[i] = 1
-                fold.add(i, _unpacked(item[2]))
-        bar.update(len(results))
-
-    tasks = _tasks(files, pending, root, new)
-    n_workers = workers or os.cpu_count() or 1
-    dask = executor is not None and hasattr(executor, "gather") and hasattr(executor, "scheduler_info")
-    try:
-        if executor is None:  # workers=1: build_store hands its own pool over as the executor otherwise
-            for items in tasks:
-                record(_extract_task(*args, items))
-        elif dask:
-            _extract_dask(executor, args, tasks, record)
-        else:
-            _extract_pool(executor, n_workers, args, tasks, record, partial)
-    except MemoryError as err:
-        n_done = int(np.count_nonzero(done[: len(files)]))
-        if dask:
-            advice = "fewer tasks at once per Dask worker or more memory per worker"
-        elif n_workers > 1:
-            advice = f"fewer workers (workers={n_workers} now) or more memory"
-        else:
-            advice = "more memory (one file at a time already)"
-        raise BuildError(f"memory ran out while extracting features: {err}. Run the same build again with "
-                         f"{advice}; it resumes from the {n_done} file(s) already done in {partial}") from err
-    finally:
-        bar.close()
-
-
-def _extract_pool(pool, n_workers, args, tasks, record, partial) -> None:
-    """Run tasks on a ``concurrent.futures`` executor, at most ``4 * n_workers`` in flight."""
-    running = set()
-    try:
-        for items in tasks:
-            running.add(pool.submit(_extract_task, *args, items))
-            if len(running) >= 4 * n_workers:
-                finished, running = wait_any(pool, running)
-                for fut in finished:
-                    record(fut.result())
-        while running:
-            finished, running = wait_any(pool, running)
-            for fut in finished:
-                record(fut.result())
-    except cf.process.BrokenProcessPool as err:
-        raise broken_pool_error(pool, err, partial) from err
-    finally:
-        for fut in running:  # after a failure, queued tasks must not go on writing into the partial file
-            fut.cancel()
-
-
-
-def _extract_dask(client, args, tasks, record) -> None:
-    """Run tasks on a Dask cluster: each task writes a shard file; the parent copies it into place.
-
-    No two processes write one file: workers write their own shards next to the
-    store (a shared file system), and only this process writes the partial store.
-    Paths are made absolute here, because a worker resolves a relative path
-    against its own working directory. If a task fails, the others are
-    cancelled and the error comes back as a :class:`BuildError`; the files
-    already copied stay done, so rerunning the build resumes.
-    """
-    from distributed import as_completed
-
-    partial, data_offset, n_bins, dtype, config_json, rate = args
-    partial = os.path.abspath(partial)
-    itemsize = np.dtype(dtype).itemsize
-    shard_dir = Path(partial + ".shards")
-    shard_dir.mkdir(exist_ok=True)
-    _clear_shards(shard_dir)
-    run = uuid.uuid4().hex  # keys and shard names of this run only: never a stale result or shard of another
-    futures, shards, planned = [], {}, {}
-    try:
-        for k, items in enumerate(tasks):
-            items = [(i, os.path.abspath(path), *rest) for i, path, *rest in items]
-            shard = str(shard_dir / f"{run}-{k:08d}.npy")
-            fut = client.submit(_extract_shard, shard, n_bins, dtype, config_json, rate, items,
-                                pure=False, key=f"memstore-extract-{run}-{k}")
-            futures.append(fut)
-            shards[fut.key] = shard
-            planned[fut.key] = {i: row for i, _, row, *_ in items}
-        for fut in as_completed(futures):
-            try:
-                results = fut.result()
-            except MemoryError:
-                raise
-            except Exception as err:
-                raise BuildError(f"a Dask task failed on a worker ({type(err).__name__}: {err}); the other "
-                                 f"tasks were cancelled; run the same build again to resume from {partial}"
-                                 ) from err
-            shard = shards[fut.key]
-            try:
-                src = np.load(shard, mmap_mode="r", allow_pickle=False)
-            except FileNotFoundError as err:
-                raise BuildError(f"{shard}, written by a Dask worker, is not visible here: the workers must see "
-                                 f"the store's folder at the same path (a shared file system)") from err
-            for item in results:
-                if item[1] is None:
-                    continue
-                i, n, first = item[0], item[2][0], item[3]
-                dst = np.memmap(partial, dtype=dtype, mode="r+",
-                                offset=data_offset + planned[fut.key][i] * n_bins * itemsize, shape=(n, n_bins))
-                dst[:] = src[first:first + n]
-                dst.flush()  # the rows reach the file before record() marks them done
-                del dst
-            del src
-            record([r[:3] for r in results])
-            os.unlink(shard)
-    finally:
-        if futures:  # after a failure the rest must not run on; the finished ones free their results
-            client.cancel(futures)
-        _clear_shards(shard_dir)
-        with contextlib.suppress(OSError):
-            shard_dir.rmdir()
-
-
-def _clear_shards(shard_dir: Path) -> None:
-    """Delete what a failed run left (its names carry its run id: never read again).
-
-    A task that was already running when its build failed may still add its
-    shard later; the next run of the build deletes it.
-    """
-    with contextlib.suppress(FileNotFoundError):
-        for name in os.listdir(shard_dir):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(shard_dir / name)
 
 
 def _compact(partial: Path, store_path: Path, index, keep, paths, labels, classes, config_json,

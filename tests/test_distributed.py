@@ -6,7 +6,10 @@ import os
 import time
 
 import h5py
+import numpy as np
 import pytest
+import wavs
+from conftest import varied_folder
 
 distributed = pytest.importorskip("distributed")
 
@@ -133,3 +136,21 @@ def test_relative_paths_work_when_the_workers_run_elsewhere(demo_root, demo_stor
     same_store(tmp_path / "c" / "d.h5", demo_store)
     assert list((tmp_path / "w" / "d.h5.partial.shards").iterdir()) == []
     assert not (tmp_path / "c" / "d.h5.partial.shards").exists()
+
+
+def test_a_task_of_skipped_files_only_writes_an_empty_shard_and_the_store_equals_a_local_one(tmp_path, monkeypatch,
+                                                                                             client):
+    """One file per task: the NaN file's task stores nothing, its shard holds zero rows."""
+    root = tmp_path / "a"
+    varied_folder(root)
+    wavs.write(root / "c" / "nan.wav", wavs.float_with(np.nan))
+    local = build_store(root, tmp_path / "local.h5", workers=1, progress=False)
+    monkeypatch.setattr(build, "TASK_AUDIO_SECONDS", 1e-9)
+    report = build_store(root, tmp_path / "dask.h5", executor=client, progress=False)
+    assert [p for p, _ in report.skipped] == ["c/nan.wav"] and report.skipped == local.skipped
+    assert report.stored == local.stored == 6
+    same_store(tmp_path / "dask.h5", tmp_path / "local.h5")
+    with h5py.File(tmp_path / "dask.h5", "r") as d, h5py.File(tmp_path / "local.h5", "r") as s:
+        for name in ("count", "mean", "m2", "cov", "std"):
+            assert d["stats"][name][()].tobytes() == s["stats"][name][()].tobytes()
+    assert not (tmp_path / "dask.h5.partial.shards").exists()

@@ -1,0 +1,286 @@
+"""Feature extraction for a build: per-file compute, tasks, and where they run (this process or a pool).
+
+``build_store`` plans every file's rows before anything is computed, then
+hands the files still to do to :func:`extract_files`. This module owns the
+rest of extraction; the store file, the plan and the statistics fold belong
+to the build.
+
+**Per file** (:func:`compute_files`): the samples come from
+:mod:`memstore.audio` (a long WAV at the target rate is decoded lazily, chunk
+by chunk, as :func:`~memstore.audio.decodes_lazily` decides from the plan's
+header facts; nothing here knows an audio format), then the transform runs.
+Only a file's own failures are skips: it cannot be read or decoded, or its
+features are not finite (or overflow float16). A :class:`MemoryError` gets
+the file's name and stops the build; any other exception is a bug and
+propagates.
+
+**Per task** (:func:`extract_task`): files are grouped into tasks of about
+``task_seconds`` of audio (:func:`tasks`). A task writes its files' rows at
+their planned offsets through one ``np.memmap`` of the partial store and
+returns, per file, the crc32 of its rows and its statistics
+(:meth:`RunningStats.packed <memstore.stats.RunningStats.packed>`), or the
+reason it was skipped. The parent sets the done flags and checksums and
+folds the statistics in file order, so the store's bytes never depend on
+which worker ran what.
+
+**Where tasks run** (:func:`local_executor`, :func:`extract_files`): in this
+process (``workers=1``), in a :class:`~memstore._workers.WorkerPool` of
+spawned single-threaded workers that lives as long as one build, on a
+caller's ``concurrent.futures`` executor, or on a Dask cluster
+(:mod:`memstore.distributed`, imported only then). The pool machinery itself
+(main guard, thread limits, workers that die with their parent, a pool that
+cannot hang on a dead worker) is :mod:`memstore._workers`.
+
+Imports: audio, features (the transform from its JSON), stats, errors,
+``_workers`` and ``_progress``; never the store or build modules.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import contextlib
+import os
+import zlib
+
+import numpy as np
+
+from . import _progress
+from ._workers import GUARD_ADVICE, WorkerPool, check_main_guard, wait_any
+from .audio import decodes_lazily, open_signal, read_audio
+from .errors import AudioDecodeError, BuildError
+from .features import transform_from_json
+from .stats import RunningStats
+
+__all__: list[str] = []  # the build's machinery; the public entry point is memstore.build.build_store
+
+#: tasks in flight per worker on a local executor: enough to keep every worker busy, few enough to
+#: bound the results waiting in the parent
+IN_FLIGHT_PER_WORKER = 4
+
+
+class _Skip(Exception):
+    """This one file cannot be stored; ``reason`` goes into the report's skipped list."""
+
+    def __init__(self, err: Exception):
+        self.reason = f"{type(err).__name__}: {err}"
+        super().__init__(self.reason)
+
+
+def _compute(audio_path: str, transform, rate: int, n_frames: int, n_bins: int, dtype: str,
+             n_samples: int, source_rate: int) -> np.ndarray:
+    """One file's feature rows in the store dtype.
+
+    Raises :class:`_Skip` when this file cannot be read or decoded, or its
+    features are unusable (not finite, or beyond float16). Anything else is
+    not about the file and propagates: a bug, or memory running out.
+
+    Whether the file is decoded lazily (so memory holds its features, not its
+    samples) comes from the plan (``n_samples``, ``source_rate``): the header
+    was read once, when the build was planned, and is not read again here.
+    """
+    try:
+        if decodes_lazily(audio_path, n_samples=n_samples, source_rate=source_rate, sample_rate=rate):
+            samples = open_signal(audio_path)
+        else:
+            samples, _ = read_audio(audio_path, sample_rate=rate)
+    except OSError as err:  # AudioDecodeError, or the OS refusing to open or read this file
+        raise _Skip(err) from err
+    try:
+        feats = transform(samples, rate)
+    except AudioDecodeError as err:  # a lazily decoded long WAV meets its bad chunk here
+        raise _Skip(err) from err
+    if feats.shape != (n_frames, n_bins):  # the plan and the transform disagree: a bug, not the file
+        raise BuildError(f"{audio_path}: computed {feats.shape} frames, planned {(n_frames, n_bins)}")
+    if not np.isfinite(feats).all():
+        raise _Skip(BuildError(f"{audio_path}: features contain NaN or infinity"))
+    rows = np.ascontiguousarray(feats.astype(dtype, copy=False))
+    if dtype == "float16" and not np.isfinite(rows).all():
+        raise _Skip(BuildError(f"{audio_path}: features overflow float16; build with dtype='float32'"))
+    return rows
+
+
+def compute_files(config_json: str, rate: int, n_bins: int, dtype: str, items):
+    """Yield ``(i, planned row, rows)`` per file of a task, or ``(i, planned row, reason)`` when it is skipped.
+
+    ``items`` are ``(i, path, first row, n_frames, n_samples, source_rate)``
+    from the plan (see :func:`tasks`). Only :class:`_Skip` becomes a skip. A
+    :class:`MemoryError` gets the file's name and propagates, so the build
+    stops (resumably) instead of losing the file; any other exception is a
+    bug and propagates as it is.
+    """
+    transform = transform_from_json(config_json)
+    for i, audio_path, row, n_frames, n_samples, source_rate in items:
+        try:
+            rows = _compute(audio_path, transform, rate, n_frames, n_bins, dtype, n_samples, source_rate)
+        except _Skip as skip:
+            yield i, row, skip.reason
+            continue
+        except MemoryError as err:
+            raise MemoryError(f"{audio_path} ({n_frames} x {n_bins} features): {err}") from err
+        yield i, row, rows
+
+
+def extract_task(partial: str, data_offset: int, n_bins: int, dtype: str, config_json: str,
+                 rate: int, items: list[tuple[int, str, int, int, int, int]]) -> list[tuple]:
+    """Local worker: compute and write the rows of several files at their planned offsets.
+
+    Returns ``(i, crc32, packed statistics)`` per stored file and
+    ``(i, None, reason)`` per skipped one. One memory map spans the task's
+    rows (not one per file).
+    """
+    itemsize = np.dtype(dtype).itemsize
+    first = min(row for _, _, row, _, _, _ in items)
+    end = max(row + n for _, _, row, n, _, _ in items)
+    mm = np.memmap(partial, dtype=dtype, mode="r+", offset=data_offset + first * n_bins * itemsize,
+                   shape=(end - first, n_bins))
+    results = []
+    for i, row, rows in compute_files(config_json, rate, n_bins, dtype, items):
+        if isinstance(rows, str):
+            results.append((i, None, rows))
+            continue
+        mm[row - first:row - first + len(rows)] = rows  # no msync: the page cache outlives a killed process
+        results.append((i, zlib.crc32(rows.data), RunningStats.of_rows(rows).packed()))
+    del mm
+    return results
+
+
+def tasks(files, pending, root, new, task_seconds: float):
+    """Group the files still to do into tasks of about ``task_seconds`` of audio each (small files batched).
+
+    Yields lists of ``(i, path, first row, n_frames, n_samples, source_rate)``,
+    the plan's facts for each file (``new`` is the plan's index of this run's
+    files), so a worker reads no header again.
+    """
+    batch, seconds = [], 0.0
+    for i in pending:
+        batch.append((i, os.fsdecode(root / files[i]), int(new["offset"][i]), int(new["n_frames"][i]),
+                      int(new["n_samples"][i]), int(new["source_rate"][i])))
+        seconds += float(new["n_samples"][i]) / int(new["source_rate"][i])  # planned rates are positive
+        if seconds >= task_seconds:
+            yield batch
+            batch, seconds = [], 0.0
+    if batch:
+        yield batch
+
+
+@contextlib.contextmanager
+def local_executor(workers: int | None, executor):
+    """The executor a build extracts with: the caller's, a new pool of ``workers`` processes, or None.
+
+    None means this process (``workers=1``, or one core). A new
+    :class:`~memstore._workers.WorkerPool` starts every worker now, so their
+    start-up (interpreters, numpy, numba) overlaps the build's scan and plan;
+    it is the build's own, killed if the build fails (a broken pool's queues
+    may never drain) and shut down when it ends. Before any worker starts, the
+    main guard is checked (:func:`~memstore._workers.check_main_guard`).
+    """
+    n_workers = workers or os.cpu_count() or 1
+    check_main_guard(spawns=executor is None and n_workers > 1)
+    if executor is not None or n_workers == 1:
+        yield executor
+        return
+    try:
+        pool = WorkerPool(n_workers)
+    except cf.process.BrokenProcessPool as err:
+        raise BuildError(f"a worker process died while starting ({err}); nothing was written. If the "
+                         f"script has no main guard: {GUARD_ADVICE}; otherwise run the same build again") from err
+    try:
+        yield pool
+    except BaseException:
+        pool.break_down()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def extract_files(files, pending, root, partial, data_offset, n_bins, dtype, config_json, rate, new,
+                  done, checksum, fold, failed, workers, executor, progress, *, task_seconds: float) -> None:
+    """Extract the ``pending`` files of the plan into the partial store, recording each as it finishes.
+
+    ``executor`` is what :func:`local_executor` gave: None runs the tasks in
+    this process, a Dask client on the cluster, anything else is a
+    ``concurrent.futures`` executor. A stored file gets ``done[i] = 1``, its
+    ``checksum[i]`` and its statistics folded (``fold.add``); a skipped one
+    ``done[i] = 2``, its reason in ``failed[i]`` and ``fold.add(i, None)``.
+    Memory running out anywhere is a :class:`BuildError` saying how to resume.
+    """
+    bar = _progress.bar(total=len(files), initial=len(files) - len(pending), unit="file", desc="extracting",
+                        progress=progress)
+    args = (os.fsdecode(partial), int(data_offset), int(n_bins), dtype, config_json, int(rate))
+
+    def record(results):
+        # flags go through the map without msync, like the rows: the page cache outlives a killed
+        # process, and the finished store is fsynced before its rename (an msync per task cost the
+        # parent 0.3 ms per file, in series with the workers)
+        for i, crc, packed_or_reason in results:
+            if crc is None:
+                failed[i] = packed_or_reason
+                done[i] = 2
+                fold.add(i, None)
+            else:
+                checksum[i] = crc
+                done[i] = 1
+                s = RunningStats.unpacked(packed_or_reason)
+                fold.add(i, (s.count, s.mean, s.m2))  # build's fold merges (count, mean, m2) triples
+        bar.update(len(results))
+
+    run = tasks(files, pending, root, new, task_seconds)
+    n_workers = workers or os.cpu_count() or 1
+    dask = _is_dask_client(executor)
+    try:
+        if executor is None:
+            for items in run:
+                record(extract_task(*args, items))
+        elif dask:
+            from .distributed import extract_on_cluster
+
+            extract_on_cluster(executor, args, run, record)
+        else:
+            _extract_on_executor(executor, n_workers, args, run, record, partial)
+    except MemoryError as err:
+        n_done = int(np.count_nonzero(done[: len(files)]))
+        if dask:
+            advice = "fewer tasks at once per Dask worker or more memory per worker"
+        elif executor is not None and n_workers > 1:
+            advice = f"fewer workers (workers={n_workers} now) or more memory"
+        else:  # this process (or a caller's executor with workers=1)
+            advice = "more memory (one file at a time already)"
+        raise BuildError(f"memory ran out while extracting features: {err}. Run the same build again with "
+                         f"{advice}; it resumes from the {n_done} file(s) already done in {partial}") from err
+    finally:
+        bar.close()
+
+
+def _is_dask_client(executor) -> bool:
+    """A ``distributed.Client`` (told by its methods: distributed is imported only when one is given)."""
+    return hasattr(executor, "gather") and hasattr(executor, "scheduler_info")
+
+
+def _extract_on_executor(pool, n_workers, args, run, record, partial) -> None:
+    """Run tasks on a ``concurrent.futures`` executor, at most :data:`IN_FLIGHT_PER_WORKER` per worker at once."""
+    running = set()
+    try:
+        for items in run:
+            running.add(pool.submit(extract_task, *args, items))
+            if len(running) >= IN_FLIGHT_PER_WORKER * n_workers:
+                finished, running = wait_any(pool, running)
+                for fut in finished:
+                    record(fut.result())
+        while running:
+            finished, running = wait_any(pool, running)
+            for fut in finished:
+                record(fut.result())
+    except cf.process.BrokenProcessPool as err:
+        raise _broken_pool_error(pool, err, partial) from err
+    finally:
+        for fut in running:  # after a failure, queued tasks must not go on writing into the partial file
+            fut.cancel()
+
+
+def _broken_pool_error(pool, err: BaseException, partial) -> BuildError:
+    """The error for a broken local pool: the main guard if workers died starting, else resume."""
+    if isinstance(pool, WorkerPool) and pool.died_at_startup():
+        return BuildError(f"a worker process died while starting ({err}). If the script that calls "
+                          f"build_store has no main guard, every worker runs it again and fails: {GUARD_ADVICE}. "
+                          f"If a worker was killed, run the same build again to resume from {partial}")
+    return BuildError(f"a worker process died ({err}); run the same build again to resume from {partial}")

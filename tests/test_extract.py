@@ -1,0 +1,276 @@
+"""memstore.extract: per-file compute, tasks, the worker-side statistics and the build's local executor.
+
+Everything here is real: WAV files written to ``tmp_path``, rows written
+through a real memory map, spawned worker processes. The statistics a worker
+sends back are compared with an independent spelling of the formula the
+build used before ``RunningStats`` (chunked float64, ``x.T @ x`` per chunk,
+Chan's merge, the upper triangle when the matrix is symmetric), so a store's
+statistics stay the same bytes.
+"""
+
+from __future__ import annotations
+
+import ast
+import concurrent.futures as cf
+import os
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import wavs
+
+import memstore.audio as audio
+import memstore.build as build
+import memstore.extract as extract
+from memstore._workers import WorkerPool
+from memstore.audio import audio_info, decodes_lazily, read_audio, write_wav
+from memstore.errors import BuildError
+from memstore.features import MelSpectrogram, Spectrogram
+from memstore.stats import RunningStats
+from memstore.store import open_store
+
+TOOLS = Path(__file__).resolve().parents[1] / "tools"
+
+
+# --- which files are decoded lazily ---------------------------------------------------------
+
+LONG = audio.LONG_SAMPLES
+
+
+@pytest.mark.parametrize(("path", "n_samples", "source_rate", "rate", "lazy"), [
+    ("a/long.wav", LONG + 1, 44100, 44100, True),
+    ("a/LONG.WAV", LONG + 1, 44100, 44100, True),           # the name's case does not matter
+    ("a/long.wav", LONG, 44100, 44100, False),              # not longer than the limit
+    ("a/long.wav", LONG + 1, 48000, 44100, False),          # resampled files are read whole
+    ("a/long.flac", LONG + 1, 44100, 44100, False),         # libsndfile formats are read whole
+    (Path("a/long.wav"), LONG + 1, 44100, 44100, True),     # a path object as well as a str
+])
+def test_only_long_wavs_read_at_their_own_rate_are_decoded_lazily(path, n_samples, source_rate, rate, lazy):
+    assert decodes_lazily(path, n_samples=n_samples, source_rate=source_rate, sample_rate=rate) is lazy
+
+
+def test_a_long_wav_goes_through_open_signal_and_gives_the_rows_of_a_whole_read(tmp_path, monkeypatch):
+    """With the limit lowered, the build reads long same-rate WAVs lazily, and stores the same rows."""
+    rng = np.random.default_rng(5)
+    root = tmp_path / "audio"
+    (root / "x").mkdir(parents=True)
+    write_wav(root / "x" / "long.wav", rng.uniform(-0.5, 0.5, (30000, 2)), 8000)
+    write_wav(root / "x" / "short.wav", rng.uniform(-0.5, 0.5, 3000), 8000)
+    write_wav(root / "x" / "resampled.wav", rng.uniform(-0.5, 0.5, 40000), 16000)
+    whole = build.build_store(root, tmp_path / "whole.h5", workers=1, sample_rate=8000, progress=False)
+    assert whole.stored == 3
+
+    opened = []
+    real = extract.open_signal
+
+    def spy(path):
+        opened.append(os.path.basename(path))
+        return real(path)
+
+    monkeypatch.setattr(extract, "open_signal", spy)
+    monkeypatch.setattr(audio, "LONG_SAMPLES", 10000)
+    lazy = build.build_store(root, tmp_path / "lazy.h5", workers=1, sample_rate=8000, progress=False)
+    assert lazy.stored == 3
+    assert opened == ["long.wav"]
+    with open_store(tmp_path / "whole.h5") as a, open_store(tmp_path / "lazy.h5") as b:
+        assert a.paths == b.paths
+        assert np.asarray(a.features).tobytes() == np.asarray(b.features).tobytes()
+        assert a.index.tobytes() == b.index.tobytes()
+
+
+# --- a task: rows at their planned offsets, checksums, statistics ---------------------------
+
+def _old_file_stats(rows: np.ndarray, chunk: int = 1 << 16):
+    """The build's per-file statistics before RunningStats, spelled out: (count, mean, co-moment)."""
+    stats = None
+    for s in range(0, len(rows), chunk):
+        x = rows[s:s + chunk].astype(np.float64)
+        mean = x.mean(axis=0)
+        x -= mean
+        part = (len(x), mean, x.T @ x)
+        if stats is None:
+            stats = part
+            continue
+        na, ma, m2a = stats
+        nb, mb, m2b = part
+        n = na + nb
+        delta = mb - ma
+        stats = (n, ma + delta * (nb / n), m2a + m2b + np.outer(delta, delta) * (na * nb / n))
+    return stats
+
+
+def _old_packed(stats):
+    count, mean, m2 = stats
+    if m2.tobytes() == np.ascontiguousarray(m2.T).tobytes():
+        return count, mean, None, m2[np.triu_indices(len(m2))]
+    return stats
+
+
+def _same_packed(a, b) -> bool:
+    if len(a) != len(b) or a[0] != b[0]:
+        return False
+    return all((x is None and y is None) or (x is not None and y is not None and x.tobytes() == y.tobytes())
+               for x, y in zip(a[1:], b[1:], strict=True))
+
+
+@pytest.mark.parametrize(("n_rows", "n_bins", "dtype"), [
+    (1, 1, "float32"), (37, 96, "float32"), (70000, 3, "float32"), (140000, 2, "float16"),
+])
+def test_worker_statistics_are_the_bytes_of_the_old_formula(n_rows, n_bins, dtype):
+    """Rows over one or several 64 Ki-row chunks: packed for the trip, and unpacked, byte for byte."""
+    rows = np.random.default_rng(n_rows).standard_normal((n_rows, n_bins)).astype(dtype)
+    old = _old_file_stats(rows)
+    packed = RunningStats.of_rows(rows).packed()
+    assert _same_packed(packed, _old_packed(old))
+    back = RunningStats.unpacked(packed)
+    assert back.count == old[0] and back.mean.tobytes() == old[1].tobytes() and back.m2.tobytes() == old[2].tobytes()
+
+
+def test_a_task_writes_each_file_at_its_planned_rows_and_returns_its_checksum_and_statistics(tmp_path):
+    rng = np.random.default_rng(2)
+    paths = []
+    for k, n in enumerate([5000, 800, 12000]):
+        paths.append(tmp_path / f"{k}.wav")
+        write_wav(paths[-1], rng.uniform(-0.5, 0.5, n), 8000)
+    wavs.write(tmp_path / "nan.wav", wavs.floats(np.array([0.1, np.nan, 0.2] * 500), rate=8000))
+    paths.insert(1, tmp_path / "nan.wav")
+    mel = MelSpectrogram(n_mels=20, n_fft=256, hop=128, sample_rate=8000)
+    infos = [audio_info(p) for p in paths]
+    n_frames = [mel.n_frames(info.n_samples) for info in infos]
+    lead = 3  # rows before the task's first file: the map starts at its first planned row
+    offsets = lead + np.r_[0, np.cumsum(n_frames)[:-1]]
+    total = lead + sum(n_frames)
+    data = tmp_path / "rows.bin"
+    data.write_bytes(bytes(total * mel.n_bins * 4))
+    items = [(i, os.fsdecode(p), int(offsets[i]), n_frames[i], info.n_samples, info.sample_rate)
+             for i, (p, info) in enumerate(zip(paths, infos, strict=True))]
+    results = extract.extract_task(os.fsdecode(data), 0, mel.n_bins, "float32", mel.to_json(), 8000, items)
+
+    stored = np.fromfile(data, np.float32).reshape(total, mel.n_bins)
+    assert [r[0] for r in results] == [0, 1, 2, 3]
+    assert results[1][1] is None and results[1][2].startswith("AudioDecodeError: ")
+    assert not stored[offsets[1]:offsets[1] + n_frames[1]].any()  # a skipped file writes nothing
+    assert not stored[:lead].any()
+    for i, crc, packed in (r for r in results if r[1] is not None):
+        want = mel(*read_audio(paths[i], sample_rate=8000))
+        rows = stored[offsets[i]:offsets[i] + n_frames[i]]
+        assert rows.tobytes() == want.tobytes()
+        assert crc == zlib.crc32(want.data)
+        assert _same_packed(packed, _old_packed(_old_file_stats(want)))
+
+
+def test_tasks_hold_about_task_seconds_of_audio_and_the_plans_facts():
+    new = np.zeros(5, dtype=[("offset", "<i8"), ("n_frames", "<i8"), ("n_samples", "<i8"), ("source_rate", "<i8")])
+    new["n_frames"] = [10, 20, 30, 40, 50]
+    new["offset"] = 100 + np.r_[0, np.cumsum(new["n_frames"])[:-1]]
+    new["n_samples"] = [8000, 16000, 8000, 40000, 4000]  # 1 s, 1 s, 1 s, 5 s, 0.5 s
+    new["source_rate"] = [8000, 16000, 8000, 8000, 8000]
+    files = [f"f{i}.wav" for i in range(5)]
+    got = list(extract.tasks(files, [0, 1, 2, 3, 4], Path("/r"), new, 2.0))
+    assert [[item[0] for item in t] for t in got] == [[0, 1], [2, 3], [4]]
+    assert got[1][1] == (3, os.fsdecode(Path("/r") / "f3.wav"), 160, 40, 40000, 8000)
+    assert [[item[0] for item in t] for t in extract.tasks(files, [4, 2], Path("/r"), new, 60.0)] == [[4, 2]]
+
+
+# --- where tasks run -------------------------------------------------------------------------
+
+def test_one_worker_runs_in_this_process_and_a_callers_executor_is_used_as_it_is():
+    with extract.local_executor(1, None) as runner:
+        assert runner is None
+    with cf.ThreadPoolExecutor(1) as mine, extract.local_executor(3, mine) as runner:
+        assert runner is mine
+        assert mine.submit(sum, [1, 2]).result() == 3  # still usable: it is the caller's to shut down
+
+
+def _pids(pool: WorkerPool) -> list[int]:
+    return sorted(pool.submit(os.getpid).result() for _ in range(8))
+
+
+def _gone(pids) -> bool:
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] != "Z":
+                    return False
+        except FileNotFoundError:
+            continue
+    return True
+
+
+def test_the_builds_own_pool_is_shut_down_after_it_and_killed_when_it_fails():
+    with extract.local_executor(2, None) as pool:
+        assert isinstance(pool, WorkerPool) and len(pool._processes) == 2  # all started up front
+        pids = list(pool._processes)
+    assert _gone(pids)
+    with pytest.raises(KeyError, match="the build failed"), extract.local_executor(2, None) as pool:
+        pids = list(pool._processes)
+        busy = [pool.submit(time.sleep, 120) for _ in range(2)]
+        deadline = time.monotonic() + 60
+        while not all(f.running() for f in busy) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert all(f.running() for f in busy)  # handed to the workers: a shutdown would wait for them
+        raise KeyError("the build failed")
+    # killed, not waited for: a shut-down pool would have let both sleeps return None
+    assert all(isinstance(f.exception(timeout=60), cf.process.BrokenProcessPool) for f in busy)
+    assert _gone(pids)
+
+
+def _raise_memory_error(self, samples, sample_rate):
+    raise MemoryError("injected")
+
+
+@pytest.mark.parametrize(("workers", "threads", "advice"), [
+    (1, False, r"more memory \(one file at a time already\)"),
+    (2, True, r"fewer workers \(workers=2 now\) or more memory"),
+])
+def test_memory_running_out_says_what_to_change(tmp_path, monkeypatch, workers, threads, advice):
+    """In this process, and on a caller's executor (threads here, so the injected failure reaches them)."""
+    (tmp_path / "a" / "c").mkdir(parents=True)
+    for k in range(2):
+        write_wav(tmp_path / "a" / "c" / f"{k}.wav", np.full(2000, 0.1), 8000)
+    monkeypatch.setattr(Spectrogram, "__call__", _raise_memory_error)
+    with cf.ThreadPoolExecutor(2) as pool, pytest.raises(BuildError, match="memory ran out .*" + advice):
+        build.build_store(tmp_path / "a", tmp_path / "s.h5", workers=workers, executor=pool if threads else None,
+                          progress=False)
+
+
+# --- tools use the public API ----------------------------------------------------------------
+
+def _private_memstore_imports(path: Path) -> list[str]:
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "memstore":
+            names = [a.name for a in node.names]
+            found += [f"{node.module}.{n}" for n in names if n.startswith("_")]
+            found += [node.module] if any(p.startswith("_") for p in node.module.split(".")) else []
+        elif isinstance(node, ast.Import):
+            found += [a.name for a in node.names
+                      if a.name.split(".")[0] == "memstore" and any(p.startswith("_") for p in a.name.split("."))]
+    return found
+
+
+def test_bench_build_imports_no_private_name():
+    assert _private_memstore_imports(TOOLS / "bench_build.py") == []
+
+
+def _blas_threads() -> list[int]:
+    import threadpoolctl
+
+    return [p["num_threads"] for p in threadpoolctl.threadpool_info() if p["user_api"] == "blas"]
+
+
+def test_the_benchmarks_warm_workers_run_one_blas_thread_and_leave_the_environment(monkeypatch):
+    pytest.importorskip("threadpoolctl")
+    monkeypatch.syspath_prepend(str(TOOLS))
+    import bench_build
+
+    before = {k: os.environ.get(k) for k in bench_build.THREAD_VARS}
+    pool = bench_build.warm_pool(2)
+    try:
+        assert {k: os.environ.get(k) for k in bench_build.THREAD_VARS} == before
+        threads = pool.submit(_blas_threads).result()
+        assert threads and set(threads) == {1}
+    finally:
+        pool.shutdown()
