@@ -1,16 +1,15 @@
-"""Building a store from a folder of audio: plan, extract in parallel, finalise.
+"""Building a store from a folder of audio: scan → plan → writer → extract → finalise.
 
-The build in four steps
------------------------
-1. **Scan and plan** from headers only: every file's exact frame count at the
-   target rate (``transform.n_frames``) and so its row offset (a cumulative
-   sum). Unreadable files are listed as skipped with their reason; with
+This module is the orchestration; each step has its own room.
+
+1. **Scan and plan** (:mod:`memstore.plan`) from headers only: every file's
+   exact frame count at the target rate (``transform.n_frames``) and so its
+   row offset. Unreadable files are listed as skipped with their reason; with
    ``strict=True`` any skip stops the build before anything is written.
-2. **Allocate** ``<store>.partial``: every dataset is created at its final
-   size, contiguous, with its storage allocated up front and its disk space
-   reserved (``posix_fallocate``), so a full disk is a :class:`BuildError`
-   here and never a SIGBUS in a mapped write. The whole build holds the lock
-   ``<store>.lock``: one writer per store.
+2. **Allocate** ``<store>.partial`` (:class:`memstore.writer.StoreWriter`):
+   every dataset at its final size, contiguous, its disk space reserved, so a
+   full disk is a :class:`BuildError` here and never a SIGBUS in a mapped
+   write. The whole build holds the lock ``<store>.lock``: one writer per store.
 3. **Extract** (:mod:`memstore.extract`) in worker processes (spawn-safe, or any
    ``concurrent.futures.Executor``). Each worker writes its files' rows at
    the planned offsets through its own ``np.memmap`` (one per task of several
@@ -21,9 +20,9 @@ The build in four steps
    memory map and, like the rows, without ``msync``. HDF5 metadata never
    changes while workers run, so a ``kill -9`` at any moment cannot corrupt
    the partial file, and rerunning the same build resumes from the flags.
-4. **Finalise**: write the index, statistics and report, mark the file
-   complete, validate it, fsync it, rename it into place atomically and
-   fsync the folder.
+4. **Finalise** (the writer): drop the files that failed, write the index,
+   statistics and report, mark the file complete, validate it, fsync it,
+   rename it into place atomically and fsync the folder.
 
 Appends are copy-on-write: a new ``.partial`` file receives the old rows
 byte for byte at their old offsets, then the new files as a new segment, and
@@ -35,32 +34,24 @@ sequential copy of the store per append.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
-import hashlib
-import logging
-import os
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from . import layout
 from ._workers import one_native_thread
-from .audio import audio_info, resampled_length
-from .errors import AudioDecodeError, BuildError, MissingDependencyError, ParameterError
+from .errors import BuildError, ParameterError
 from .extract import extract_files, local_executor
 from .features import MelSpectrogram, Spectrogram
-from .labels import assign_labels, check_classes, fix_classes, label_index, scan_audio
+from .labels import check_classes, label_index
 from .labeltable import LabelTable, as_label_table
+from .plan import BuildPlan, make_plan, read_base
 from .stats import RunningStats, merge, starts
-from .store import read_metadata
 from .writer import StoreContents, StoreWriter
 
 __all__ = ["BuildReport", "build_store"]
-
-log = logging.getLogger(__name__)
 
 #: audio seconds per extraction task (see memstore.extract.tasks): small files are batched to cut overhead
 TASK_AUDIO_SECONDS = 60.0
@@ -107,14 +98,6 @@ def _check_args(transform, labels, workers, sample_rate, dtype, mode) -> None:
         raise ParameterError(f"dtype={dtype!r} must be one of {layout.FEATURE_DTYPES}")
     if mode not in ("create", "append"):
         raise ParameterError(f"mode={mode!r} must be 'create' or 'append'")
-
-
-def _fingerprint(*parts) -> str:
-    h = hashlib.sha256()
-    for p in parts:
-        h.update(repr(p).encode("utf-8", "surrogateescape"))
-        h.update(b"\0")
-    return h.hexdigest()
 
 
 # --- the build -----------------------------------------------------------------------------
@@ -187,209 +170,78 @@ def build_store(audio_root, store_path, *, transform: Spectrogram = MelSpectrogr
                             executor=runner, progress=progress, classes=classes)
 
 
-def _build_store(t0, audio_root, store_path, **kwargs) -> BuildReport:
-    """Run the build holding the store's writer (and so its lock) from the scan to the rename."""
+def _build_store(t0, audio_root, store_path, *, transform, labels, workers, sample_rate, dtype, strict,
+                 resume, mode, executor, progress, classes) -> BuildReport:
+    """Scan, plan, allocate, extract and finalise, holding the store's writer (and its lock) throughout."""
     with StoreWriter(store_path) as writer:
-        return _build_locked(t0, audio_root, writer, **kwargs)
-
-
-def _build_locked(t0, audio_root, writer, *, transform, labels, workers, sample_rate, dtype, strict,
-                  resume, mode, executor, progress, classes) -> BuildReport:
-    store_path = writer.store_path
-    root = Path(os.fsdecode(audio_root))
-    report = BuildReport()
-    old = None
-    if mode == "append":
-        if not store_path.exists():
-            raise BuildError(f"cannot append: {store_path} does not exist (use mode='create')")
-        old = read_metadata(store_path)
-        if old["config"].sample_rate and sample_rate and sample_rate != old["config"].sample_rate:
-            raise BuildError(f"sample_rate={sample_rate} differs from the store's {old['config'].sample_rate}")
-        sample_rate = sample_rate or old["config"].sample_rate
-        if dtype != str(old["dtype"]):
-            raise BuildError(f"dtype={dtype!r} differs from the store's {old['dtype']}")
-        report.segment = len(old["segments"])
-        if classes is not None and classes != old["classes"]:
-            raise BuildError(f"classes={classes} differs from the store's {old['classes']}; "
-                             "an append with classes= must give the store's list (in its order)")
-
-    scan = scan_audio(root)
-    report.skipped.extend(scan.skipped)
-    report.ignored = scan.ignored
-    if scan.ignored:
-        report.notes.append("not audio by extension, not read: "
-                            + ", ".join(f"{ext or '(none)'} {n}" for ext, n in scan.ignored.items()))
-    files = scan.files
-    table = labels if isinstance(labels, LabelTable) else None
-    if table is not None:
-        tagged, missing = table.match(root, files + [p for p, _ in scan.skipped])
-        report.skipped.extend((p, f"no row in {table.name}") for p in files if p not in tagged)
-        report.skipped.extend((p, f"listed in {table.name} but not found") for p in missing)
-        files = [p for p in files if p in tagged]
-        labels = tagged.__getitem__
-    if old is not None:
-        present = set(old["paths"])
-        report.skipped.extend((p, "already in store") for p in files if p in present)
-        files = [p for p in files if p not in present]
-
-    infos = {}
-    for p in files:
-        try:
-            infos[p] = audio_info(root / p)
-        except (AudioDecodeError, MissingDependencyError) as err:  # what audio_info raises for one file
-            report.skipped.append((p, str(err).removeprefix(str(root / p) + ": ")))
-    files = [p for p in files if p in infos]
-    fixed = classes
-    if fixed is not None:
-        # labels first, so a file outside the list is a skip like any other: before strict, before the rate
-        unreadable: list[tuple[str, str]] = []
-        found, multihot = assign_labels(root, files, labels, problems=unreadable)
-        multihot, outside = fix_classes(found, multihot, fixed)
-        keep = [i for i, out in enumerate(outside) if not out]
-        report.skipped.extend((files[i], f"label(s) {', '.join(out)} not in classes=")
-                              for i, out in enumerate(outside) if out)
-        files, multihot = [files[i] for i in keep], multihot[keep]
-        kept = set(files)
-        unreadable = [(p, why) for p, why in unreadable if p in kept]
-
-    rate = sample_rate or transform.sample_rate
-    if rate is None:
-        if not files:
-            rate = 0
-        else:
-            counts = collections.Counter(infos[p].sample_rate for p in files)
-            rate = max(sorted(counts), key=lambda r: counts[r])
-            if len(counts) > 1:
-                report.notes.append(f"mixed sample rates {dict(sorted(counts.items()))}: "
-                                    f"resampling to the most common, {rate} Hz")
-    report.target_rate = int(rate)
-    if files:
-        transform = dataclasses.replace(transform, sample_rate=int(rate))
-        if isinstance(transform, MelSpectrogram) and transform.fmax is not None and transform.fmax > rate / 2:
-            raise ParameterError(f"fmax={transform.fmax} must be <= half the target rate {rate}")
-    if old is not None and files and transform != old["config"]:
-        raise BuildError("the feature configuration differs from the store's; append needs the same one:\n"
-                         f"  store: {old['config'].to_json()}\n  build: {transform.to_json()}")
-    n_frames = np.array([transform.n_frames(resampled_length(infos[p].n_samples, infos[p].sample_rate, rate))
-                         for p in files], dtype=np.int64)
-    report.skipped.sort()
-    if strict and report.skipped:
-        listed = "\n".join(f"  {p}: {why}" for p, why in report.skipped[:20])
-        raise BuildError(f"strict build: {len(report.skipped)} file(s) would be skipped; nothing was written:\n"
-                         f"{listed}")
-    if not files:
-        if old is not None:
+        base = (read_base(writer.store_path, sample_rate=sample_rate, dtype=dtype, classes=classes)
+                if mode == "append" else None)
+        plan = make_plan(audio_root, transform=transform, labels=labels, sample_rate=sample_rate, dtype=dtype,
+                         classes=classes, strict=strict, base=base)
+        report = BuildReport(skipped=list(plan.skipped), notes=list(plan.notes), ignored=plan.ignored,
+                             target_rate=plan.rate, segment=plan.segment)
+        if not plan.files:
             report.notes.append("no new files to append; the store is unchanged")
             report.wall_seconds = time.perf_counter() - t0
             return report
-        raise BuildError(f"no readable audio files under {root}; skipped: {report.skipped[:5]}")
+        writer.start(plan.contents(), n_build=len(plan.files), fingerprint=plan.fingerprint, resume=resume,
+                     copy_from=plan.copy_from())
+        stats, failed = _extract_all(plan, writer, report, workers=workers, executor=executor, progress=progress)
+        return _finish(t0, plan, writer, report, stats, failed, strict=strict)
 
-    label_mode = "table" if table is not None else labels if isinstance(labels, str) else "custom"
-    if fixed is None:
-        unreadable = []
-        classes, multihot = assign_labels(root, files, labels, problems=unreadable)
-    for p, why in unreadable:
-        report.notes.append(f"{p}: label file unreadable ({why}); stored without a label")
-    if strict and unreadable:
-        raise BuildError(f"strict build: {len(unreadable)} label file(s) could not be read; nothing was written:\n"
-                         + "\n".join(f"  {p}: {why}" for p, why in unreadable[:20]))
-    n_bins = transform.n_bins
-    config_json = transform.to_json()
-    old_n = 0 if old is None else len(old["index"])
-    old_total = 0 if old is None else old["total"]
-    if old is not None:
-        # the store's order stays when nothing new comes (a fixed list is kept); new classes sort in as before
-        all_classes = (old["classes"] if set(classes) <= set(old["classes"])
-                       else sorted(set(old["classes"]) | set(classes)))
-        remap = lambda cls, m: _remap(cls, m, all_classes)  # noqa: E731
-        old_labels = remap(old["classes"], old["labels"])
-        multihot = remap(classes, multihot)
-        classes = all_classes
-        label_mode = old["label_mode"] if old["label_mode"] == label_mode else "mixed"
 
-    index = np.zeros(old_n + len(files), dtype=layout.INDEX_DTYPE)
-    if old is not None:
-        index[:old_n] = old["index"]
-    new = index[old_n:]
-    new["n_frames"] = n_frames
-    new["offset"] = old_total + np.concatenate([[0], np.cumsum(n_frames)[:-1]])
-    new["segment"] = report.segment
-    new["sample_rate"] = rate
-    new["source_rate"] = [infos[p].sample_rate for p in files]
-    new["n_samples"] = [infos[p].n_samples for p in files]
-    new["channels"] = [infos[p].channels for p in files]
-    all_labels = multihot if old is None else np.concatenate([old_labels, multihot])
-    index["label"] = label_index(all_labels)
-    all_paths = ([] if old is None else old["paths"]) + files
-    seg_row = np.array([(old_n, len(files), old_total, int(n_frames.sum()))], dtype=layout.SEGMENT_DTYPE)
-    segments = seg_row if old is None else np.concatenate([old["segments"], seg_row])
-    fingerprint = _fingerprint(
-        layout.FORMAT_VERSION, config_json, dtype, classes, label_mode,
-        [(p, infos[p], os.stat(root / p).st_mtime_ns) for p in files],
-        None if old is None else (old["generation"], old["file_size"], old_total),
-        # a table's rows can change without the class list changing; the partial file holds the labels
-        *([hashlib.sha256(all_labels.tobytes()).hexdigest()] if table is not None else []),
-        *([("classes=", fixed)] if fixed is not None else []),
-    )
-
-    contents = StoreContents(index=index, paths=all_paths, labels=all_labels, classes=classes,
-                             config_json=config_json, n_bins=n_bins, dtype=dtype, label_mode=label_mode,
-                             segments=segments, generation=0 if old is None else old["generation"] + 1)
-    writer.start(contents, n_build=len(files), fingerprint=fingerprint, resume=resume,
-                 copy_from=None if old is None else (store_path, old["data_offset"], old_total))
-    partial, done, checksum, data_offset = writer.partial, writer.done, writer.checksum, writer.data_offset
-    stats = None
-    if old is not None and old["stats"].get("count"):
-        stats = RunningStats(int(old["stats"]["count"]), old["stats"]["mean"], old["stats"]["m2"])
+def _extract_all(plan: BuildPlan, writer: StoreWriter, report: BuildReport, *, workers, executor, progress):
+    """Extract the files not done yet; returns the statistics merged in file order and the failed files."""
+    n = len(plan.files)
+    done = writer.done
     failed: dict[int, str] = {}
-    pending = [i for i in range(len(files)) if not done[i]]
-    report.resumed = len(files) - len(pending)
+    pending = [i for i in range(n) if not done[i]]
+    report.resumed = n - len(pending)
     if report.resumed:
         report.notes.append(f"resumed: {report.resumed} file(s) were already extracted")
-        failed.update((i, "failed in an earlier run of this build") for i in np.flatnonzero(done[: len(files)] == 2))
-    fold = _StatsFold(stats, new, writer.features, done, pending)
+        failed.update((i, "failed in an earlier run of this build") for i in np.flatnonzero(done[:n] == 2))
+    fold = _StatsFold(plan.base_stats, plan.new, writer.features, done, pending)
     with one_native_thread():  # this process's matrix products (workers=1, resumed files) on one BLAS thread
         fold.advance()
-        extract_files(files, pending, root, partial, data_offset, n_bins, dtype, config_json, rate, new,
-                      done, checksum, fold, failed, workers, executor, progress, task_seconds=TASK_AUDIO_SECONDS)
-    stats = fold.result()
-    del fold
-    ok = [i for i in range(len(files)) if i not in failed]
+        extract_files(plan.files, pending, plan.root, writer.partial, writer.data_offset, plan.transform.n_bins,
+                      plan.dtype, plan.transform.to_json(), plan.rate, plan.new, done, writer.checksum, fold, failed,
+                      workers, executor, progress, task_seconds=TASK_AUDIO_SECONDS)
+    return fold.result(), failed
+
+
+def _finish(t0, plan: BuildPlan, writer: StoreWriter, report: BuildReport, stats, failed: dict[int, str], *,
+            strict: bool) -> BuildReport:
+    """Report the extraction; drop the files that failed; finalise (or leave an append's store as it was)."""
+    files, headers, n = plan.files, plan.headers, len(plan.files)
+    ok = [i for i in range(n) if i not in failed]
     report.skipped.extend((files[i], failed[i]) for i in sorted(failed))
     report.skipped.sort()
     report.stored = len(ok)
-    report.resampled = sum(1 for i in ok if infos[files[i]].sample_rate != rate)
-    report.frames = int(new["n_frames"][ok].sum()) if ok else 0
-    report.bytes = report.frames * n_bins * np.dtype(dtype).itemsize
-    report.audio_seconds = float(sum(infos[files[i]].n_samples / infos[files[i]].sample_rate for i in ok))
-    new["checksum"] = checksum[: len(files)]
-    new["status"] = layout.STATUS_STORED
-    del done, checksum
+    report.resampled = sum(1 for i in ok if headers[i].sample_rate != plan.rate)
+    report.frames = int(plan.new["n_frames"][ok].sum()) if ok else 0
+    report.bytes = report.frames * plan.transform.n_bins * np.dtype(plan.dtype).itemsize
+    report.audio_seconds = float(sum(headers[i].n_samples / headers[i].sample_rate for i in ok))
+    index = plan.index.copy()
+    index["checksum"][plan.n_old:] = writer.checksum[:n]
+    index["status"][plan.n_old:] = layout.STATUS_STORED
     if strict and failed:
         raise BuildError(f"strict build: {len(failed)} file(s) failed during extraction: "
                          f"{[files[i] for i in sorted(failed)][:10]}; the store was not written")
     if not ok:
         writer.discard()
-        if old is None:
-            raise BuildError(f"no file of {root} could be extracted; skipped: {report.skipped[:5]}")
+        if plan.base is None:
+            raise BuildError(f"no file of {plan.root} could be extracted; skipped: {report.skipped[:5]}")
         # an empty segment would not open: the store keeps its bytes and generation
-        report.notes.append(f"none of the {len(files)} new file(s) could be extracted; the store is unchanged")
+        report.notes.append(f"none of the {n} new file(s) could be extracted; the store is unchanged")
         report.wall_seconds = time.perf_counter() - t0
         return report
     if failed:
-        index = writer.compact(index, np.r_[np.arange(old_n), old_n + np.array(ok, dtype=np.int64)])
+        index = writer.compact(index, np.r_[np.arange(plan.n_old), plan.n_old + np.array(ok, dtype=np.int64)])
     report.wall_seconds = time.perf_counter() - t0
-    reports = ([] if old is None else list(old["report"])) + [report.to_dict()]
+    reports = ([] if plan.base is None else list(plan.base["report"])) + [report.to_dict()]
     writer.finalize(index, stats, reports)
     report.wall_seconds = time.perf_counter() - t0
     return report
-
-
-def _remap(classes: list[str], m: np.ndarray, all_classes: list[str]) -> np.ndarray:
-    out = np.zeros((len(m), len(all_classes)), dtype=np.uint8)
-    for j, c in enumerate(classes):
-        out[:, all_classes.index(c)] = m[:, j]
-    return out
 
 
 class _StatsFold:

@@ -1,27 +1,21 @@
 """Writing a store: the one writer behind ``build_store``, legacy import and the tools.
 
-A :class:`StoreWriter` owns the life of ``<store>.partial`` from the lock to
-the rename:
+A :class:`StoreWriter` owns ``<store>.partial`` from the lock to the rename:
 
-1. **Lock** ``<store>.lock`` for as long as the writer is open (a ``with``
-   block): one writer per store, and a killed writer leaves no stale lock.
-2. **Allocate** the partial file with every dataset at its final size,
-   contiguous, its storage allocated up front and its disk space reserved
-   (``posix_fallocate``), so a full disk is a :class:`BuildError` here and
-   never a SIGBUS in a mapped write. An interrupted writer of the same plan
-   (same fingerprint) is taken up where it stopped instead.
+1. **Lock** ``<store>.lock`` while the writer is open: one writer per store;
+   a killed writer leaves no stale lock.
+2. **Allocate** every dataset at its final size, contiguous, its disk space
+   reserved (``posix_fallocate``): a full disk is a :class:`BuildError` here,
+   never a SIGBUS in a mapped write. A partial file of the same plan (same
+   fingerprint) is resumed instead.
 3. **Rows** go in at their planned offsets through a memory map, from this
-   process (:meth:`StoreWriter.write`) or from worker processes that map
-   :attr:`StoreWriter.partial` at :attr:`StoreWriter.data_offset` themselves;
-   per-file done flags and checksums live in the file too
-   (:attr:`StoreWriter.done`, :attr:`StoreWriter.checksum`), also mapped, so
-   HDF5 metadata never changes while rows are written and a resumed build
-   reads them back.
-4. **Compact** (optional): files that failed are dropped by copying the kept
-   rows into a new partial file.
-5. **Finalise**: write the index, statistics and report, mark the file
-   complete, validate it, fsync it, rename it over the store, fsync the folder.
-   A file that does not validate is never renamed.
+   process or from workers that map :attr:`~StoreWriter.partial` themselves;
+   per-file done flags and checksums are mapped too, so HDF5 metadata never
+   changes while rows are written, and a resumed build reads them back.
+4. **Compact** (optional): files that failed are dropped.
+5. **Finalise**: index, statistics and report; mark complete, validate,
+   fsync, rename over the store, fsync the folder. A file that does not
+   validate is never renamed.
 """
 
 from __future__ import annotations
@@ -66,22 +60,21 @@ class StoreContents:
     Parameters
     ----------
     index : ndarray [shape=(n_files,)] of ``layout.INDEX_DTYPE``
-        One row per file; ``offset`` and ``n_frames`` place its rows (files
-        one after another). Checksums and status may still be zero.
+        One row per file; ``offset`` and ``n_frames`` place its rows, files one
+        after another. Checksums and status may still be zero.
     paths : list of str
-        Source path of each file, relative to its audio root.
+        Source paths, relative to the audio root.
     labels : ndarray [shape=(n_files, n_classes)], uint8
-        Multi-hot labels.
+        Multi-hot labels of ``classes``.
     classes : list of str
     config_json : str
-        The feature configuration (``transform.to_json()``).
+        ``transform.to_json()``.
     n_bins : int
-        Bins per frame.
     dtype : {"float32", "float16"}
     label_mode : str
-        How the labels were found (``"folder"``, ``"irmas"``, ``"table"``, ...).
+        ``"folder"``, ``"irmas"``, ``"table"``, ...
     segments : ndarray of ``layout.SEGMENT_DTYPE``, optional
-        Build segments; by default one segment of every file.
+        By default one segment of every file.
     generation : int
         0 for a new store, one more per append.
     """
@@ -180,22 +173,11 @@ class StoreWriter:
               resume: bool = False, copy_from: tuple | None = None) -> bool:
         """Allocate the partial file, or take up the one an interrupted run of the same plan left.
 
-        Parameters
-        ----------
-        contents : StoreContents
-        n_build : int
-            Files whose done flags and checksums are kept in the file.
-        fingerprint : str, optional
-            Identifies the plan; a partial file with the same one is resumed
-            (with ``resume=True``), any other partial file is discarded.
-        copy_from : (path, data_offset, n_rows), optional
-            Rows copied byte for byte to the start of the feature matrix before
-            the fingerprint is set (an append's old store).
-
-        Returns
-        -------
-        bool
-            True when an interrupted partial file was resumed.
+        ``n_build`` files get done flags and checksums in the file. With
+        ``resume=True``, a partial file of the same ``fingerprint`` is resumed
+        (returns True); any other partial file is discarded. ``copy_from=(path,
+        data_offset, n_rows)`` copies an old store's rows to the start, byte
+        for byte, before the fingerprint is set (an append).
         """
         if self._lock is None:
             raise BuildError("StoreWriter.start needs the writer's lock: use it in a `with` block")
@@ -209,8 +191,16 @@ class StoreWriter:
                 log.warning("discarding %s: it belongs to another build plan", self.partial)
                 self.partial.unlink()
             _allocate(self.partial, contents, n_build=n_build)
-            if copy_from is not None:
-                self._copy_in(*copy_from, n_build=n_build)
+            if copy_from is not None and copy_from[2]:
+                path, data_offset, n_rows = copy_from
+                _, _, offset = _build_maps(self.partial, n_build)
+                src = np.memmap(path, dtype=contents.dtype, mode="r", offset=data_offset,
+                                shape=(n_rows, contents.n_bins))
+                dst = np.memmap(self.partial, dtype=contents.dtype, mode="r+", offset=offset,
+                                shape=(n_rows, contents.n_bins))
+                _copy_rows(src, dst)
+                dst.flush()
+                del src, dst
             if fingerprint is not None:
                 with _open_h5(self.partial, "r+") as f:
                     f.attrs[layout.ATTR_FINGERPRINT] = fingerprint
@@ -291,17 +281,6 @@ class StoreWriter:
         if self._out is not None:
             self._out.flush()
         self._out = self.done = self.checksum = None
-
-    def _copy_in(self, path, data_offset: int, n_rows: int, *, n_build: int) -> None:
-        if not n_rows:
-            return
-        c = self.contents
-        _, _, offset = _build_maps(self.partial, n_build)
-        src = np.memmap(path, dtype=c.dtype, mode="r", offset=data_offset, shape=(n_rows, c.n_bins))
-        dst = np.memmap(self.partial, dtype=c.dtype, mode="r+", offset=offset, shape=(n_rows, c.n_bins))
-        _copy_rows(src, dst)
-        dst.flush()
-        del src, dst
 
 
 # --- the partial file ----------------------------------------------------------------------
