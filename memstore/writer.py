@@ -22,10 +22,8 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import fcntl
 import logging
 import os
-import time
 import zlib
 from pathlib import Path
 
@@ -33,6 +31,7 @@ import h5py
 import numpy as np
 
 from . import layout
+from ._locks import StoreLock, open_h5
 from .errors import BuildError, ParameterError, StoreFormatError
 from .stats import RunningStats, starts
 from .store import PARTIAL_SUFFIX, read_file_metadata
@@ -43,8 +42,6 @@ log = logging.getLogger(__name__)
 
 #: rows copied per step when copying existing data
 COPY_ROWS = 1 << 16
-#: how long a lock conflict on a file this writer owns may last before it is reported, in seconds
-LOCK_RETRY_SECONDS = 2.0
 #: errors of a full file system (or an exhausted quota, or a file-size limit)
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 #: posix_fallocate errors of a file system that cannot reserve space this way
@@ -160,7 +157,7 @@ class StoreWriter:
         self._lock = None
 
     def __enter__(self) -> StoreWriter:
-        self._lock = _store_lock(self.store_path).__enter__()
+        self._lock = StoreLock(self.store_path).__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
@@ -202,7 +199,7 @@ class StoreWriter:
                 dst.flush()
                 del src, dst
             if fingerprint is not None:
-                with _open_h5(self.partial, "r+") as f:
+                with open_h5(self.partial, "r+") as f:
                     f.attrs[layout.ATTR_FINGERPRINT] = fingerprint
         self.done, self.checksum, self.data_offset = _build_maps(self.partial, n_build)
         return resumed
@@ -294,7 +291,7 @@ def _dcpl():
 
 def _allocate(path: Path, c: StoreContents, *, n_build: int) -> None:
     """Create a partial store with every dataset at its final size, its disk space reserved."""
-    with _open_h5(path, "w", track_order=False) as f:
+    with open_h5(path, "w", track_order=False) as f:
         f.attrs[layout.ATTR_FORMAT] = layout.FORMAT_NAME
         f.attrs[layout.ATTR_VERSION] = np.int64(layout.FORMAT_VERSION)
         f.attrs[layout.ATTR_COMPLETE] = np.int64(0)
@@ -331,7 +328,7 @@ def _allocate(path: Path, c: StoreContents, *, n_build: int) -> None:
 def _mapped_ranges(path: Path) -> list[tuple[int, int]]:
     """``(offset, nbytes)`` of every dataset that is written through a memory map."""
     ranges = []
-    with _open_h5(path, "r") as f:
+    with open_h5(path, "r") as f:
         for name in (layout.FEATURES, layout.BUILD_DONE, layout.BUILD_CHECKSUM):
             if name in f and f[name].id.get_offset() is not None:
                 ranges.append((int(f[name].id.get_offset()), int(f[name].id.get_storage_size())))
@@ -382,69 +379,9 @@ def _reserve(path: Path, *, fresh: bool) -> None:
         os.close(fd)
 
 
-def _open_h5(path: Path, mode: str, **kwargs) -> h5py.File:
-    """``h5py.File``, with HDF5's lock conflict told as another build writing the file.
-
-    A conflict is retried for :data:`LOCK_RETRY_SECONDS` first: a process
-    forked by another thread of this process (a second build's workers, any
-    ``subprocess``) holds a copy of our last HDF5 handle, and so its lock,
-    from its fork until it closes its descriptors just before ``exec``.
-    """
-    deadline = time.monotonic() + LOCK_RETRY_SECONDS
-    while True:
-        try:
-            return h5py.File(path, mode, **kwargs)
-        except BlockingIOError as err:
-            if time.monotonic() < deadline:
-                time.sleep(0.05)
-                continue
-            raise BuildError(f"another build is writing {path} (HDF5 cannot lock it: {err}); wait for it to "
-                             f"finish and run this build again") from err
-
-
-class _store_lock:
-    """Exclusive lock ``<store>.lock`` held for a whole build or append of that store.
-
-    ``flock`` on a lock file of its own, not on the store or its partial file:
-    HDF5 takes ``flock`` locks on those itself, and they are replaced by
-    rename. The lock dies with its process, so a killed build leaves no stale
-    lock; the file is removed on release, and a taker checks that the file it
-    locked is still the one at the path (else a releaser removed it first).
-    """
-
-    def __init__(self, store_path: Path):
-        self.store_path = store_path
-        self.path = store_path.with_name(store_path.name + ".lock")
-
-    def __enter__(self):
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError as err:
-                os.close(fd)
-                raise BuildError(f"another build is writing {self.store_path} (it holds {self.path}); wait "
-                                 f"for it to finish and run this build again") from err
-            try:
-                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                self.fd = fd
-                return self
-            os.close(fd)
-
-    def __exit__(self, *exc):
-        try:
-            self.path.unlink(missing_ok=True)
-        finally:
-            os.close(self.fd)
-
-
 def _build_maps(path: Path, n_build: int) -> tuple[np.memmap, np.memmap, int]:
     """The done flags and checksums of ``path``, mapped for writing, and its features' byte offset."""
-    with _open_h5(path, "r") as f:
+    with open_h5(path, "r") as f:
         offs = [f[name].id.get_offset() for name in (layout.BUILD_DONE, layout.BUILD_CHECKSUM,
                                                        layout.FEATURES)]
     n = max(n_build, 1)
@@ -462,7 +399,7 @@ def _partial_matches(partial: Path, fingerprint: str) -> bool:
     if not partial.exists():
         return False
     try:
-        with _open_h5(partial, "r") as f:  # locked by another writer: BuildError, never discarded
+        with open_h5(partial, "r") as f:  # locked by another writer: BuildError, never discarded
             return (str(f.attrs.get(layout.ATTR_FINGERPRINT, "")) == fingerprint
                     and layout.BUILD_DONE in f)
     except BuildError:
@@ -484,7 +421,7 @@ def _finalize(partial: Path, store_path: Path, index: np.ndarray, stats: Running
     next build discards it (its plan fingerprint is gone).
     """
     partial, store_path = Path(os.fsdecode(partial)), Path(os.fsdecode(store_path))
-    with _open_h5(partial, "r+") as f:
+    with open_h5(partial, "r+") as f:
         index = index.copy()
         index["offset"] = starts(index["n_frames"])
         f[layout.INDEX][...] = index

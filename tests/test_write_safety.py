@@ -210,8 +210,8 @@ def test_a_real_full_tmpfs_gives_a_message_not_a_bus_error(demo_root, demo_store
 HOLD_LOCK = """
 import sys
 from pathlib import Path
-from memstore.writer import _store_lock
-with _store_lock(Path(sys.argv[1])):
+from memstore._locks import StoreLock
+with StoreLock(Path(sys.argv[1])):
     print("held", flush=True)
     sys.stdin.read()
 """
@@ -398,7 +398,7 @@ def test_a_forked_child_still_holding_our_hdf5_handle_is_waited_for(tmp_path):
     'another build is writing' in two builds run in two threads; a short conflict is now waited out."""
     import warnings
 
-    from memstore.writer import _open_h5
+    from memstore._locks import open_h5
 
     path = tmp_path / "f.h5"
     f = h5py.File(path, "w")
@@ -414,7 +414,7 @@ def test_a_forked_child_still_holding_our_hdf5_handle_is_waited_for(tmp_path):
         f.close()
         with pytest.raises(BlockingIOError):
             h5py.File(path, "r+")  # the conflict itself, while the child lives
-        with _open_h5(path, "r+") as g:
+        with open_h5(path, "r+") as g:
             assert g.mode == "r+"
     finally:
         os.waitpid(pid, 0)
