@@ -220,3 +220,17 @@ def test_float16_rows_are_stored_as_float16(tmp_path):
         assert f["features"].dtype == np.float16
         assert f["features"][()].tobytes() == np.concatenate(rows).astype(np.float16).tobytes()
         assert f["index"]["checksum"].tolist() == [zlib.crc32(x.astype(np.float16).tobytes()) for x in rows]
+
+
+def test_make_big_store_imports_no_private_name():
+    """Tools use the public API only: the tool used to import five private helpers of memstore.build."""
+    import ast
+    from pathlib import Path
+
+    tool = Path(__file__).resolve().parents[1] / "tools" / "make_big_store.py"
+    imported = [(node.module, alias.name) for node in ast.walk(ast.parse(tool.read_text()))
+                if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("memstore")
+                for alias in node.names]
+    assert ("memstore.writer", "StoreWriter") in imported
+    assert [name for _, name in imported if name.startswith("_")] == []
+    assert [module for module, _ in imported if any(part.startswith("_") for part in module.split("."))] == []
