@@ -263,11 +263,13 @@ class StoreWriter:
         self._started()
         self._unmap()
         _finalize(self.partial, self.store_path, index, stats, reports)
+        self.contents = None  # the partial file is the store now: nothing more goes through this writer
 
     def discard(self) -> None:
         """Delete the partial file (nothing of it is worth keeping)."""
         self._unmap()
         self.partial.unlink(missing_ok=True)
+        self.contents = None
 
     def _started(self) -> StoreContents:
         if self.contents is None:

@@ -77,6 +77,8 @@ def test_rows_checksums_and_statistics_equal_an_independent_computation(tmp_path
         for x in rows:
             stats = merge(stats, RunningStats.of_rows(x))
         w.finalize(index, stats, [{"stored": len(rows)}])
+        with pytest.raises(BuildError, match="start was not called"):  # the partial file is the store now
+            w.write(0, rows[0])
     assert not (tmp_path / "s.h5.partial").exists() and not (tmp_path / "s.h5.lock").exists()
     everything = np.concatenate(rows).astype(np.float64)
     count, mean, m2 = _chan(rows)
