@@ -238,7 +238,7 @@ def _finish(t0, plan: BuildPlan, writer: StoreWriter, report: BuildReport, stats
     if failed:
         index = writer.compact(index, np.r_[np.arange(plan.n_old), plan.n_old + np.array(ok, dtype=np.int64)])
     report.wall_seconds = time.perf_counter() - t0
-    reports = ([] if plan.base is None else list(plan.base["report"])) + [report.to_dict()]
+    reports = ([] if plan.base is None else list(plan.base.report)) + [report.to_dict()]
     writer.finalize(index, stats, reports)
     report.wall_seconds = time.perf_counter() - t0
     return report

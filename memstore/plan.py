@@ -38,7 +38,7 @@ from .features import MelSpectrogram, Spectrogram
 from .labels import assign_labels, fix_classes, label_index, scan_audio
 from .labeltable import LabelTable
 from .stats import RunningStats, starts
-from .store import read_metadata
+from .store import StoreMeta, read_metadata
 from .writer import StoreContents
 
 __all__ = ["BuildPlan", "make_plan", "read_base"]
@@ -72,7 +72,7 @@ class BuildPlan:
     notes : list of str
     ignored : dict
         Files left out for their extension, counted by extension.
-    base : dict or None
+    base : StoreMeta or None
         The metadata of the store an append adds to (:func:`read_base`).
     """
 
@@ -92,7 +92,7 @@ class BuildPlan:
     skipped: list[tuple[str, str]]
     notes: list[str]
     ignored: dict[str, int]
-    base: dict[str, Any] | None = None
+    base: StoreMeta | None = None
 
     @property
     def n_old(self) -> int:
@@ -107,14 +107,14 @@ class BuildPlan:
     @property
     def segment(self) -> int:
         """The segment this build writes: 0, plus one per append."""
-        return 0 if self.base is None else len(self.base["segments"])
+        return 0 if self.base is None else len(self.base.segments)
 
     @property
     def base_stats(self) -> RunningStats | None:
         """The statistics of the store an append adds to, merged before the new files'."""
-        if self.base is None or not self.base["stats"].get("count"):
+        if self.base is None or not self.base.stats.get("count"):
             return None
-        s = self.base["stats"]
+        s = self.base.stats
         return RunningStats(int(s["count"]), s["mean"], s["m2"])
 
     def contents(self) -> StoreContents:
@@ -122,13 +122,13 @@ class BuildPlan:
         return StoreContents(index=self.index, paths=self.paths, labels=self.labels, classes=self.classes,
                              config_json=self.transform.to_json(), n_bins=self.transform.n_bins, dtype=self.dtype,
                              label_mode=self.label_mode, segments=self.segments,
-                             generation=0 if self.base is None else self.base["generation"] + 1)
+                             generation=0 if self.base is None else self.base.generation + 1)
 
     def copy_from(self) -> tuple | None:
         """``(path, data_offset, n_rows)`` of the rows an append keeps, for :meth:`StoreWriter.start`."""
         if self.base is None:
             return None
-        return self.base["path"], self.base["data_offset"], self.base["total"]
+        return self.base.path, self.base.data_offset, self.base.total
 
 
 @dataclasses.dataclass
@@ -144,24 +144,24 @@ class _Scan:
     ignored: dict[str, int]
 
 
-def read_base(store_path, *, sample_rate: int | None, dtype: str, classes) -> dict[str, Any]:
+def read_base(store_path, *, sample_rate: int | None, dtype: str, classes) -> StoreMeta:
     """The metadata of the store an append adds to, checked against the append's arguments."""
     store_path = Path(os.fsdecode(store_path))
     if not store_path.exists():
         raise BuildError(f"cannot append: {store_path} does not exist (use mode='create')")
     old = read_metadata(store_path)
-    if old["config"].sample_rate and sample_rate and sample_rate != old["config"].sample_rate:
-        raise BuildError(f"sample_rate={sample_rate} differs from the store's {old['config'].sample_rate}")
-    if dtype != str(old["dtype"]):
-        raise BuildError(f"dtype={dtype!r} differs from the store's {old['dtype']}")
-    if classes is not None and classes != old["classes"]:
-        raise BuildError(f"classes={classes} differs from the store's {old['classes']}; "
+    if old.config.sample_rate and sample_rate and sample_rate != old.config.sample_rate:
+        raise BuildError(f"sample_rate={sample_rate} differs from the store's {old.config.sample_rate}")
+    if dtype != str(old.dtype):
+        raise BuildError(f"dtype={dtype!r} differs from the store's {old.dtype}")
+    if classes is not None and classes != old.classes:
+        raise BuildError(f"classes={classes} differs from the store's {old.classes}; "
                          "an append with classes= must give the store's list (in its order)")
     return old
 
 
 def make_plan(root, *, transform: Spectrogram, labels, sample_rate: int | None = None, dtype: str = "float32",
-              classes: list[str] | None = None, strict: bool = False, base: dict | None = None) -> BuildPlan:
+              classes: list[str] | None = None, strict: bool = False, base: StoreMeta | None = None) -> BuildPlan:
     """Plan a build of ``root`` (an append to ``base`` when given) from file headers only.
 
     Arguments are :func:`memstore.build.build_store`'s, checked; ``labels``
@@ -177,7 +177,7 @@ def make_plan(root, *, transform: Spectrogram, labels, sample_rate: int | None =
     """
     root = Path(os.fsdecode(root))
     if base is not None:
-        sample_rate = sample_rate or base["config"].sample_rate
+        sample_rate = sample_rate or base.config.sample_rate
     scan = _scan(root, labels, base)
     unreadable: list[tuple[str, str]] = []
     if classes is not None:
@@ -206,7 +206,7 @@ def make_plan(root, *, transform: Spectrogram, labels, sample_rate: int | None =
     return _layout(root, scan, rate, transform, dtype, n_frames, found, multihot, label_mode, classes, base)
 
 
-def _scan(root: Path, labels, base: dict | None) -> _Scan:
+def _scan(root: Path, labels, base: StoreMeta | None) -> _Scan:
     """The audio files under ``root`` with their headers; table rows matched; an append's old files left out."""
     found = scan_audio(root)
     scan = _Scan(files=found.files, infos={}, labels=labels, table=None, skipped=list(found.skipped), notes=[],
@@ -222,7 +222,7 @@ def _scan(root: Path, labels, base: dict | None) -> _Scan:
         scan.files = [p for p in scan.files if p in tagged]
         scan.labels = tagged.__getitem__
     if base is not None:
-        present = set(base["paths"])
+        present = set(base.paths)
         scan.skipped.extend((p, "already in store") for p in scan.files if p in present)
         scan.files = [p for p in scan.files if p not in present]
     for p in scan.files:
@@ -247,7 +247,7 @@ def _fixed_labels(root: Path, scan: _Scan, classes: list[str], unreadable: list)
     return multihot[keep]
 
 
-def _rate(scan: _Scan, transform: Spectrogram, sample_rate: int | None, base: dict | None):
+def _rate(scan: _Scan, transform: Spectrogram, sample_rate: int | None, base: StoreMeta | None):
     """The target rate (the asked one, the transform's, or the most common) and the transform at it."""
     rate = sample_rate or transform.sample_rate
     if rate is None:
@@ -263,33 +263,33 @@ def _rate(scan: _Scan, transform: Spectrogram, sample_rate: int | None, base: di
         transform = dataclasses.replace(transform, sample_rate=int(rate))
         if isinstance(transform, MelSpectrogram) and transform.fmax is not None and transform.fmax > rate / 2:
             raise ParameterError(f"fmax={transform.fmax} must be <= half the target rate {rate}")
-    if base is not None and scan.files and transform != base["config"]:
+    if base is not None and scan.files and transform != base.config:
         raise BuildError("the feature configuration differs from the store's; append needs the same one:\n"
-                         f"  store: {base['config'].to_json()}\n  build: {transform.to_json()}")
+                         f"  store: {base.config.to_json()}\n  build: {transform.to_json()}")
     return int(rate), transform
 
 
 def _layout(root: Path, scan: _Scan, rate: int, transform: Spectrogram, dtype: str, n_frames: np.ndarray,
-            classes: list[str], multihot: np.ndarray, label_mode: str, fixed, base: dict | None) -> BuildPlan:
+            classes: list[str], multihot: np.ndarray, label_mode: str, fixed, base: StoreMeta | None) -> BuildPlan:
     """The whole store's index, paths, labels and segments (old files first), and the plan's fingerprint."""
     files, infos = scan.files, scan.infos
-    old_n = 0 if base is None else len(base["index"])
-    old_total = 0 if base is None else base["total"]
+    old_n = 0 if base is None else len(base.index)
+    old_total = 0 if base is None else base.total
     labels = multihot
     if base is not None:
         # the store's order stays when nothing new comes (a fixed list is kept); new classes sort in as before
-        merged = (base["classes"] if set(classes) <= set(base["classes"])
-                  else sorted(set(base["classes"]) | set(classes)))
-        labels = np.concatenate([_remap(base["classes"], base["labels"], merged), _remap(classes, multihot, merged)])
+        merged = (base.classes if set(classes) <= set(base.classes)
+                  else sorted(set(base.classes) | set(classes)))
+        labels = np.concatenate([_remap(base.classes, base.labels, merged), _remap(classes, multihot, merged)])
         classes = merged
-        label_mode = base["label_mode"] if base["label_mode"] == label_mode else "mixed"
+        label_mode = base.label_mode if base.label_mode == label_mode else "mixed"
     index = np.zeros(old_n + len(files), dtype=layout.INDEX_DTYPE)
     if base is not None:
-        index[:old_n] = base["index"]
+        index[:old_n] = base.index
     new = index[old_n:]
     new["n_frames"] = n_frames
     new["offset"] = old_total + starts(n_frames)
-    new["segment"] = 0 if base is None else len(base["segments"])
+    new["segment"] = 0 if base is None else len(base.segments)
     new["sample_rate"] = rate
     new["source_rate"] = [infos[p].sample_rate for p in files]
     new["n_samples"] = [infos[p].n_samples for p in files]
@@ -297,28 +297,28 @@ def _layout(root: Path, scan: _Scan, rate: int, transform: Spectrogram, dtype: s
     index["label"] = label_index(labels)
     segments = np.array([(old_n, len(files), old_total, int(n_frames.sum()))], dtype=layout.SEGMENT_DTYPE)
     if base is not None:
-        segments = np.concatenate([base["segments"], segments])
+        segments = np.concatenate([base.segments, segments])
     fingerprint = _fingerprint(
         layout.FORMAT_VERSION, transform.to_json(), dtype, classes, label_mode,
         [(p, infos[p], os.stat(root / p).st_mtime_ns) for p in files],
-        None if base is None else (base["generation"], base["file_size"], old_total),
+        None if base is None else (base.generation, base.file_size, old_total),
         # a table's rows can change without the class list changing; the partial file holds the labels
         *([hashlib.sha256(labels.tobytes()).hexdigest()] if scan.table is not None else []),
         *([("classes=", fixed)] if fixed is not None else []),
     )
     return _frozen(BuildPlan(
         root=root, files=files, headers=[infos[p] for p in files], rate=rate, transform=transform, dtype=dtype,
-        index=index, paths=([] if base is None else base["paths"]) + files, labels=labels, classes=classes,
+        index=index, paths=([] if base is None else base.paths) + files, labels=labels, classes=classes,
         label_mode=label_mode, segments=segments, fingerprint=fingerprint, skipped=scan.skipped,
         notes=scan.notes, ignored=scan.ignored, base=base))
 
 
-def _unchanged(root: Path, scan: _Scan, rate: int, transform: Spectrogram, dtype: str, base: dict) -> BuildPlan:
+def _unchanged(root: Path, scan: _Scan, rate: int, transform: Spectrogram, dtype: str, base: StoreMeta) -> BuildPlan:
     """The plan of an append with no new file: the store as it is."""
     return _frozen(BuildPlan(
-        root=root, files=[], headers=[], rate=rate, transform=transform, dtype=dtype, index=base["index"],
-        paths=base["paths"], labels=base["labels"], classes=base["classes"], label_mode=base["label_mode"],
-        segments=base["segments"], fingerprint="", skipped=scan.skipped, notes=scan.notes, ignored=scan.ignored,
+        root=root, files=[], headers=[], rate=rate, transform=transform, dtype=dtype, index=base.index,
+        paths=base.paths, labels=base.labels, classes=base.classes, label_mode=base.label_mode,
+        segments=base.segments, fingerprint="", skipped=scan.skipped, notes=scan.notes, ignored=scan.ignored,
         base=base))
 
 

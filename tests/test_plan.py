@@ -96,7 +96,7 @@ def test_an_append_plan_keeps_the_old_files_first_and_merges_the_classes(root, t
     assert plan.paths == ["d/w.wav", *plan.files] and plan.classes == ["a", "b", "c", "d"]
     assert plan.index["label"].tolist() == [3, 0, 0, 1, 2]
     old_total = int(plan.index["n_frames"][0])
-    assert plan.new["offset"][0] == old_total and plan.copy_from() == (store, base["data_offset"], old_total)
+    assert plan.new["offset"][0] == old_total and plan.copy_from() == (store, base.data_offset, old_total)
     assert plan.segments.tolist()[1][:3] == (1, 4, old_total) and plan.contents().generation == 1
     assert plan.base_stats.count == old_total
     with pytest.raises(BuildError, match="dtype='float16' differs"):
