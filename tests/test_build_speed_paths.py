@@ -27,6 +27,7 @@ from memstore import layout
 from memstore._workers import one_native_thread
 from memstore.audio import write_wav
 from memstore.features import Spectrogram
+from memstore.stats import RunningStats, merge
 from memstore.store import open_store
 
 
@@ -68,8 +69,8 @@ def _stats_in_file_order(path):
     stats = None
     with open_store(path) as store:
         for i in range(len(store)):
-            stats = build._merge(stats, build._file_stats(np.asarray(store.frames(i))))
-    return stats
+            stats = merge(stats, RunningStats.of_rows(np.asarray(store.frames(i))))
+    return stats.count, stats.mean, stats.m2
 
 
 @pytest.fixture(scope="module")
@@ -169,19 +170,19 @@ def test_a_serial_build_leaves_the_blas_threads_as_they_were(root, tmp_path):
 @pytest.mark.parametrize("n_bins", [1, 2, 96])
 def test_statistics_packed_for_the_trip_from_a_worker_come_back_byte_equal(n_bins):
     rows = np.random.default_rng(n_bins).standard_normal((37, n_bins)).astype(np.float32)
-    stats = build._file_stats(rows)
-    packed = build._packed(stats)
+    stats = RunningStats.of_rows(rows)
+    packed = stats.packed()
     assert len(packed) == 4 and packed[3].size == n_bins * (n_bins + 1) // 2  # x.T @ x is exactly symmetric
-    back = build._unpacked(packed)
-    assert back[0] == stats[0] and back[1].tobytes() == stats[1].tobytes()
-    assert back[2].tobytes() == stats[2].tobytes()
+    back = RunningStats.unpacked(packed)
+    assert back.count == stats.count and back.mean.tobytes() == stats.mean.tobytes()
+    assert back.m2.tobytes() == stats.m2.tobytes()
 
 
 def test_a_co_moment_symmetric_only_up_to_the_sign_of_zero_travels_whole():
     m2 = np.array([[1.0, 0.0], [-0.0, 2.0]])
-    packed = build._packed((3, np.zeros(2), m2))
+    packed = RunningStats(3, np.zeros(2), m2).packed()
     assert len(packed) == 3
-    assert build._unpacked(packed)[2].tobytes() == m2.tobytes()
+    assert RunningStats.unpacked(packed).m2.tobytes() == m2.tobytes()
 
 
 WORKER_PRINTS = """

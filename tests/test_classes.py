@@ -147,18 +147,18 @@ def test_append_with_classes_skips_files_outside(folder, tmp_path):
 
 def test_an_interrupted_build_without_classes_is_not_resumed_with_them(folder, tmp_path, monkeypatch):
     """The same files and the same final list, but another request: a new plan, not a resume."""
-    from memstore import build
+    from memstore import writer
 
     def stop(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(build, "_finalize", stop)
+    monkeypatch.setattr(writer, "_finalize", stop)
     with pytest.raises(KeyboardInterrupt):
         build_store(folder, tmp_path / "s.h5", workers=1, progress=False)
     monkeypatch.undo()
     report = build_store(folder, tmp_path / "s.h5", workers=1, progress=False, classes=["a", "b", "c"])
     assert report.resumed == 0 and report.stored == 4
-    monkeypatch.setattr(build, "_finalize", stop)
+    monkeypatch.setattr(writer, "_finalize", stop)
     with pytest.raises(KeyboardInterrupt):
         build_store(folder, tmp_path / "t.h5", workers=1, progress=False, classes=["c", "b", "a"])
     monkeypatch.undo()

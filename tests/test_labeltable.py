@@ -143,7 +143,7 @@ def test_cli_labels_path_and_columns(tmp_path, capsys):
 
 def test_a_changed_table_does_not_resume_with_stale_labels(tmp_path, monkeypatch):
     """An interrupted build leaves its .partial (labels included); a corrected table is a new plan."""
-    from memstore import build
+    from memstore import writer
 
     root = tmp_path / "data"
     _audiofolder(root)
@@ -153,7 +153,7 @@ def test_a_changed_table_does_not_resume_with_stale_labels(tmp_path, monkeypatch
     def stop(*args, **kwargs):
         raise KeyboardInterrupt  # an interruption after every file was extracted
 
-    monkeypatch.setattr(build, "_finalize", stop)
+    monkeypatch.setattr(writer, "_finalize", stop)
     with pytest.raises(KeyboardInterrupt):
         build_store(root, tmp_path / "s.h5", labels=table, workers=1, progress=False)
     assert (tmp_path / "s.h5.partial").exists()

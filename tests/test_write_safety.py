@@ -23,7 +23,7 @@ import wavs
 from test_build import same_store
 
 import memstore
-import memstore.build as build_mod
+import memstore.writer as writer_mod
 from memstore.build import build_store, write_store_from_arrays
 from memstore.demo import make_demo_folder
 from memstore.errors import BuildError, StoreFormatError
@@ -135,16 +135,16 @@ def test_full_disk_in_write_store_from_arrays(tmp_path, monkeypatch):
 def test_without_fallocate_the_space_is_reserved_by_writing_zeros(demo_root, demo_store, tmp_path, monkeypatch):
     monkeypatch.setattr(os, "posix_fallocate", _no_fallocate)
     seen = []
-    real_reserve = build_mod._reserve
+    real_reserve = writer_mod._reserve
 
     def reserve(path, *, fresh):
         real_reserve(path, fresh=fresh)
         fd = os.open(path, os.O_RDONLY)
         try:  # no hole is left in any dataset that is written through a memory map
-            seen.extend(os.lseek(fd, o, os.SEEK_HOLE) >= o + n for o, n in build_mod._mapped_ranges(path))
+            seen.extend(os.lseek(fd, o, os.SEEK_HOLE) >= o + n for o, n in writer_mod._mapped_ranges(path))
         finally:
             os.close(fd)
-    monkeypatch.setattr(build_mod, "_reserve", reserve)
+    monkeypatch.setattr(writer_mod, "_reserve", reserve)
     store = tmp_path / "s.h5"
     build_store(demo_root, store, workers=1, progress=False)
     assert seen == [True, True, True]
@@ -210,8 +210,8 @@ def test_a_real_full_tmpfs_gives_a_message_not_a_bus_error(demo_root, demo_store
 HOLD_LOCK = """
 import sys
 from pathlib import Path
-from memstore.build import _store_lock
-with _store_lock(Path(sys.argv[1])):
+from memstore._locks import StoreLock
+with StoreLock(Path(sys.argv[1])):
     print("held", flush=True)
     sys.stdin.read()
 """
@@ -285,13 +285,13 @@ def test_write_store_from_arrays_takes_the_lock(tmp_path):
 # --- validate, fsync, rename, fsync the folder -----------------------------------------------
 
 def _bad_label_finalize(monkeypatch):
-    real = build_mod._finalize
+    real = writer_mod._finalize
 
     def finalize(partial, store_path, index, stats, reports):
         index = index.copy()
         index["label"][-1] = 99  # a class that does not exist: the finished file must not validate
         real(partial, store_path, index, stats, reports)
-    monkeypatch.setattr(build_mod, "_finalize", finalize)
+    monkeypatch.setattr(writer_mod, "_finalize", finalize)
 
 
 def test_an_append_that_fails_validation_leaves_the_old_store(demo_store, tmp_path, monkeypatch):
@@ -380,10 +380,10 @@ def test_verify_names_the_empty_segment(empty_segment_store):
     assert where == "<store>" and "segment 1 is empty" in what
 
 
-# --- the private writer as tools use it ------------------------------------------------------
+# --- the writer as tools use it ------------------------------------------------------------
 
 def test_make_big_store_tool_writes_through_the_same_writer(tmp_path):
-    """tools/make_big_store.py calls _allocate and _finalize with str paths."""
+    """tools/make_big_store.py writes through the public StoreWriter, given a str path."""
     tool = Path(__file__).resolve().parents[1] / "tools" / "make_big_store.py"
     store = tmp_path / "big.h5"
     done = subprocess.run([sys.executable, str(tool), str(store), "--size", "2MB"], capture_output=True,
@@ -398,7 +398,7 @@ def test_a_forked_child_still_holding_our_hdf5_handle_is_waited_for(tmp_path):
     'another build is writing' in two builds run in two threads; a short conflict is now waited out."""
     import warnings
 
-    from memstore.build import _open_h5
+    from memstore._locks import open_h5
 
     path = tmp_path / "f.h5"
     f = h5py.File(path, "w")
@@ -414,7 +414,7 @@ def test_a_forked_child_still_holding_our_hdf5_handle_is_waited_for(tmp_path):
         f.close()
         with pytest.raises(BlockingIOError):
             h5py.File(path, "r+")  # the conflict itself, while the child lives
-        with _open_h5(path, "r+") as g:
+        with open_h5(path, "r+") as g:
             assert g.mode == "r+"
     finally:
         os.waitpid(pid, 0)

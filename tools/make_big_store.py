@@ -14,14 +14,13 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-import zlib
 
 import numpy as np
 
-from memstore import layout
-from memstore.build import BuildReport, _allocate, _build_maps, _file_stats, _finalize, _merge
-from memstore.features import MelSpectrogram
+from memstore import BuildReport, MelSpectrogram, layout
 from memstore.pager import parse_memory
+from memstore.stats import RunningStats, merge
+from memstore.writer import StoreContents, StoreWriter
 
 
 def make_big_store(path, size, *, n_bins=96, frames_per_file=259, n_classes=11, seed=0, progress=True):
@@ -43,32 +42,25 @@ def make_big_store(path, size, *, n_bins=96, frames_per_file=259, n_classes=11, 
     labels[np.arange(n_files), index["label"]] = 1
     total = n_files * frames_per_file
     transform = MelSpectrogram(n_mels=n_bins, sample_rate=44100)
-    partial = f"{path}.partial"
-    _allocate(partial, total=total, n_bins=n_bins, dtype="float32", index=index,
-              paths=[f"c{int(c):02d}/synthetic-{i:08d}.wav" for i, c in enumerate(index["label"])],
-              labels=labels, classes=[f"c{k:02d}" for k in range(n_classes)],
-              config_json=transform.to_json(), label_mode="folder",
-              segments=np.array([(0, n_files, 0, total)], layout.SEGMENT_DTYPE), generation=0, n_build=0)
-    _, _, (offset, _, _, _) = _build_maps(partial, 0)
-    out = np.memmap(partial, dtype=np.float32, mode="r+", offset=offset, shape=(total, n_bins))
+    contents = StoreContents(index=index, labels=labels, classes=[f"c{k:02d}" for k in range(n_classes)],
+                             paths=[f"c{int(c):02d}/synthetic-{i:08d}.wav" for i, c in enumerate(index["label"])],
+                             config_json=transform.to_json(), n_bins=n_bins, label_mode="folder")
     base = rng.random((frames_per_file, n_bins), dtype=np.float32)
     stats = None
     per_chunk = max(1, (64 << 20) // (frames_per_file * row_bytes))
-    for f0 in tqdm(range(0, n_files, per_chunk), unit="chunk", disable=not progress, desc="writing"):
-        f1 = min(n_files, f0 + per_chunk)
-        block = np.empty((f1 - f0, frames_per_file, n_bins), np.float32)
-        block[:] = base
-        block *= (np.arange(f0, f1, dtype=np.float32) % 97 + 1)[:, None, None] / 50.0
-        block += (index["label"][f0:f1].astype(np.float32))[:, None, None]
-        out[f0 * frames_per_file: f1 * frames_per_file] = block.reshape(-1, n_bins)
-        for k in range(f1 - f0):
-            index["checksum"][f0 + k] = zlib.crc32(block[k].data)
-        # statistics over every row written, merged chunk by chunk (Chan et al.)
-        stats = _merge(stats, _file_stats(block.reshape(-1, n_bins)))
-    out.flush()
-    del out
-    _finalize(partial, path, index, stats, [BuildReport(stored=n_files, frames=total,
-                                                        bytes=total * row_bytes).to_dict()])
+    with StoreWriter(path) as writer:
+        writer.start(contents)
+        for f0 in tqdm(range(0, n_files, per_chunk), unit="chunk", disable=not progress, desc="writing"):
+            f1 = min(n_files, f0 + per_chunk)
+            block = np.empty((f1 - f0, frames_per_file, n_bins), np.float32)
+            block[:] = base
+            block *= (np.arange(f0, f1, dtype=np.float32) % 97 + 1)[:, None, None] / 50.0
+            block += (index["label"][f0:f1].astype(np.float32))[:, None, None]
+            for k in range(f1 - f0):
+                index["checksum"][f0 + k] = writer.write(int(index["offset"][f0 + k]), block[k])
+            # statistics over every row written, merged chunk by chunk (Chan et al.)
+            stats = merge(stats, RunningStats.of_rows(block.reshape(-1, n_bins)))
+        writer.finalize(index, stats, [BuildReport(stored=n_files, frames=total, bytes=total * row_bytes).to_dict()])
     return n_files
 
 
