@@ -268,10 +268,8 @@ class _StatsFold:
         self.early: dict[int, RunningStats | None] = {}
         self.next = 0
 
-    def add(self, i: int, file_stats: RunningStats | tuple | None) -> None:
+    def add(self, i: int, file_stats: RunningStats | None) -> None:
         """File ``i`` of this run finished: its statistics, or None when it was skipped."""
-        if isinstance(file_stats, tuple):  # a worker's (count, mean, m2) of the old helpers (until extract.py)
-            file_stats = RunningStats(*file_stats)
         self.early[i] = file_stats
         self.advance()
 

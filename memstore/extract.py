@@ -220,8 +220,7 @@ def extract_files(files, pending, root, partial, data_offset, n_bins, dtype, con
             else:
                 checksum[i] = crc
                 done[i] = 1
-                s = RunningStats.unpacked(packed_or_reason)
-                fold.add(i, (s.count, s.mean, s.m2))  # build's fold merges (count, mean, m2) triples
+                fold.add(i, RunningStats.unpacked(packed_or_reason))
         bar.update(len(results))
 
     run = tasks(files, pending, root, new, task_seconds)
