@@ -111,3 +111,12 @@ def varied_folder(root, rng=None):
         write_wav(p, rng.uniform(-0.5, 0.5, (n, ch)), rate, sample_format=fmt)
         paths.append(p)
     return paths
+
+
+@pytest.fixture(scope="module")
+def signal():
+    """A 3-second tone with vibrato and noise, float32, 132299 samples like the tutorial's file."""
+    rng = np.random.default_rng(0)
+    t = np.arange(132299) / 44100
+    tone = sum(0.3 / k * np.sin(2 * np.pi * 440 * k * t + 3 * np.sin(2 * np.pi * 5 * t)) for k in range(1, 6))
+    return (tone * np.exp(-t) + 0.02 * rng.standard_normal(len(t))).astype(np.float32)

@@ -55,15 +55,6 @@ def rel_err(ours, ref):
     return np.abs(ours - ref).max() / np.abs(ref).max()
 
 
-@pytest.fixture(scope="module")
-def signal():
-    """A 3-second tone with vibrato and noise, float32, 132299 samples like the tutorial's file."""
-    rng = np.random.default_rng(0)
-    t = np.arange(132299) / 44100
-    tone = sum(0.3 / k * np.sin(2 * np.pi * 440 * k * t + 3 * np.sin(2 * np.pi * 5 * t)) for k in range(1, 6))
-    return (tone * np.exp(-t) + 0.02 * rng.standard_normal(len(t))).astype(np.float32)
-
-
 def test_default_is_the_tutorial(signal):
     mel = MelSpectrogram()
     out = mel(signal, 44100)

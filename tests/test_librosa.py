@@ -9,22 +9,9 @@ import numpy as np
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
+from test_features import rel_err
 
 from memstore.features import MelSpectrogram, Spectrogram, mel_filterbank, stft
-
-
-def rel_err(ours, ref):
-    return np.abs(ours - ref).max() / np.abs(ref).max()
-
-
-@pytest.fixture(scope="module")
-def signal():
-    """A 3-second tone with vibrato and noise, float32, 132299 samples (as in tests/test_features.py)."""
-    rng = np.random.default_rng(0)
-    t = np.arange(132299) / 44100
-    tone = sum(0.3 / k * np.sin(2 * np.pi * 440 * k * t + 3 * np.sin(2 * np.pi * 5 * t)) for k in range(1, 6))
-    return (tone * np.exp(-t) + 0.02 * rng.standard_normal(len(t))).astype(np.float32)
-
 
 # --- librosa as the oracle ----------------------------------------------------------------------
 
