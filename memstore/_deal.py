@@ -12,6 +12,7 @@ from dataclasses import replace
 import numpy as np
 
 from .errors import ParameterError
+from .stats import starts
 
 __all__ = ["intervals", "deal", "remaining", "deal_windows"]
 
@@ -103,7 +104,7 @@ def _cut(w, keep: np.ndarray):
     page = np.searchsorted(w.buf_start, src, side="right") - 1
     used = np.unique(page)
     rows = w.row_stop[used] - w.row_start[used]
-    buf = np.r_[0, np.cumsum(rows)[:-1]].astype(np.int64)
+    buf = starts(rows)
     where = np.zeros(len(w.buf_start), np.int64)
     where[used] = buf
     return replace(w, row_start=w.row_start[used], row_stop=w.row_stop[used], buf_start=buf,

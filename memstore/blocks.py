@@ -20,6 +20,7 @@ import numpy as np
 
 from ._validate import positive_int
 from .errors import ParameterError
+from .stats import starts
 
 __all__ = ["block_counts", "block_table"]
 
@@ -76,7 +77,7 @@ def block_table(n_frames, time_context: int, step: int, *, tail: bool = False):
     extra = _needs_tail(n, regular, time_context, step) if tail else np.zeros_like(regular)
     counts = regular + extra
     block_file = np.repeat(np.arange(len(n), dtype=np.int64), counts)
-    first = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    first = starts(counts)
     k = np.arange(len(block_file), dtype=np.int64) - np.repeat(first, counts)
     block_start = k * step
     if tail and extra.any():

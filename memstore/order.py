@@ -82,6 +82,7 @@ import numpy as np
 from ._deal import deal, deal_windows, intervals, remaining
 from ._jit import njit
 from .errors import ParameterError
+from .stats import starts
 
 __all__ = ["EpochOrder", "Window", "balance_classes", "balanced_counts", "deal", "deal_windows", "intervals",
            "remaining", "plan_pages", "plan_epoch", "shuffle_quality", "order_report", "MIN_PAGES_PER_WINDOW"]
@@ -269,7 +270,7 @@ def plan_epoch(block_row, block_valid, *, window_rows: int, seed: int, epoch: in
     page_rows : int, optional
         Default ``max(max block rows, window_rows // 16)``.
     shuffle : bool
-        False: pages and blocks in store order (steps 1 and 3 skipped; ``seed`` and
+        False: pages and blocks in store order (no lanes, no shuffle; ``seed`` and
         ``epoch`` unused), so the epoch is served file by file, each by start frame.
     counts : int array [shape=(n_blocks,)], optional
         Times each block is served (a balanced draw); default once each.
@@ -291,27 +292,24 @@ def plan_epoch(block_row, block_valid, *, window_rows: int, seed: int, epoch: in
     else:
         served = np.arange(len(block_row), dtype=np.int64)
         pages_of = _store_order_windows(block_row, block_valid, window_rows, page_rows, counts)
-    end = np.maximum.accumulate(block_row[served] + block_valid[served]) if len(served) else served
-    out = [_window(pages, served, end, block_row, counts, rng if shuffle else None) for pages in pages_of]
+    out = [_window(pages, served, block_row, counts, rng if shuffle else None) for pages in pages_of]
     if shard is not None or unserved is not None:
         out = deal_windows(out, shard, unserved)
     return out
 
 
-def _window(pages: list[tuple], served, end, block_row, counts, rng) -> Window:
-    """The :class:`Window` of ``pages`` (runs ``served[a:b]`` of row-sorted blocks), blocks shuffled by ``rng``.
+def _window(pages: list[tuple[int, int, int]], served, block_row, counts, rng) -> Window:
+    """The :class:`Window` of ``pages`` (blocks ``served[a:b]``, row-sorted, read up to a stop row).
 
-    A page is ``(a, b)`` or ``(a, b, stop row)``; ``end`` is the running maximum of the served
-    blocks' end rows, so without a stop row a page ends at ``end[b - 1]``.
+    The window's blocks are shuffled by ``rng`` (None: kept in store order).
     """
-    ab = np.array(sorted(pages), np.int64).reshape(len(pages), -1)  # row order: served blocks are row-sorted
-    first, last = ab[:, 0], ab[:, 1]
+    ab = np.array(sorted(pages), np.int64).reshape(len(pages), 3)  # row order: served blocks are row-sorted
+    first, last, row_stop = ab[:, 0], ab[:, 1], ab[:, 2]
     row_start = block_row[served[first]]
-    row_stop = ab[:, 2] if ab.shape[1] == 3 else end[last - 1]
     rows = row_stop - row_start
-    buf = np.r_[0, np.cumsum(rows)[:-1]].astype(np.int64)
+    buf = starts(rows)
     sizes = last - first
-    at = np.arange(int(sizes.sum()), dtype=np.int64) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+    at = np.arange(int(sizes.sum()), dtype=np.int64) - np.repeat(starts(sizes), sizes)
     owner = np.repeat(np.arange(len(first)), sizes)
     idx = served[first[owner] + at]
     src = buf[owner] + block_row[idx] - row_start[owner]
@@ -323,14 +321,14 @@ def _window(pages: list[tuple], served, end, block_row, counts, rng) -> Window:
 
 
 def _store_order_windows(block_row, block_valid, window_rows: int, page_rows: int,
-                         counts) -> list[list[tuple[int, int]]]:
+                         counts) -> list[list[tuple[int, int, int]]]:
     """Unshuffled: the store's pages in order (those with something to serve), packed greedily into windows."""
     page_of_block, p_start, p_stop = plan_pages(block_row, block_valid, page_rows)
     page_first = np.searchsorted(page_of_block, np.arange(len(p_start) + 1))  # blocks are sorted by page
     order = np.arange(len(p_start))
     if counts is not None:
         order = order[np.bincount(page_of_block, weights=counts, minlength=len(p_start)) > 0]
-    return [[(int(page_first[p]), int(page_first[p + 1])) for p in ws]
+    return [[(int(page_first[p]), int(page_first[p + 1]), int(p_stop[p])) for p in ws]
             for ws in _pack(order, p_stop - p_start, window_rows)]
 
 
