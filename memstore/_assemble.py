@@ -69,7 +69,7 @@ def produce(job: Job, ws: list[Window], first_batch: int):
         windows = iter([(ws[0], job.features)])
     try:
         w, buf = next(windows)
-        fill = BlockGather(buf, w.src_row, job.block_valid[w.blocks], job.time_context, **job.norm)
+        fill = _gather(job, w, buf)
         total = int(cum[-1])
         for b in range(first_batch, job.n_batches):
             pos = b * job.batch_size
@@ -81,10 +81,10 @@ def produce(job: Job, ws: list[Window], first_batch: int):
                 while pos >= cum[w_idx + 1]:
                     w, buf = next(windows)
                     w_idx += 1
-                    fill = BlockGather(buf, w.src_row, job.block_valid[w.blocks], job.time_context, **job.norm)
+                    fill = _gather(job, w, buf)
                 k = pos - int(cum[w_idx])
                 take = min(size - filled, int(cum[w_idx + 1]) - pos)
-                fill(k, k + take, out[filled:filled + take])  # every block of the window checked once
+                fill(k, k + take, out[filled:filled + take])
                 ids[filled:filled + take] = w.blocks[k:k + take]
                 filled += take
                 pos += take
@@ -96,3 +96,8 @@ def produce(job: Job, ws: list[Window], first_batch: int):
     finally:
         if reader is not None:
             reader.close()
+
+
+def _gather(job: Job, w: Window, buf: np.ndarray) -> BlockGather:
+    """The gather of window ``w``'s blocks from ``buf``, every bound checked once here."""
+    return BlockGather(buf, w.src_row, job.block_valid[w.blocks], job.time_context, **job.norm)

@@ -47,30 +47,19 @@ from pathlib import Path
 
 import numpy as np
 
+from memstore.commands.bench import evict, sequential_read
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 T, B, STEP = 128, 64, 50
 SHAPES = {"long": 5168, "clips": 259}
 
 
-def evict(path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
-
-
-def sequential_mb_s(path, chunk=16 << 20) -> float:
+def sequential_mb_s(path) -> float:
+    """A cold plain read of the whole file in 16 MB chunks, MB/s (the baseline ``memstore bench`` uses too)."""
     evict(path)
-    buf = memoryview(bytearray(chunk))
-    total = 0
-    t = time.perf_counter()
-    with open(path, "rb", buffering=0) as f:
-        while n := f.readinto(buf):
-            total += n
-    return total / (time.perf_counter() - t) / 1e6
+    n, seconds = sequential_read(path)
+    return n / seconds / 1e6
 
 
 def _io_read_bytes() -> int:
