@@ -50,8 +50,11 @@ POLL_S = 0.1
 JOIN_S = 30.0
 
 _END = object()
-#: ``producer`` is True on the threads that run :func:`_pump`
-_role = threading.local()
+#: idents of the threads that run :func:`_pump`. An ident, not a ``threading.local`` flag or the
+#: ``Thread`` object: while a thread is torn down, its thread-locals are already cleared and
+#: ``threading.current_thread()`` answers a new dummy, yet a garbage collection there may still run
+#: finalizers -- which must recognise the thread as the producer it is (and never wait for itself)
+_producers: set[int] = set()
 
 
 class _Raised:
@@ -122,7 +125,7 @@ class Prefetcher:
             _close_source(source)
             raise
         self._finalizer = weakref.finalize(self, _halt, self._thread, self._queue, self._stop, wake, what,
-                                           threading.current_thread())
+                                           threading.get_ident())
 
     def __iter__(self):
         return self
@@ -182,7 +185,7 @@ def _close_source(source) -> None:
 
 def _pump(source, q: queue.Queue, stop: threading.Event) -> None:
     """Thread target: move items from ``source`` into ``q`` until the end, an error or ``stop``."""
-    _role.producer = True
+    _producers.add(threading.get_ident())
     try:
         for item in source:
             if not _put(q, item, stop):
@@ -195,15 +198,15 @@ def _pump(source, q: queue.Queue, stop: threading.Event) -> None:
 
 
 def _halt(thread: threading.Thread, q: queue.Queue, stop: threading.Event, wake, what: str,
-          creator: threading.Thread) -> None:
+          creator: int) -> None:
     """Stop the producer and wait for its thread (``Prefetcher.close`` and its finalizer)."""
     stop.set()
     if wake is not None:
         wake()
-    me = threading.current_thread()
-    if thread is me:
+    me = threading.get_ident()
+    if thread.ident == me:
         return  # collected by the producer's own garbage collection: it sees ``stop`` and ends
-    if getattr(_role, "producer", False) and me is not creator:
+    if me in _producers and me != creator:
         return  # another producer (see "Who waits for whom"): it may be waiting for this one
     deadline = time.monotonic() + JOIN_S
     while thread.is_alive():
@@ -217,3 +220,4 @@ def _halt(thread: threading.Thread, q: queue.Queue, stop: threading.Event, wake,
                           stacklevel=2)
             return
         thread.join(timeout=POLL_S)
+    _producers.discard(thread.ident)  # it has ended: the ident may be given to another thread
