@@ -274,3 +274,71 @@ def test_the_benchmarks_warm_workers_run_one_blas_thread_and_leave_the_environme
         assert threads and set(threads) == {1}
     finally:
         pool.shutdown()
+
+
+def _faults_of_freed_and_reallocated_arrays(rounds: int = 30) -> tuple[int, int]:
+    """Minor page faults of ``rounds`` rounds of what a file's extraction does: a few ~1 MB arrays, then freed."""
+    import resource
+
+    def one_round():
+        parts = [np.ones(1 << 17 + k % 2) for k in range(6)]  # 1 and 2 MB, 9 MB in all
+        return sum(float(p[-1]) for p in parts)
+
+    one_round()  # the heap grows once
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(rounds):
+        one_round()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before, rounds
+
+
+def _plain_spawned_process_faults(conn) -> None:
+    conn.send(_faults_of_freed_and_reallocated_arrays())
+
+
+def test_a_build_worker_keeps_its_heap_between_files_instead_of_faulting_it_in_again():
+    import ctypes
+    import multiprocessing
+
+    if not hasattr(ctypes.CDLL(None), "mallopt"):
+        pytest.skip("no glibc mallopt here: the allocator is left as it is")
+    ctx = multiprocessing.get_context("spawn")
+    ours, theirs = ctx.Pipe()
+    plain = ctx.Process(target=_plain_spawned_process_faults, args=(theirs,))
+    plain.start()
+    untuned, rounds = ours.recv()
+    plain.join()
+    pool = WorkerPool(1)
+    try:
+        tuned, _ = pool.submit(_faults_of_freed_and_reallocated_arrays).result()
+    finally:
+        pool.shutdown()
+    pages_per_round = 9 * 2**20 // 4096
+    if untuned < rounds * pages_per_round // 4:
+        pytest.skip(f"this allocator keeps its heap by default ({untuned} faults in {rounds} rounds)")
+    assert tuned < pages_per_round, (tuned, untuned)  # at most one growth, not one per round
+
+
+def _faults_after_the_build_command(audio_root: str, store: str, conn) -> None:
+    from memstore.cli import main
+
+    status = main(["build", audio_root, store, "--workers", "1", "--quiet"])
+    conn.send((status, *_faults_of_freed_and_reallocated_arrays()))
+
+
+def test_the_build_command_keeps_its_own_processs_heap_too(tmp_path):
+    import ctypes
+    import multiprocessing
+
+    if not hasattr(ctypes.CDLL(None), "mallopt"):
+        pytest.skip("no glibc mallopt here: the allocator is left as it is")
+    (tmp_path / "audio" / "a").mkdir(parents=True)
+    write_wav(tmp_path / "audio" / "a" / "x.wav", np.sin(np.arange(22050) / 7.0).astype(np.float32), 22050)
+    ctx = multiprocessing.get_context("spawn")
+    ours, theirs = ctx.Pipe()
+    child = ctx.Process(target=_faults_after_the_build_command,
+                        args=(str(tmp_path / "audio"), str(tmp_path / "s.h5"), theirs))
+    child.start()
+    status, faults, _ = ours.recv()
+    child.join()
+    assert status == 0 and len(open_store(tmp_path / "s.h5").paths) == 1
+    assert faults < 9 * 2**20 // 4096

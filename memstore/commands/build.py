@@ -114,8 +114,10 @@ def _classes(args):
 
 
 def run(args: argparse.Namespace) -> int:
+    from .._workers import keep_heap
     from ..build import build_store
 
+    keep_heap()  # this process is the command line's own: its extraction keeps its pages too
     transform = _transform(args)
     labels = _labels(args)
     classes = _classes(args)
