@@ -51,7 +51,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _demo(root: Path, args: argparse.Namespace) -> int:
-    from .._workers import keep_heap
     from ..batches import PREFETCH, BatchStream
     from ..build import build_store
     from ..demo import make_demo_folder
@@ -69,7 +68,6 @@ def _demo(root: Path, args: argparse.Namespace) -> int:
     print(f"1. synthesised {n_wav} demo files in {audio_root} ({time.perf_counter() - t0:.1f} s)")
 
     store_path = root / "demo.h5"
-    keep_heap()  # this process is the command line's own (see memstore._workers.keep_heap)
     report = build_store(
         audio_root, store_path, workers=args.workers, progress=False if args.quiet else None,
         mode="create", resume=False,
