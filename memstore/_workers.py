@@ -205,6 +205,16 @@ class WorkerPool(cf.ProcessPoolExecutor):
             self.shutdown(wait=True, cancel_futures=True)
             raise
 
+    def started(self) -> bool:
+        """Whether every worker has started (run its first task), or failed to."""
+        return all(f.done() for f in self._startup)
+
+    def wait_started(self) -> None:
+        """Wait until :meth:`started` (a worker that dies meanwhile breaks the pool; that ends the wait too)."""
+        waiting = set(self._startup)
+        while waiting:
+            _, waiting = wait_any(self, waiting)
+
     def died_at_startup(self) -> bool:
         """Whether the pool broke before every worker had run its first task."""
         return any(f.done() and not f.cancelled() and f.exception() is not None for f in self._startup)

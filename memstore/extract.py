@@ -264,8 +264,11 @@ def _extract_on_executor(pool, n_workers, args, run, record, partial, task_secon
     """Run tasks on a ``concurrent.futures`` executor, at most :data:`IN_FLIGHT_PER_WORKER` per worker at once.
 
     On the build's own pool (``with_parent``) this process is a worker too:
-    whenever the pool has its tasks in flight, it runs the next task itself
-    instead of waiting, so nothing waits for the pool's start-up. It takes a
+    until the pool's workers have started, and whenever they have their tasks
+    in flight, it runs the next task itself instead of waiting; so nothing
+    waits for the pool's start-up. The build still ends only once every
+    worker has started: one that could not start fails it, as it would a
+    larger build. It takes a
     task only if it is no longer than what each worker has queued
     (:func:`_parent_takes`), so a worker never idles while this process is busy.
     """
@@ -279,7 +282,7 @@ def _extract_on_executor(pool, n_workers, args, run, record, partial, task_secon
                 running -= finished
                 for fut in finished:
                     record(fut.result())
-                if len(running) >= cap and _parent_takes(items, task_seconds):
+                if (len(running) >= cap or not pool.started()) and _parent_takes(items, task_seconds):
                     record(extract_task(*args, items))
                     continue
             running.add(pool.submit(extract_task, *args, items))
@@ -291,6 +294,12 @@ def _extract_on_executor(pool, n_workers, args, run, record, partial, task_secon
             finished, running = wait_any(pool, running)
             for fut in finished:
                 record(fut.result())
+        if with_parent:
+            # a small build may be done before the pool has started; a worker that could not start (a
+            # script without a main guard, run again in it) must still fail it, whatever the folder's size
+            pool.wait_started()
+            if pool.died_at_startup():
+                raise cf.process.BrokenProcessPool("a worker process died while starting")
     except cf.process.BrokenProcessPool as err:
         raise _broken_pool_error(pool, err, partial) from err
     finally:

@@ -238,11 +238,18 @@ def test_with_workers_this_process_extracts_too_but_never_a_long_file(tmp_path, 
     monkeypatch.setattr(build, "TASK_AUDIO_SECONDS", 6.0)  # tasks of two clips; the long file alone
     build.build_store(tmp_path / "audio", tmp_path / "two.h5", workers=2, progress=False)
     assert mine and "long.wav" not in mine and len(mine) < 25
+    # while the pool is still starting this process takes every short task; the long file still goes
+    mine.clear()
+    monkeypatch.setattr(WorkerPool, "started", lambda self: False)
+    monkeypatch.setattr(extract, "IN_FLIGHT_PER_WORKER", 4)
+    build.build_store(tmp_path / "audio", tmp_path / "later.h5", workers=2, progress=False)
+    assert sorted(mine) == [f"{k:02d}.wav" for k in range(24)]
     monkeypatch.setattr(extract, "compute_files", compute)
     build.build_store(tmp_path / "audio", tmp_path / "one.h5", workers=1, progress=False)
-    with open_store(tmp_path / "two.h5") as two, open_store(tmp_path / "one.h5") as one:
-        assert np.array_equal(two.features[:], one.features[:])
-        assert np.array_equal(two.index["checksum"], one.index["checksum"])
+    for name in ("two.h5", "later.h5"):
+        with open_store(tmp_path / name) as two, open_store(tmp_path / "one.h5") as one:
+            assert np.array_equal(two.features[:], one.features[:])
+            assert np.array_equal(two.index["checksum"], one.index["checksum"])
 
 
 def _raise_memory_error(self, samples, sample_rate):
