@@ -10,7 +10,7 @@ This module is the orchestration; each step has its own room.
    every dataset at its final size, contiguous, its disk space reserved, so a
    full disk is a :class:`BuildError` here and never a SIGBUS in a mapped
    write. The whole build holds the lock ``<store>.lock``: one writer per store.
-3. **Extract** (:mod:`memstore.extract`) in worker processes (spawn-safe, or any
+3. **Extract** (:mod:`memstore.extract`) in this process and worker processes (spawn-safe, or any
    ``concurrent.futures.Executor``). Each worker writes its files' rows at
    the planned offsets through its own ``np.memmap`` (one per task of several
    files; the plan's header facts travel with the task, so no header is read
@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from . import layout
-from ._workers import one_native_thread
+from ._workers import kept_heap, one_native_thread
 from .errors import BuildError, ParameterError
 from .extract import extract_files, local_executor
 from .features import MelSpectrogram, Spectrogram
@@ -121,7 +121,8 @@ def build_store(audio_root, store_path, *, transform: Spectrogram = MelSpectrogr
         See :mod:`memstore.labels`; a path ending in .csv, .tsv or .jsonl is
         read as ``LabelTable(path)`` (:mod:`memstore.labeltable`).
     workers : int, optional
-        Worker processes; ``None`` means all cores. ``1`` extracts in this process.
+        Processes that extract; ``None`` means all cores. ``1`` extracts in this process;
+        ``N > 1`` spawns ``N - 1`` worker processes and this process extracts beside them.
     sample_rate : int, optional
         Target rate; by default the transform's, else the most common rate of the files.
     dtype : {"float32", "float16"}
@@ -201,7 +202,8 @@ def _extract_all(plan: BuildPlan, writer: StoreWriter, report: BuildReport, *, w
         report.notes.append(f"resumed: {report.resumed} file(s) were already extracted")
         failed.update((i, "failed in an earlier run of this build") for i in np.flatnonzero(done[:n] == 2))
     fold = _StatsFold(plan.base_stats, plan.new, writer.features, done, pending)
-    with one_native_thread():  # this process's matrix products (workers=1, resumed files) on one BLAS thread
+    # this process's matrix products on one BLAS thread, and its freed heap kept from file to file
+    with one_native_thread(), kept_heap():
         fold.advance()
         extract_files(plan.files, pending, plan.root, writer.partial, writer.data_offset, plan.transform.n_bins,
                       plan.dtype, plan.transform.to_json(), plan.rate, plan.new, done, writer.checksum, fold, failed,

@@ -24,9 +24,11 @@ folds the statistics in file order, so the store's bytes never depend on
 which worker ran what.
 
 **Where tasks run** (:func:`local_executor`, :func:`extract_files`): in this
-process (``workers=1``), in a :class:`~memstore._workers.WorkerPool` of
-spawned single-threaded workers that lives as long as one build, on a
-caller's ``concurrent.futures`` executor, or on a Dask cluster
+process (``workers=1``); in this process *and* a
+:class:`~memstore._workers.WorkerPool` of ``workers - 1`` spawned
+single-threaded workers that lives as long as one build (this process takes
+tasks from the start, so the ~1 s start-up of a spawned interpreter is not
+lost time); on a caller's ``concurrent.futures`` executor; or on a Dask cluster
 (:mod:`memstore.distributed`, imported only then). The pool machinery itself
 (main guard, thread limits, workers that die with their parent, a pool that
 cannot hang on a dead worker) is :mod:`memstore._workers`.
@@ -165,14 +167,17 @@ def tasks(files, pending, root, new, task_seconds: float):
 
 @contextlib.contextmanager
 def local_executor(workers: int | None, executor):
-    """The executor a build extracts with: the caller's, a new pool of ``workers`` processes, or None.
+    """The executor a build extracts with: the caller's, a new pool of ``workers - 1`` processes, or None.
 
-    None means this process (``workers=1``, or one core). A new
-    :class:`~memstore._workers.WorkerPool` starts every worker now, so their
-    start-up (interpreters, numpy, numba) overlaps the build's scan and plan;
-    it is the build's own, killed if the build fails (a broken pool's queues
-    may never drain) and shut down when it ends. Before any worker starts, the
-    main guard is checked (:func:`~memstore._workers.check_main_guard`).
+    None means this process alone (``workers=1``, or one core). Otherwise a
+    :class:`~memstore._workers.WorkerPool` of ``workers - 1`` spawned
+    processes starts now, so their start-up (interpreters, numpy, numba, about
+    1 s of CPU each) overlaps the build's scan and plan, and this process is
+    the last worker (:func:`extract_files`): it extracts from the first task
+    on, while the others are still starting. The pool is the build's own,
+    killed if the build fails (a broken pool's queues may never drain) and shut
+    down when it ends. Before any worker starts, the main guard is checked
+    (:func:`~memstore._workers.check_main_guard`).
     """
     n_workers = workers or os.cpu_count() or 1
     check_main_guard(spawns=executor is None and n_workers > 1)
@@ -180,7 +185,7 @@ def local_executor(workers: int | None, executor):
         yield executor
         return
     try:
-        pool = WorkerPool(n_workers)
+        pool = WorkerPool(n_workers - 1, with_parent=True)
     except cf.process.BrokenProcessPool as err:
         raise BuildError(f"a worker process died while starting ({err}); nothing was written. If the "
                          f"script has no main guard: {GUARD_ADVICE}; otherwise run the same build again") from err
@@ -235,7 +240,7 @@ def extract_files(files, pending, root, partial, data_offset, n_bins, dtype, con
 
             extract_on_cluster(executor, args, run, record)
         else:
-            _extract_on_executor(executor, n_workers, args, run, record, partial)
+            _extract_on_executor(executor, n_workers, args, run, record, partial, task_seconds)
     except MemoryError as err:
         n_done = int(np.count_nonzero(done[: len(files)]))
         if dask:
@@ -255,13 +260,33 @@ def _is_dask_client(executor) -> bool:
     return hasattr(executor, "gather") and hasattr(executor, "scheduler_info")
 
 
-def _extract_on_executor(pool, n_workers, args, run, record, partial) -> None:
-    """Run tasks on a ``concurrent.futures`` executor, at most :data:`IN_FLIGHT_PER_WORKER` per worker at once."""
+def _extract_on_executor(pool, n_workers, args, run, record, partial, task_seconds: float) -> None:
+    """Run tasks on a ``concurrent.futures`` executor, at most :data:`IN_FLIGHT_PER_WORKER` per worker at once.
+
+    On the build's own pool (``with_parent``) this process is a worker too:
+    until the pool's workers have started, and whenever they have their tasks
+    in flight, it runs the next task itself instead of waiting; so nothing
+    waits for the pool's start-up. The build still ends only once every
+    worker has started: one that could not start fails it, as it would a
+    larger build. It takes a
+    task only if it is no longer than what each worker has queued
+    (:func:`_parent_takes`), so a worker never idles while this process is busy.
+    """
     running = set()
+    with_parent = isinstance(pool, WorkerPool) and pool.with_parent
+    cap = IN_FLIGHT_PER_WORKER * (pool.n_workers if with_parent else n_workers)
     try:
         for items in run:
+            if with_parent:
+                finished = {fut for fut in running if fut.done()}
+                running -= finished
+                for fut in finished:
+                    record(fut.result())
+                if (len(running) >= cap or not pool.started()) and _parent_takes(items, task_seconds):
+                    record(extract_task(*args, items))
+                    continue
             running.add(pool.submit(extract_task, *args, items))
-            if len(running) >= IN_FLIGHT_PER_WORKER * n_workers:
+            if len(running) > cap or (len(running) == cap and not with_parent):
                 finished, running = wait_any(pool, running)
                 for fut in finished:
                     record(fut.result())
@@ -269,11 +294,27 @@ def _extract_on_executor(pool, n_workers, args, run, record, partial) -> None:
             finished, running = wait_any(pool, running)
             for fut in finished:
                 record(fut.result())
+        if with_parent:
+            # a small build may be done before the pool has started; a worker that could not start (a
+            # script without a main guard, run again in it) must still fail it, whatever the folder's size
+            pool.wait_started()
+            if pool.died_at_startup():
+                raise cf.process.BrokenProcessPool("a worker process died while starting")
     except cf.process.BrokenProcessPool as err:
         raise _broken_pool_error(pool, err, partial) from err
     finally:
         for fut in running:  # after a failure, queued tasks must not go on writing into the partial file
             fut.cancel()
+
+
+def _parent_takes(items, task_seconds: float) -> bool:
+    """Whether this process may run a task itself: an ordinary task of short files, not a long file.
+
+    Each worker has :data:`IN_FLIGHT_PER_WORKER` tasks queued when this
+    process takes one, and :func:`tasks` closes a task once it holds
+    ``task_seconds`` of audio, so one of at most twice that ends before they do.
+    """
+    return sum(n_samples / rate for _, _, _, _, n_samples, rate in items) <= 2 * task_seconds
 
 
 def _broken_pool_error(pool, err: BaseException, partial) -> BuildError:

@@ -200,11 +200,12 @@ def _gone(pids) -> bool:
 
 
 def test_the_builds_own_pool_is_shut_down_after_it_and_killed_when_it_fails():
-    with extract.local_executor(2, None) as pool:
-        assert isinstance(pool, WorkerPool) and len(pool._processes) == 2  # all started up front
+    with extract.local_executor(3, None) as pool:
+        # all started up front; this process is the third worker
+        assert isinstance(pool, WorkerPool) and len(pool._processes) == 2 and pool.with_parent
         pids = list(pool._processes)
     assert _gone(pids)
-    with pytest.raises(KeyError, match="the build failed"), extract.local_executor(2, None) as pool:
+    with pytest.raises(KeyError, match="the build failed"), extract.local_executor(3, None) as pool:
         pids = list(pool._processes)
         busy = [pool.submit(time.sleep, 120) for _ in range(2)]
         deadline = time.monotonic() + 60
@@ -215,6 +216,40 @@ def test_the_builds_own_pool_is_shut_down_after_it_and_killed_when_it_fails():
     # killed, not waited for: a shut-down pool would have let both sleeps return None
     assert all(isinstance(f.exception(timeout=60), cf.process.BrokenProcessPool) for f in busy)
     assert _gone(pids)
+
+
+def test_with_workers_this_process_extracts_too_but_never_a_long_file(tmp_path, monkeypatch):
+    """workers=2 starts one process and this one works beside it, on short tasks only; same bytes as workers=1."""
+    rate = 8000
+    for k in range(24):
+        d = tmp_path / "audio" / ("a" if k % 2 else "b")
+        d.mkdir(parents=True, exist_ok=True)
+        write_wav(d / f"{k:02d}.wav", np.sin(np.arange(3 * rate) * (0.01 + k / 1000)).astype(np.float32), rate)
+    write_wav(tmp_path / "audio" / "a" / "long.wav", np.sin(np.arange(200 * rate) / 9.0).astype(np.float32), rate)
+    mine = []
+    compute = extract.compute_files
+
+    def counted(config_json, rate, n_bins, dtype, items):
+        mine.extend(Path(path).name for _, path, *_ in items)  # the workers import their own, unpatched
+        return compute(config_json, rate, n_bins, dtype, items)
+
+    monkeypatch.setattr(extract, "compute_files", counted)
+    monkeypatch.setattr(extract, "IN_FLIGHT_PER_WORKER", 1)
+    monkeypatch.setattr(build, "TASK_AUDIO_SECONDS", 6.0)  # tasks of two clips; the long file alone
+    build.build_store(tmp_path / "audio", tmp_path / "two.h5", workers=2, progress=False)
+    assert mine and "long.wav" not in mine and len(mine) < 25
+    # while the pool is still starting this process takes every short task; the long file still goes
+    mine.clear()
+    monkeypatch.setattr(WorkerPool, "started", lambda self: False)
+    monkeypatch.setattr(extract, "IN_FLIGHT_PER_WORKER", 4)
+    build.build_store(tmp_path / "audio", tmp_path / "later.h5", workers=2, progress=False)
+    assert sorted(mine) == [f"{k:02d}.wav" for k in range(24)]
+    monkeypatch.setattr(extract, "compute_files", compute)
+    build.build_store(tmp_path / "audio", tmp_path / "one.h5", workers=1, progress=False)
+    for name in ("two.h5", "later.h5"):
+        with open_store(tmp_path / name) as two, open_store(tmp_path / "one.h5") as one:
+            assert np.array_equal(two.features[:], one.features[:])
+            assert np.array_equal(two.index["checksum"], one.index["checksum"])
 
 
 def _raise_memory_error(self, samples, sample_rate):
@@ -274,3 +309,82 @@ def test_the_benchmarks_warm_workers_run_one_blas_thread_and_leave_the_environme
         assert threads and set(threads) == {1}
     finally:
         pool.shutdown()
+
+
+def _faults_of_freed_and_reallocated_arrays(rounds: int = 30) -> tuple[int, int]:
+    """Minor page faults of ``rounds`` rounds of what a file's extraction does: a few ~1 MB arrays, then freed."""
+    import resource
+
+    def one_round():
+        parts = [np.ones(1 << 17 + k % 2) for k in range(6)]  # 1 and 2 MB, 9 MB in all
+        return sum(float(p[-1]) for p in parts)
+
+    one_round()  # the heap grows once
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(rounds):
+        one_round()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before, rounds
+
+
+def _plain_spawned_process_faults(conn) -> None:
+    conn.send(_faults_of_freed_and_reallocated_arrays())
+
+
+def test_a_build_worker_keeps_its_heap_between_files_instead_of_faulting_it_in_again():
+    import ctypes
+    import multiprocessing
+
+    if not hasattr(ctypes.CDLL(None), "mallopt"):
+        pytest.skip("no glibc mallopt here: the allocator is left as it is")
+    ctx = multiprocessing.get_context("spawn")
+    ours, theirs = ctx.Pipe()
+    plain = ctx.Process(target=_plain_spawned_process_faults, args=(theirs,))
+    plain.start()
+    untuned, rounds = ours.recv()
+    plain.join()
+    pool = WorkerPool(1)
+    try:
+        tuned, _ = pool.submit(_faults_of_freed_and_reallocated_arrays).result()
+    finally:
+        pool.shutdown()
+    pages_per_round = 9 * 2**20 // 4096
+    if untuned < rounds * pages_per_round // 4:
+        pytest.skip(f"this allocator keeps its heap by default ({untuned} faults in {rounds} rounds)")
+    assert tuned < pages_per_round, (tuned, untuned)  # at most one growth, not one per round
+
+
+def _faults_per_file_of_a_build_after_other_work(audio_root: str, store: str, conn) -> None:
+    import resource
+
+    from memstore.build import build_store
+
+    mel = MelSpectrogram(sample_rate=44100)
+    for path in sorted(Path(audio_root).rglob("*.wav")):  # the caller's own feature work first, as in a notebook
+        mel(read_audio(path, sample_rate=44100)[0], 44100)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    report = build_store(audio_root, store, workers=1, progress=False)
+    conn.send(((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / report.stored, report.stored))
+
+
+def test_a_build_in_this_process_keeps_its_heap_from_file_to_file(tmp_path, monkeypatch):
+    """Measured in a fresh spawned process: a workers=1 build extracts in the caller's process."""
+    import ctypes
+    import multiprocessing
+
+    if not hasattr(ctypes.CDLL(None), "mallopt"):
+        pytest.skip("no glibc mallopt here: the allocator is left as it is")
+    monkeypatch.syspath_prepend(str(TOOLS))
+    import bench_build
+
+    bench_build.make_irmas_folder(tmp_path / "audio", 60)  # 3 s clips, stereo 16-bit, 44.1 kHz
+    ctx = multiprocessing.get_context("spawn")
+    ours, theirs = ctx.Pipe()
+    child = ctx.Process(target=_faults_per_file_of_a_build_after_other_work,
+                        args=(str(tmp_path / "audio"), str(tmp_path / "s.h5"), theirs))
+    child.start()
+    per_file, stored = ours.recv()
+    child.join()
+    assert stored == 60
+    # a file's rows are 16 pages of the mapped store, written once; without a kept heap its ~1 MB arrays
+    # were faulted in again for every file (about 510 faults per file here)
+    assert per_file < 150, per_file

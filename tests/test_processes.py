@@ -213,8 +213,8 @@ KILLED_BUILD = """import sys
 import memstore.build as b
 
 if __name__ == "__main__":
-    b.TASK_AUDIO_SECONDS = 1.0   # one file per task: progress shows early
-    b.build_store(sys.argv[1], sys.argv[2], workers=2, progress=False)
+    b.TASK_AUDIO_SECONDS = 1.0   # one file per task: progress shows early, and no file is short enough for the parent
+    b.build_store(sys.argv[1], sys.argv[2], workers=3, progress=False)
 """
 
 

@@ -96,12 +96,14 @@ def build(root: Path, store: Path, workers: int, pool=None) -> float:
 def warm_pool(n_workers: int) -> cf.ProcessPoolExecutor:
     """``n_workers`` spawned processes with one native thread each, all started now, for ``executor=``.
 
-    The variables are set in this script's environment only while the workers
-    spawn (they inherit it), then restored: this process's BLAS is loaded
+    The variables (and glibc's ``MALLOC_TOP_PAD_``, which memstore's own
+    workers set with ``mallopt``) are set in this script's environment only
+    while the workers spawn (they inherit it), then restored: this process's BLAS is loaded
     already and keeps its threads for the in-process measure.
     """
-    saved = {k: os.environ.get(k) for k in THREAD_VARS}
+    saved = {k: os.environ.get(k) for k in (*THREAD_VARS, "MALLOC_TOP_PAD_")}
     os.environ.update(dict.fromkeys(THREAD_VARS, "1"))
+    os.environ["MALLOC_TOP_PAD_"] = str(64 << 20)  # glibc keeps freed heap, as memstore's own workers do
     try:
         pool = cf.ProcessPoolExecutor(n_workers, mp_context=multiprocessing.get_context("spawn"))
         # a spawn-context pool starts a worker, in submit, for each task that finds none idle
