@@ -24,7 +24,10 @@ It prints the median of each rate (audio seconds per wall second) and the
 medians of the per-repetition ratios ``w2 / w1`` and ``w2 / (2 x in-process)``;
 ratios taken within one repetition matter most on a shared machine. With
 ``--tutorial`` it also times the tutorial's per-file loop (read, sum the
-channels, ``librosa.feature.melspectrogram``, ``np.tofile``). Unless
+channels, ``librosa.feature.melspectrogram``, ``np.tofile``). It also prints
+the CPU seconds (user + system) of the ``workers=1`` and ``workers=2``
+builds, workers included: what a second core adds, which the wall clock of a
+shared machine hides when another process holds that core. Unless
 ``--skip-rss``, it then measures the peak RSS of a build (parent and
 workers) of a folder holding one two-hour WAV file.
 """
@@ -35,6 +38,7 @@ import argparse
 import concurrent.futures as cf
 import multiprocessing
 import os
+import resource
 import shutil
 import statistics
 import struct
@@ -82,13 +86,25 @@ def in_process(root: Path) -> float:
     return time.perf_counter() - t
 
 
+#: CPU seconds of each build measure (this process and the workers it reaped), per repetition
+CPU: dict[str, list[float]] = {}
+
+
+def _cpu_seconds() -> float:
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def build(root: Path, store: Path, workers: int, pool=None) -> float:
+    """Wall seconds of one fresh build; its CPU seconds go to :data:`CPU` (a build's own pool is reaped in it)."""
     from memstore.build import build_store
 
     store.unlink(missing_ok=True)
-    t = time.perf_counter()
+    cpu, t = _cpu_seconds(), time.perf_counter()
     build_store(root, store, workers=workers, executor=pool, progress=False, resume=False)
     took = time.perf_counter() - t
+    if pool is None:
+        CPU.setdefault(f"workers={workers}", []).append(_cpu_seconds() - cpu)
     store.unlink()
     return took
 
@@ -215,6 +231,10 @@ def main(argv=None) -> int:  # noqa: PLR0915 - one script, top to bottom
     print(f"workers=2 / (2 x in-process):       {statistics.median(w2_ideal):.2f}    (target >= 0.8)")
     print(f"2 warm workers / workers=1:         {statistics.median(warm_w1):.2f}x")
     print(f"2 warm workers / (2 x in-process):  {statistics.median(warm_ideal):.2f}")
+    cpu1, cpu2 = statistics.median(CPU["workers=1"]), statistics.median(CPU["workers=2"])
+    print(f"CPU seconds per build (user + system, this process and its workers): workers=1 {cpu1:.2f}, "
+          f"workers=2 {cpu2:.2f}; workers=1 / workers=2 {cpu1 / cpu2:.2f} (the work the second core adds; "
+          "1.0 = none, and a bound on the scaling that a loaded machine's wall clock cannot show)")
     pool.shutdown()
     if not args.skip_rss:
         peak_rss(work)
