@@ -28,7 +28,9 @@ process (``workers=1``); in this process *and* a
 :class:`~memstore._workers.WorkerPool` of ``workers - 1`` spawned
 single-threaded workers that lives as long as one build (this process takes
 tasks from the start, so the ~1 s start-up of a spawned interpreter is not
-lost time); on a caller's ``concurrent.futures`` executor; or on a Dask cluster
+lost time; a build of at most :data:`POOL_MIN_AUDIO_SECONDS` of audio stops the
+pool unused and runs here alone); on a caller's ``concurrent.futures``
+executor; or on a Dask cluster
 (:mod:`memstore.distributed`, imported only then). The pool machinery itself
 (main guard, thread limits, workers that die with their parent, a pool that
 cannot hang on a dead worker) is :mod:`memstore._workers`.
@@ -55,6 +57,10 @@ from .stats import RunningStats
 
 __all__: list[str] = []  # the build's machinery; the public entry point is memstore.build.build_store
 
+#: a build's own pool is used only for more audio than this (seconds): below it this process alone is
+#: done about as soon as a spawned worker has started (~1 s of imports, while this process extracts
+#: 3,000-5,000 audio seconds per second), and waiting for the workers would cost more than they give
+POOL_MIN_AUDIO_SECONDS = 3000.0
 #: tasks in flight per worker on a local executor: enough to keep every worker busy, few enough to
 #: bound the results waiting in the parent
 IN_FLIGHT_PER_WORKER = 4
@@ -228,6 +234,10 @@ def extract_files(files, pending, root, partial, data_offset, n_bins, dtype, con
                 fold.add(i, RunningStats.unpacked(packed_or_reason))
         bar.update(len(results))
 
+    if isinstance(executor, WorkerPool) and executor.with_parent and \
+            _audio_seconds(new, pending) <= POOL_MIN_AUDIO_SECONDS:
+        executor.break_down()  # still starting, and never given a task: nothing of the store is lost
+        executor = None
     run = tasks(files, pending, root, new, task_seconds)
     n_workers = workers or os.cpu_count() or 1
     dask = _is_dask_client(executor)
@@ -253,6 +263,12 @@ def extract_files(files, pending, root, partial, data_offset, n_bins, dtype, con
                          f"{advice}; it resumes from the {n_done} file(s) already done in {partial}") from err
     finally:
         bar.close()
+
+
+def _audio_seconds(new, pending) -> float:
+    """Seconds of audio in the ``pending`` files of the plan's index ``new`` (planned rates are positive)."""
+    rows = new[np.asarray(pending, dtype=np.int64)]
+    return float((rows["n_samples"] / rows["source_rate"]).sum())
 
 
 def _is_dask_client(executor) -> bool:

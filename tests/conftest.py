@@ -59,6 +59,19 @@ def orphans_of_this_run() -> dict[int, str]:
     return found
 
 
+@pytest.fixture(autouse=True)
+def builds_use_their_pool(monkeypatch):
+    """Test folders are small: a build with workers > 1 uses its pool however little audio it holds.
+
+    Otherwise every such test would extract in its own process only
+    (:data:`memstore.extract.POOL_MIN_AUDIO_SECONDS`), and the pool would go
+    untested; ``test_extract`` tests the threshold itself.
+    """
+    import memstore.extract
+
+    monkeypatch.setattr(memstore.extract, "POOL_MIN_AUDIO_SECONDS", 0.0)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def no_orphan_processes():
     """Fail the run if any process it started outlives its parent (e.g. workers of a killed build)."""

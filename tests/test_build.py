@@ -151,7 +151,9 @@ import faulthandler
 import sys
 import memstore.build as b
 faulthandler.dump_traceback_later(90)  # a hung build prints every thread's stack to stderr for the test
+import memstore.extract as e
 b.TASK_AUDIO_SECONDS = 1.0   # one file per task, so progress is recorded often
+e.POOL_MIN_AUDIO_SECONDS = 0.0  # a small folder, built with the pool all the same
 b.build_store(sys.argv[1], sys.argv[2], workers=int(sys.argv[3]), progress=False)
 """
 

@@ -252,6 +252,43 @@ def test_with_workers_this_process_extracts_too_but_never_a_long_file(tmp_path, 
             assert np.array_equal(two.index["checksum"], one.index["checksum"])
 
 
+def test_a_small_build_does_not_wait_for_workers_it_would_not_need(tmp_path, monkeypatch):
+    """Below POOL_MIN_AUDIO_SECONDS this process extracts everything and the pool, still starting, is stopped."""
+    rate = 8000
+    for k in range(6):
+        d = tmp_path / "audio" / ("a" if k % 2 else "b")
+        d.mkdir(parents=True, exist_ok=True)
+        write_wav(d / f"{k}.wav", np.sin(np.arange(3 * rate) * (0.01 + k / 1000)).astype(np.float32), rate)
+    mine, pools = [], []
+    compute = extract.compute_files
+
+    def counted(config_json, rate, n_bins, dtype, items):
+        mine.extend(Path(path).name for _, path, *_ in items)
+        return compute(config_json, rate, n_bins, dtype, items)
+
+    class Kept(WorkerPool):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            pools.append(self)
+
+    monkeypatch.setattr(extract, "compute_files", counted)
+    monkeypatch.setattr(extract, "WorkerPool", Kept)
+    monkeypatch.setattr(extract, "POOL_MIN_AUDIO_SECONDS", 18.0)  # the folder holds exactly 18 s
+    build.build_store(tmp_path / "audio", tmp_path / "s.h5", workers=2, progress=False)
+    assert sorted(mine) == [f"{k}.wav" for k in range(6)]
+    (pool,) = pools
+    assert pool._broken  # stopped, not waited for (it never had a task)
+    with open_store(tmp_path / "s.h5") as store:
+        assert len(store.paths) == 6
+    mine.clear()
+    monkeypatch.setattr(extract, "POOL_MIN_AUDIO_SECONDS", 17.9)  # just below: the pool takes its share
+    monkeypatch.setattr(extract, "IN_FLIGHT_PER_WORKER", 1)
+    monkeypatch.setattr(build, "TASK_AUDIO_SECONDS", 3.0)
+    monkeypatch.setattr(WorkerPool, "started", lambda self: True)  # as if up already: the pool gets tasks
+    build.build_store(tmp_path / "audio", tmp_path / "t.h5", workers=2, progress=False)
+    assert len(mine) < 6
+
+
 def _raise_memory_error(self, samples, sample_rate):
     raise MemoryError("injected")
 

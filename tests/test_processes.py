@@ -163,6 +163,8 @@ if __name__ == "__mp_main__":
     build_store(sys.argv[1], sys.argv[2] + ".again.h5", workers=2, progress=False)
 
 if __name__ == "__main__":
+    import memstore.extract
+    memstore.extract.POOL_MIN_AUDIO_SECONDS = 0.0  # a small folder, built with the pool all the same
     build_store(sys.argv[1], sys.argv[2], workers=2, progress=False)
 """
 
@@ -213,6 +215,8 @@ KILLED_BUILD = """import sys
 import memstore.build as b
 
 if __name__ == "__main__":
+    import memstore.extract
+    memstore.extract.POOL_MIN_AUDIO_SECONDS = 0.0  # a small folder, built with the pool all the same
     b.TASK_AUDIO_SECONDS = 1.0   # one file per task: progress shows early, and no file is short enough for the parent
     b.build_store(sys.argv[1], sys.argv[2], workers=3, progress=False)
 """
