@@ -16,6 +16,7 @@ import numpy as np
 
 from .order import Window
 from .pager import WindowReader
+from .prefetch import FLUSH
 from .slicer import BlockGather
 
 __all__ = ["Job", "shape", "produce"]
@@ -54,50 +55,67 @@ def shape(x: np.ndarray, layout: str) -> np.ndarray:
 
 
 def produce(job: Job, ws: list[Window], first_batch: int):
-    """Yield (x, y) or (x, y, file) from the windows ``ws`` of an epoch, from batch ``first_batch`` on."""
-    counts = np.array([len(w.blocks) for w in ws], np.int64)
-    cum = np.r_[0, np.cumsum(counts)]
+    """Yield (x, y) or (x, y, file) from the windows ``ws`` of an epoch, from batch ``first_batch`` on.
+
+    Per batch, the Python steps are few: a batch inside one window (every batch in memory) is one
+    :meth:`BlockGather.fresh` call -- the kernel, without the GIL -- and one label lookup; a batch
+    that spans windows (out of core) is gathered piece by piece. :data:`memstore.prefetch.FLUSH`
+    follows the first batch and comes before every wait for a window, so a lazy hand-over delays
+    neither the first batch nor one that waits behind the disk.
+    """
     if job.n_batches == 0 or first_batch >= job.n_batches:
         return
-    first_pos = first_batch * job.batch_size
-    w_idx = int(np.searchsorted(cum, first_pos, side="right") - 1)
+    cum = np.r_[0, np.cumsum([len(w.blocks) for w in ws])].tolist()  # Python ints: cheap to compare
+    total, size_ = cum[-1], job.batch_size
+    pos = first_batch * size_
+    w_idx = int(np.searchsorted(cum, pos, side="right") - 1)
     if job.features is None:
         reader = WindowReader(job.path, job.data_offset, job.n_bins, job.dtype, ws[w_idx:], job.window_rows)
         windows = iter(reader)
     else:
         reader = None
         windows = iter([(ws[0], job.features)])
+    labels, layout, return_file = job.labels, job.layout, job.return_file
     try:
         w, buf = next(windows)
-        fill = _gather(job, w, buf)
-        total = int(cum[-1])
+        fill, files_w = _gather(job, w, buf)
+        lo, hi = cum[w_idx], cum[w_idx + 1]
         for b in range(first_batch, job.n_batches):
-            pos = b * job.batch_size
-            size = min(job.batch_size, total - pos)
-            out = np.empty((size, job.time_context, job.n_bins), np.float32)
-            ids = np.empty(size, np.int64)
-            filled = 0
-            while filled < size:
-                while pos >= cum[w_idx + 1]:
-                    w, buf = next(windows)
-                    w_idx += 1
-                    fill = _gather(job, w, buf)
-                k = pos - int(cum[w_idx])
-                take = min(size - filled, int(cum[w_idx + 1]) - pos)
-                fill(k, k + take, out[filled:filled + take])
-                ids[filled:filled + take] = w.blocks[k:k + take]
-                filled += take
-                pos += take
-            files = job.block_file[ids]
-            if job.return_file:
-                yield shape(out, job.layout), job.labels[files], files
+            size = min(size_, total - pos)
+            if pos + size <= hi:  # the whole batch in this window
+                k = pos - lo
+                out = fill.fresh(k, k + size)
+                files = files_w[k:k + size]
             else:
-                yield shape(out, job.layout), job.labels[files]
+                out = np.empty((size, job.time_context, job.n_bins), np.float32)
+                parts = []
+                at = pos
+                while at < pos + size:
+                    while at >= hi:
+                        yield FLUSH
+                        w, buf = next(windows)
+                        w_idx += 1
+                        fill, files_w = _gather(job, w, buf)
+                        lo, hi = hi, cum[w_idx + 1]
+                    k, take = at - lo, min(pos + size, hi) - at
+                    fill(k, k + take, out[at - pos:at - pos + take])
+                    parts.append(files_w[k:k + take])
+                    at += take
+                files = np.concatenate(parts)
+            pos += size
+            x = shape(out, layout)
+            if return_file:
+                yield x, labels[files], files.copy()
+            else:
+                yield x, labels[files]
+            if b == first_batch:
+                yield FLUSH
     finally:
         if reader is not None:
             reader.close()
 
 
-def _gather(job: Job, w: Window, buf: np.ndarray) -> BlockGather:
-    """The gather of window ``w``'s blocks from ``buf``, every bound checked once here."""
-    return BlockGather(buf, w.src_row, job.block_valid[w.blocks], job.time_context, **job.norm)
+def _gather(job: Job, w: Window, buf: np.ndarray) -> tuple[BlockGather, np.ndarray]:
+    """The gather of window ``w``'s blocks from ``buf`` (every bound checked once here), and their files."""
+    return (BlockGather(buf, w.src_row, job.block_valid[w.blocks], job.time_context, **job.norm),
+            job.block_file[w.blocks])

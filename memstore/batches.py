@@ -187,19 +187,21 @@ class BatchStream:
         return self._order.blocks(epoch, self.shard, self._unserved if epoch == self.epoch else None)
 
     # --- batches ----------------------------------------------------------------------------
+    def _job(self) -> Job:
+        """What the producer reads: a snapshot of the stream's arrays, never ``self``."""
+        s = self.store
+        return Job(batch_size=self.batch_size, time_context=self.time_context, n_bins=s.n_bins,
+                   n_batches=self._n_batches(self._unserved), layout=self.layout,
+                   block_valid=self.block_valid, block_file=self.block_file, labels=self._labels_all, norm=self._norm,
+                   features=None if self.out_of_core else np.asarray(s.features), path=s.source,
+                   data_offset=s.data_offset, dtype=s.dtype, window_rows=self._window_rows,
+                   return_file=self.return_file)
+
     def _start(self, epoch: int, first_batch: int) -> None:
         self._stop_active()
-        s = self.store
-        job = Job(batch_size=self.batch_size, time_context=self.time_context, n_bins=s.n_bins,
-                  n_batches=self._n_batches(self._unserved), layout=self.layout,
-                  block_valid=self.block_valid, block_file=self.block_file, labels=self._labels_all, norm=self._norm,
-                  features=None if self.out_of_core else np.asarray(s.features), path=s.source,
-                  data_offset=s.data_offset, dtype=s.dtype, window_rows=self._window_rows,
-                  return_file=self.return_file)
-        # the producer gets a snapshot of the arrays it reads (``job``), never ``self``
-        batches = produce(job, self._order.windows(epoch, self.shard, self._unserved), first_batch)
+        batches = produce(self._job(), self._order.windows(epoch, self.shard, self._unserved), first_batch)
         self._holder[0] = start_producer(batches, depth=PREFETCH, name="memstore-batches", what="batch producer",
-                                         threaded=self.prefetch)
+                                         threaded=self.prefetch, lazy=True)
 
     @property
     def _active(self):

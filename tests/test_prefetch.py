@@ -14,7 +14,7 @@ import weakref
 import pytest
 
 from memstore import prefetch
-from memstore.prefetch import Inline, Prefetcher, start, wait_get
+from memstore.prefetch import FLUSH, Inline, Prefetcher, start, wait_get
 
 
 class Source:
@@ -49,10 +49,11 @@ def ended(thread, timeout=30.0):
     return not thread.is_alive()
 
 
-@pytest.mark.parametrize("threaded", [True, False], ids=["thread", "inline"])
-def test_items_come_in_order_then_the_end_and_the_source_is_closed_once(threaded):
+@pytest.mark.parametrize("threaded,lazy", [(True, False), (True, True), (False, False)],
+                         ids=["thread", "thread-lazy", "inline"])
+def test_items_come_in_order_then_the_end_and_the_source_is_closed_once(threaded, lazy):
     src = Source(50)
-    p = start(src, depth=2, name="memstore-test-order", what="test producer", threaded=threaded)
+    p = start(src, depth=2, name="memstore-test-order", what="test producer", threaded=threaded, lazy=lazy)
     assert isinstance(p, Prefetcher if threaded else Inline)
     assert list(p) == list(range(50))
     with pytest.raises(StopIteration):
@@ -65,16 +66,53 @@ def test_items_come_in_order_then_the_end_and_the_source_is_closed_once(threaded
         assert not threads_named("memstore-test-order")
 
 
-@pytest.mark.parametrize("threaded", [True, False], ids=["thread", "inline"])
-def test_an_error_of_the_source_is_raised_in_the_consumer(threaded):
+@pytest.mark.parametrize("threaded,lazy", [(True, False), (True, True), (False, False)],
+                         ids=["thread", "thread-lazy", "inline"])
+def test_an_error_of_the_source_is_raised_in_the_consumer(threaded, lazy):
     src = Source(3, fail=KeyError("boom"))
-    p = start(src, depth=2, name="memstore-test-error", what="test producer", threaded=threaded)
+    p = start(src, depth=2, name="memstore-test-error", what="test producer", threaded=threaded, lazy=lazy)
     assert [next(p) for _ in range(3)] == [0, 1, 2]
     with pytest.raises(KeyError, match="boom") as info:
         next(p)
     assert any(f.name == "__next__" for f in info.traceback)  # the source's own frame travels with it
     p.close()
     assert src.closed == 1
+
+
+@pytest.mark.parametrize("threaded,lazy", [(True, False), (True, True), (False, False)],
+                         ids=["thread", "thread-lazy", "inline"])
+def test_flush_is_never_an_item(threaded, lazy):
+    def source():
+        yield FLUSH
+        yield 0
+        yield FLUSH
+        yield FLUSH
+        yield 1
+        yield FLUSH
+
+    p = start(source(), depth=2, name="memstore-test-flush", what="test producer", threaded=threaded, lazy=lazy)
+    assert list(p) == [0, 1]
+    p.close()
+
+
+def test_a_lazy_producer_hands_over_on_flush_before_it_waits(monkeypatch):
+    """A lazy hand-over wakes the consumer only on a full queue -- or on FLUSH, which a source yields
+    before a wait of its own (the batch producer before the next window). Here the source waits for
+    the consumer to have item 0: without the wake on FLUSH, the consumer would sleep until its next
+    poll (made an hour long here) and the source's wait would run out first."""
+    monkeypatch.setattr(prefetch, "POLL_S", 3600.0)
+    got_first = threading.Event()
+
+    def source():
+        yield 0
+        yield FLUSH
+        yield "starved" if not got_first.wait(30.0) else "served"
+
+    p = start(source(), depth=2, name="memstore-test-lazy", what="test producer", lazy=True)
+    assert next(p) == 0
+    got_first.set()
+    assert next(p) == "served"
+    p.close()
 
 
 def test_close_frees_a_producer_blocked_on_a_full_queue():
@@ -141,11 +179,7 @@ def test_a_producer_that_died_without_a_word_is_an_error_not_a_hang():
     (thread,) = threads_named("memstore-test-silent")
     p._stop.set()  # the producer ends without handing over the end or an error
     assert ended(thread)
-    while True:  # whatever it put before it saw the stop
-        try:
-            p._queue.get_nowait()
-        except queue.Empty:
-            break
+    p._queue.clear()  # whatever it put before it saw the stop
     with pytest.raises(RuntimeError, match="the test producer thread ended without a result"):
         next(p)
 

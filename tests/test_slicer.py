@@ -123,3 +123,36 @@ def test_block_gather_checks_once_and_then_only_the_range():
         BlockGather(src, [495], [10], 20)
     with pytest.raises(ParameterError, match=r"valid rows must lie in \[0, 20\]"):
         BlockGather(src, [0], [21], 20)
+
+
+def test_fresh_gathers_into_a_new_array_and_checks_the_range():
+    from memstore.slicer import BlockGather
+
+    rng = np.random.default_rng(4)
+    src = rng.standard_normal((300, 5)).astype(np.float16)
+    starts = rng.integers(0, 280, 12)
+    valid = rng.integers(0, 21, 12)
+    g = BlockGather(src, starts, valid, 20)
+    a = g.fresh(3, 9)
+    b = g.fresh(3, 9)
+    assert a.dtype == np.float32 and a.shape == (6, 20, 5) and a.flags.c_contiguous and a is not b
+    np.testing.assert_array_equal(a, reference(src, starts[3:9], valid[3:9], 20))
+    assert g.fresh(12, 12).shape == (0, 20, 5)
+    with pytest.raises(ParameterError, match="outside the 12 checked"):
+        g.fresh(10, 13)
+    with pytest.raises(ParameterError, match="outside the 12 checked"):
+        g.fresh(-1, 2)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_blocks_of_many_pages_up_to_the_last_row(dtype):
+    """Blocks of 24 KiB and more (the kernels hint every 4 KiB page of the next block), the last one
+    ending at the last row of src, some short and padded: equal to numpy."""
+    rng = np.random.default_rng(5)
+    src = rng.standard_normal((2000, 96)).astype(dtype)
+    t = 128
+    valid = np.array([128, 64, 128, 1, 128, 128], np.int64)
+    starts = np.array([0, 900, 37, 1999, 1500, 2000 - 128], np.int64)
+    out = np.full((6, t, 96), np.nan, np.float32)
+    gather_blocks(src, starts, valid, out)
+    np.testing.assert_array_equal(out, reference(src, starts, valid, t))

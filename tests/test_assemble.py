@@ -1,0 +1,54 @@
+"""The batch producer (memstore._assemble): where it hands batches over early.
+
+The order and contents of the batches are pinned elsewhere (test_batches_golden, test_outofcore,
+test_elastic); here, the :data:`memstore.prefetch.FLUSH` marks that let a lazy hand-over deliver the
+first batch and every batch made before a wait for the disk without delay.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from memstore._assemble import produce
+from memstore.batches import BatchStream
+from memstore.prefetch import FLUSH
+from memstore.store import open_store
+
+
+def ooc_limit(batch_size: int, t: int = 128) -> int:
+    """Four batch buffers and two windows of ~680 rows: far below the demo store's features."""
+    return 4 * batch_size * t * 96 * 4 + 2 * 680 * 96 * 4
+
+
+def expected_marks(window_sizes, batch_size, n_batches):
+    """'B' per batch, 'F' after the first batch and before each batch that needs a new window."""
+    cum = np.cumsum(window_sizes)[:-1]  # where windows 1, 2, ... start in the epoch's sequence
+    served = n_batches * batch_size
+    kinds = []
+    for b in range(n_batches):
+        kinds += ["F"] * int(np.count_nonzero((cum >= b * batch_size) & (cum < min(served, (b + 1) * batch_size))))
+        kinds.append("B")
+        if b == 0:
+            kinds.append("F")
+    return kinds
+
+
+def test_flush_follows_the_first_batch_and_comes_before_every_wait_for_a_window(demo_store):
+    with open_store(demo_store) as s:
+        stream = BatchStream(s, batch_size=8, split="all", memory_limit=ooc_limit(8), prefetch=False)
+        assert stream.out_of_core
+        ws = stream._order.windows(0, None, None)
+        assert len(ws) > 2, "the budget should split the epoch into several windows"
+        job = stream._job()
+        items = list(produce(job, ws, 0))
+        stream.close()
+    kinds = ["F" if it is FLUSH else "B" for it in items]
+    assert kinds == expected_marks([len(w.blocks) for w in ws], 8, job.n_batches)
+
+
+def test_in_memory_the_only_flush_follows_the_first_batch(demo_store):
+    with open_store(demo_store) as s, BatchStream(s, batch_size=8, split="all") as stream:
+        assert not stream.out_of_core
+        items = list(produce(stream._job(), stream._order.windows(0, None, None), 3))
+    kinds = ["F" if it is FLUSH else "B" for it in items]
+    assert kinds == ["B", "F"] + ["B"] * (stream.iteration_size - 4)

@@ -1,0 +1,94 @@
+"""The epoch plan's windows (memstore.order): built for the whole epoch at once, equal to one at a time.
+
+The paged orders themselves are pinned in test_batches_golden; here the vectorised construction is
+checked against the window-by-window one it replaced, on random block tables, and the unshuffled
+plan of a balanced draw (``counts``) is checked to serve exactly the drawn blocks.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from memstore.blocks import block_table
+from memstore.order import _lane_windows, _store_order_windows, _windows, plan_epoch
+from memstore.stats import starts
+
+
+def one_window(pages, served, block_row, counts, rng):
+    """A window built alone, as the plan did before: pages sorted by row, laid end to end, blocks shuffled."""
+    ab = np.array(sorted(pages), np.int64).reshape(len(pages), 3)
+    first, last, row_stop = ab[:, 0], ab[:, 1], ab[:, 2]
+    row_start = block_row[served[first]]
+    rows = row_stop - row_start
+    buf = starts(rows)
+    idx, src = [], []
+    for p in range(len(first)):
+        for i in range(first[p], last[p]):
+            b = served[i]
+            reps = 1 if counts is None else int(counts[b])
+            idx += [b] * reps
+            src += [buf[p] + block_row[b] - row_start[p]] * reps
+    idx, src = np.array(idx, np.int64), np.array(src, np.int64)
+    perm = rng.permutation(len(idx)) if rng is not None else np.arange(len(idx))
+    return row_start, row_stop, buf, int(rows.sum()), idx[perm], src[perm]
+
+
+def table(lengths, t, step):
+    n_frames = np.array(lengths, np.int64)
+    bf, bs = block_table(n_frames, t, step)
+    offset = starts(n_frames)
+    return offset[bf] + bs, np.minimum(t, n_frames[bf] - bs)
+
+
+@settings(max_examples=40, deadline=None)
+@given(lengths=st.lists(st.integers(1, 700), min_size=1, max_size=40), t=st.integers(4, 90),
+       step=st.integers(3, 60), extra=st.integers(0, 600), seed=st.integers(0, 50),
+       shuffle=st.booleans(), balanced=st.booleans())
+def test_windows_built_at_once_equal_windows_built_one_by_one(lengths, t, step, extra, seed, shuffle, balanced):
+    row, valid = table(lengths, t, step)
+    if not len(row):
+        return
+    longest = int(valid.max())
+    window_rows = 2 * longest + extra
+    page_rows = max(longest, window_rows // 16)
+    counts = np.random.default_rng(seed).integers(0, 3, len(row)) if balanced else None
+    if counts is not None and not counts.any():
+        return
+    if shuffle:
+        served = np.flatnonzero(counts > 0) if counts is not None else np.arange(len(row))
+        rng = np.random.default_rng((seed, 1))
+        pages = _lane_windows(row[served], row[served] + valid[served], window_rows, page_rows, longest, rng)
+    else:
+        served, rng = np.arange(len(row)), None
+        pages = _store_order_windows(row, valid, window_rows, page_rows, counts)
+    state = rng.bit_generator.state if rng is not None else None
+    got = _windows(*pages, served, row, counts, rng)
+    ref_rng = None
+    if state is not None:
+        ref_rng = np.random.default_rng()
+        ref_rng.bit_generator.state = state
+    first, last, stop, window = pages
+    assert len(got) == (int(window.max()) + 1 if len(window) else 0)
+    for j, w in enumerate(got):
+        mine = window == j
+        ref = one_window(list(zip(first[mine].tolist(), last[mine].tolist(), stop[mine].tolist(), strict=True)),
+                         served, row, counts, ref_rng)
+        for a, b in zip((w.row_start, w.row_stop, w.buf_start, w.n_rows, w.blocks, w.src_row), ref, strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_an_unshuffled_balanced_plan_serves_exactly_the_drawn_blocks_in_store_order(seed):
+    """Pages without a drawn block are left out; before, the packing then raised a ValueError."""
+    row, valid = table([300, 41, 520, 77, 260, 9, 400], 32, 16)
+    counts = np.random.default_rng(seed).integers(0, 3, len(row))
+    counts[: len(row) // 3] = 0  # whole pages with nothing drawn
+    ws = plan_epoch(row, valid, window_rows=200, seed=seed, epoch=0, shuffle=False, counts=counts)
+    served = np.concatenate([w.blocks for w in ws])
+    np.testing.assert_array_equal(served, np.repeat(np.arange(len(row)), counts))
+    for w in ws:
+        assert w.n_rows <= 200
+        np.testing.assert_array_equal(np.diff(w.src_row) >= 0, True)  # store order inside the buffer
