@@ -281,14 +281,14 @@ def _extract_on_executor(pool, n_workers, args, run, record, partial, task_secon
 
     On the build's own pool (``with_parent``) this process is a worker too:
     until the pool's workers have started, and whenever they have their tasks
-    in flight, it runs the next task itself instead of waiting; so nothing
-    waits for the pool's start-up. The build still ends only once every
-    worker has started: one that could not start fails it, as it would a
-    larger build. It takes a
-    task only if it is no longer than what each worker has queued
-    (:func:`_parent_takes`), so a worker never idles while this process is busy.
+    in flight, it runs the next task itself instead of waiting, so nothing
+    waits for the pool's start-up. It takes a task only if it is no longer
+    than what each worker has queued (:func:`_parent_takes`), so a worker
+    never idles while this process is busy. The build still ends only once
+    every worker has started: one that could not start fails it, as it would
+    a larger build.
     """
-    running = set()
+    running: set = set()
     with_parent = isinstance(pool, WorkerPool) and pool.with_parent
     cap = IN_FLIGHT_PER_WORKER * (pool.n_workers if with_parent else n_workers)
     try:
@@ -296,20 +296,17 @@ def _extract_on_executor(pool, n_workers, args, run, record, partial, task_secon
             if with_parent:
                 finished = {fut for fut in running if fut.done()}
                 running -= finished
-                for fut in finished:
-                    record(fut.result())
+                _take_results(pool, finished, running, record)
                 if (len(running) >= cap or not pool.started()) and _parent_takes(items, task_seconds):
                     record(extract_task(*args, items))
                     continue
             running.add(pool.submit(extract_task, *args, items))
             if len(running) > cap or (len(running) == cap and not with_parent):
                 finished, running = wait_any(pool, running)
-                for fut in finished:
-                    record(fut.result())
+                _take_results(pool, finished, running, record)
         while running:
             finished, running = wait_any(pool, running)
-            for fut in finished:
-                record(fut.result())
+            _take_results(pool, finished, running, record)
         if with_parent:
             # a small build may be done before the pool has started; a worker that could not start (a
             # script without a main guard, run again in it) must still fail it, whatever the folder's size
@@ -321,6 +318,34 @@ def _extract_on_executor(pool, n_workers, args, run, record, partial, task_secon
     finally:
         for fut in running:  # after a failure, queued tasks must not go on writing into the partial file
             fut.cancel()
+
+
+def _take_results(pool, finished: set, running: set, record) -> None:
+    """Record the tasks of ``finished`` that succeeded; if one failed, raise its error once the rest is settled.
+
+    Settled means: every task that succeeded beside it is recorded (its rows
+    are in the file, and its done flag lets a rerun resume after it), tasks
+    still queued are cancelled, and tasks already running have ended and are
+    recorded too. So a failing build leaves no write in progress in the
+    partial file, and loses no file that was extracted (a set's order used to
+    decide whether a result finished beside the failure was recorded).
+    """
+    failed = [fut for fut in finished if fut.exception() is not None]
+    for fut in finished:
+        if fut.exception() is None:
+            record(fut.result())
+    if not failed:
+        return
+    for fut in running:
+        fut.cancel()
+    rest = {fut for fut in running if not fut.cancelled()}
+    while rest:
+        done, rest = wait_any(pool, rest)
+        for fut in done:
+            if fut.exception() is None:
+                record(fut.result())
+    running.clear()
+    failed[0].result()
 
 
 def _parent_takes(items, task_seconds: float) -> bool:

@@ -425,3 +425,27 @@ def test_a_build_in_this_process_keeps_its_heap_from_file_to_file(tmp_path, monk
     # a file's rows are 16 pages of the mapped store, written once; without a kept heap its ~1 MB arrays
     # were faulted in again for every file (about 510 faults per file here)
     assert per_file < 150, per_file
+
+
+def test_a_failed_task_is_raised_after_the_results_beside_it_and_the_running_tasks_are_recorded():
+    import threading
+
+    def done(value=None, error=None):
+        fut = cf.Future()
+        fut.set_running_or_notify_cancel()
+        if error is None:
+            fut.set_result(value)
+        else:
+            fut.set_exception(error)
+        return fut
+
+    queued, running_one = cf.Future(), cf.Future()
+    running_one.set_running_or_notify_cancel()  # a worker has it: it cannot be cancelled, only waited for
+    finished = {done(["a"]), done(error=ValueError("bad file")), done(["b"])}
+    running = {queued, running_one}
+    threading.Timer(0.2, running_one.set_result, args=(["c"],)).start()
+    recorded = []
+    with cf.ThreadPoolExecutor(1) as pool, pytest.raises(ValueError, match="bad file"):
+        extract._take_results(pool, finished, running, recorded.append)
+    assert sorted(recorded) == [["a"], ["b"], ["c"]]  # every extracted file keeps its flag
+    assert queued.cancelled() and not running
