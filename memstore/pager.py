@@ -12,6 +12,18 @@ what order the blocks of a window are served, is the epoch order's business
   ``preadv`` calls into one of two preallocated buffers, the next window in
   a background thread (:mod:`memstore.prefetch`) while the current one is
   served.
+
+Readahead. Each lane is read front to back, so the kernel's readahead reads
+ahead of it in large requests; but it reads on past the last page a reader
+wants, up to twice ``read_ahead_kb`` (8 MB here: 16 MB per lane). For a
+sharded rank that is the next rank's stretch of every lane -- most of a small
+store. :func:`exact_pages` finds the pages whose readahead could reach bytes
+this reader does not read (the ends of a rank's stretches); those are read
+through a second descriptor with the readahead off (``POSIX_FADV_RANDOM`` is
+per open file description) and advised exactly, a window ahead
+(``POSIX_FADV_WILLNEED``), so the kernel still reads them in the background.
+An unsharded reader reads the whole store and marks none. Without
+``posix_fadvise`` (macOS, Windows) the readahead reads everything.
 """
 
 from __future__ import annotations
@@ -95,7 +107,8 @@ class WindowReader:
         stop = threading.Event()
         fd = os.open(path, os.O_RDONLY)
         # the source owns ``fd`` and closes it when it ends: nobody closes it under a running read
-        source = _WindowSource(fd, int(data_offset), n_bins * dtype.itemsize, windows, self._bufs, self._free, stop)
+        source = _WindowSource(path, fd, int(data_offset), n_bins * dtype.itemsize, windows, self._bufs, self._free,
+                               stop)
         self._items = start_producer(source, depth=2, name="memstore-pager", what="window reader",
                                     threaded=prefetch, stop=stop, wake=functools.partial(self._free.put, -1))
 
@@ -124,9 +137,26 @@ class WindowReader:
         self.close()
 
 
-def _read_window(fd: int, offset: int, row_bytes: int, w: Window, buf: np.ndarray) -> None:
+#: bytes per ``POSIX_FADV_WILLNEED`` call: the kernel reads at most max(readahead size, device request
+#: size) per call
+CHUNK = 2 * 2**20
+#: a hole between two pages that the readahead may read through, in bytes: the unused rows at the end of a
+#: short file where one lane ends and the next begins. A rank may read this much of the next rank's stretch
+GAP = 64 * 2**10
+#: a run of pages may end this close to the end of the file with the readahead on: it reads at most this
+#: many bytes that nobody wants (the store's index after the features), once
+TRAILER = 2**20
+#: the readahead size assumed when the file's block device does not tell (``read_ahead_kb``)
+DEFAULT_READAHEAD = 16 * 2**20
+
+
+def _read_window(fds: tuple[int, int], offset: int, row_bytes: int, w: Window, buf: np.ndarray,
+                 exact=None) -> None:
+    """Read window ``w`` into ``buf``; page ``k`` from ``fds[1]`` (readahead off) where ``exact[k]``."""
     flat = buf.reshape(-1).view(np.uint8)
-    for rs, re_, bs in zip(w.row_start.tolist(), w.row_stop.tolist(), w.buf_start.tolist(), strict=True):
+    pages = zip(w.row_start.tolist(), w.row_stop.tolist(), w.buf_start.tolist(), strict=True)
+    for k, (rs, re_, bs) in enumerate(pages):
+        fd = fds[1] if exact is not None and exact[k] else fds[0]
         want = (re_ - rs) * row_bytes
         view = memoryview(flat[bs * row_bytes: bs * row_bytes + want])
         pos = offset + rs * row_bytes
@@ -139,26 +169,133 @@ def _read_window(fd: int, offset: int, row_bytes: int, w: Window, buf: np.ndarra
             got += n
 
 
-class _WindowSource:
-    """Yields ``(window, slot)`` once the window is read into buffer ``slot``; closes ``fd`` when closed."""
+def exact_pages(windows: list[Window], *, offset: int, row_bytes: int, margin: int, gap: int,
+                file_size: int) -> np.ndarray:
+    """Which pages (in read order, window after window) to read with the kernel's readahead off.
 
-    def __init__(self, fd, offset, row_bytes, windows, bufs, free, stop):
+    A read at byte ``x`` lets the readahead read on up to ``x + margin``. That is harmless where
+    this reader reads those bytes itself, so its pages are merged into *runs*: two pages next to
+    each other in the file belong to one run when the hole between them is at most ``gap``
+    bytes (the unused end of a file) or when they are read in the same or in consecutive windows
+    (one lane, read front to back, across held-out files). A page that ends less than ``margin``
+    before the end of its run is marked -- unless the run ends within ``TRAILER`` bytes of the
+    end of the file: where a sharded rank's stretch of a lane ends, the readahead would
+    otherwise read on into the next rank's stretch. Pure; no I/O.
+
+    Returns a bool array [shape=(n_pages,)].
+    """
+    n_pages = [len(w.row_start) for w in windows]
+    total = int(sum(n_pages))
+    if not total:
+        return np.zeros(0, bool)
+    start = offset + np.concatenate([w.row_start for w in windows]) * row_bytes
+    stop = offset + np.concatenate([w.row_stop for w in windows]) * row_bytes
+    win = np.repeat(np.arange(len(windows)), n_pages)
+    by_pos = np.argsort(start, kind="stable")
+    s, e, w = start[by_pos], np.maximum.accumulate(stop[by_pos]), win[by_pos]
+    step = np.diff(w)
+    new = np.r_[True, (s[1:] > e[:-1] + gap) & ((step < 0) | (step > 1))]
+    run_end = e[np.r_[np.flatnonzero(new)[1:] - 1, total - 1]]
+    end = np.empty(total, np.int64)
+    end[by_pos] = run_end[np.cumsum(new) - 1]
+    return (end - stop < margin) & (file_size - end > TRAILER)
+
+
+def readahead_bytes(fd: int) -> int:
+    """The kernel's readahead size for ``fd``'s block device (``read_ahead_kb``), or ``DEFAULT_READAHEAD``."""
+    dev = os.fstat(fd).st_dev
+    mm = f"{os.major(dev)}:{os.minor(dev)}"
+    for path in (f"/sys/class/bdi/{mm}/read_ahead_kb", f"/sys/dev/block/{mm}/queue/read_ahead_kb",
+                 f"/sys/dev/block/{mm}/../queue/read_ahead_kb"):
+        try:
+            with open(path) as f:
+                return int(f.read()) * 1024
+        except (OSError, ValueError):
+            continue
+    return DEFAULT_READAHEAD
+
+
+class _Exact:
+    """Reads the pages that :func:`exact_pages` marks: a second descriptor with readahead off, and advice.
+
+    ``POSIX_FADV_RANDOM`` is per open file description, so the reader's first descriptor keeps
+    the readahead for the rest. The marked pages of the current and the next window are advised
+    (``POSIX_FADV_WILLNEED``) when a window starts: the kernel reads them in the background,
+    exactly, while the reader copies and the consumer serves.
+    """
+
+    def __init__(self, path, fd: int, offset: int, row_bytes: int, windows: list[Window]):
+        margin = 2 * readahead_bytes(fd) + CHUNK  # a read at x lets the readahead run to x + 2 x its size
+        self.mask = exact_pages(windows, offset=offset, row_bytes=row_bytes, margin=margin, gap=GAP,
+                                file_size=os.fstat(fd).st_size)
+        self.fd = -1
+        if self.mask.any():
+            fd2 = os.open(path, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd2, 0, 0, os.POSIX_FADV_RANDOM)
+            except BaseException:
+                os.close(fd2)
+                raise
+            self.fd = fd2
+        self._windows, self._offset, self._row_bytes = windows, offset, row_bytes
+        self._first = np.r_[0, np.cumsum([len(w.row_start) for w in windows])].tolist()
+        self._advised = 0  # windows advised
+
+    def window(self, j: int):
+        """Window ``j`` starts: advise the marked pages up to window ``j + 1``; its mask."""
+        while self.fd >= 0 and self._advised <= min(j + 1, len(self._windows) - 1):
+            i = self._advised
+            w, m = self._windows[i], self.mask[self._first[i]:self._first[i + 1]]
+            for rs, re_ in zip(w.row_start[m].tolist(), w.row_stop[m].tolist(), strict=True):
+                a, b = self._offset + rs * self._row_bytes, self._offset + re_ * self._row_bytes
+                for p in range(a, b, CHUNK):
+                    os.posix_fadvise(self.fd, p, min(CHUNK, b - p), os.POSIX_FADV_WILLNEED)
+            self._advised += 1
+        return self.mask[self._first[j]:self._first[j + 1]]
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+class _WindowSource:
+    """Yields ``(window, slot)`` once the window is read into buffer ``slot``; closes its descriptors when closed."""
+
+    def __init__(self, path, fd, offset, row_bytes, windows, bufs, free, stop):
         self._fd, self._offset, self._row_bytes = fd, offset, row_bytes
-        self._windows = iter(windows)
+        self._windows = list(windows)
+        self._j = 0
         self._bufs, self._free, self._stop = bufs, free, stop
+        self._exact = None
+        try:
+            if hasattr(os, "posix_fadvise"):  # not on macOS and Windows: the kernel's readahead alone
+                self._exact = _Exact(path, fd, offset, row_bytes, self._windows)
+        except BaseException:
+            self.close()
+            raise
 
     def __iter__(self):
         return self
 
     def __next__(self):
-        w = next(self._windows)
+        if self._j >= len(self._windows):
+            raise StopIteration
+        w = self._windows[self._j]
         slot = wait_get(self._free, self._stop)  # a buffer the consumer is done with
         if slot is None or slot < 0 or self._stop.is_set():
             raise StopIteration
-        _read_window(self._fd, self._offset, self._row_bytes, w, self._bufs[slot])
+        if self._exact is None:
+            _read_window((self._fd, self._fd), self._offset, self._row_bytes, w, self._bufs[slot])
+        else:
+            mask = self._exact.window(self._j)
+            _read_window((self._fd, self._exact.fd), self._offset, self._row_bytes, w, self._bufs[slot], mask)
+        self._j += 1
         return w, slot
 
     def close(self) -> None:
+        if self._exact is not None:
+            self._exact.close()
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
