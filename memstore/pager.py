@@ -137,9 +137,10 @@ class WindowReader:
         self.close()
 
 
-#: bytes per ``POSIX_FADV_WILLNEED`` call: the kernel reads at most max(readahead size, device request
-#: size) per call
+#: bytes per ``POSIX_FADV_WILLNEED`` call at most: the kernel reads at most max(readahead size, device
+#: request size) per call, so a call is never larger than the readahead size, nor smaller than this:
 CHUNK = 2 * 2**20
+PAGE_MIN_CHUNK = 128 * 2**10
 #: a hole between two pages that the readahead may read through, in bytes: the unused rows at the end of a
 #: short file where one lane ends and the next begins. A rank may read this much of the next rank's stretch
 GAP = 64 * 2**10
@@ -151,11 +152,16 @@ DEFAULT_READAHEAD = 16 * 2**20
 
 
 def _read_window(fds: tuple[int, int], offset: int, row_bytes: int, w: Window, buf: np.ndarray,
-                 exact=None) -> None:
-    """Read window ``w`` into ``buf``; page ``k`` from ``fds[1]`` (readahead off) where ``exact[k]``."""
+                 exact=None, advise=None) -> None:
+    """Read window ``w`` into ``buf``; page ``k`` from ``fds[1]`` (readahead off) where ``exact[k]``.
+
+    ``advise(k)`` is called before page ``k`` is read.
+    """
     flat = buf.reshape(-1).view(np.uint8)
     pages = zip(w.row_start.tolist(), w.row_stop.tolist(), w.buf_start.tolist(), strict=True)
     for k, (rs, re_, bs) in enumerate(pages):
+        if advise is not None:
+            advise(k)
         fd = fds[1] if exact is not None and exact[k] else fds[0]
         want = (re_ - rs) * row_bytes
         view = memoryview(flat[bs * row_bytes: bs * row_bytes + want])
@@ -167,6 +173,24 @@ def _read_window(fds: tuple[int, int], offset: int, row_bytes: int, w: Window, b
                 raise StoreFormatError(f"store file ended while reading rows {rs}..{re_} "
                                        "(truncated under the reader?)")
             got += n
+
+
+def _runs(windows: list[Window], offset: int, row_bytes: int, gap: int):
+    """The pages' byte ranges (read order), the run of each page and each run's end (see :func:`exact_pages`)."""
+    n_pages = [len(w.row_start) for w in windows]
+    total = int(sum(n_pages))
+    start = offset + np.concatenate([np.zeros(0, np.int64)] + [w.row_start for w in windows]) * row_bytes
+    stop = offset + np.concatenate([np.zeros(0, np.int64)] + [w.row_stop for w in windows]) * row_bytes
+    if not total:
+        return start, stop, np.zeros(0, np.int64), np.zeros(0, np.int64)
+    win = np.repeat(np.arange(len(windows)), n_pages)
+    by_pos = np.argsort(start, kind="stable")
+    s, e, w = start[by_pos], np.maximum.accumulate(stop[by_pos]), win[by_pos]
+    step = np.diff(w)
+    new = np.r_[True, (s[1:] > e[:-1] + gap) & ((step < 0) | (step > 1))]
+    run = np.empty(total, np.int64)
+    run[by_pos] = np.cumsum(new) - 1
+    return start, stop, run, e[np.r_[np.flatnonzero(new)[1:] - 1, total - 1]]
 
 
 def exact_pages(windows: list[Window], *, offset: int, row_bytes: int, margin: int, gap: int,
@@ -184,20 +208,8 @@ def exact_pages(windows: list[Window], *, offset: int, row_bytes: int, margin: i
 
     Returns a bool array [shape=(n_pages,)].
     """
-    n_pages = [len(w.row_start) for w in windows]
-    total = int(sum(n_pages))
-    if not total:
-        return np.zeros(0, bool)
-    start = offset + np.concatenate([w.row_start for w in windows]) * row_bytes
-    stop = offset + np.concatenate([w.row_stop for w in windows]) * row_bytes
-    win = np.repeat(np.arange(len(windows)), n_pages)
-    by_pos = np.argsort(start, kind="stable")
-    s, e, w = start[by_pos], np.maximum.accumulate(stop[by_pos]), win[by_pos]
-    step = np.diff(w)
-    new = np.r_[True, (s[1:] > e[:-1] + gap) & ((step < 0) | (step > 1))]
-    run_end = e[np.r_[np.flatnonzero(new)[1:] - 1, total - 1]]
-    end = np.empty(total, np.int64)
-    end[by_pos] = run_end[np.cumsum(new) - 1]
+    start, stop, run, run_end = _runs(windows, offset, row_bytes, gap)
+    end = run_end[run]
     return (end - stop < margin) & (file_size - end > TRAILER)
 
 
@@ -219,15 +231,23 @@ class _Exact:
     """Reads the pages that :func:`exact_pages` marks: a second descriptor with readahead off, and advice.
 
     ``POSIX_FADV_RANDOM`` is per open file description, so the reader's first descriptor keeps
-    the readahead for the rest. The marked pages of the current and the next window are advised
-    (``POSIX_FADV_WILLNEED``) when a window starts: the kernel reads them in the background,
-    exactly, while the reader copies and the consumer serves.
+    the readahead for the rest. But a page the readahead brought in may carry its mark (the page
+    whose read starts the next readahead), and a read of a marked page starts the readahead on
+    any descriptor, ``POSIX_FADV_RANDOM`` or not: a run's marked pages must be in the page cache
+    before the readahead of its unmarked ones gets there. So before each page is read, its run's
+    marked stretch (from the first marked page to the end of the run, holes included) is advised
+    (``POSIX_FADV_WILLNEED``) up to ``margin`` bytes beyond that page; the readahead stops at pages
+    already cached, and advice leaves no marks. The kernel reads what is advised in the
+    background, exactly, while the reader copies and the consumer serves.
     """
 
     def __init__(self, path, fd: int, offset: int, row_bytes: int, windows: list[Window]):
-        margin = 2 * readahead_bytes(fd) + CHUNK  # a read at x lets the readahead run to x + 2 x its size
-        self.mask = exact_pages(windows, offset=offset, row_bytes=row_bytes, margin=margin, gap=GAP,
+        ra = readahead_bytes(fd)
+        self._margin = 2 * ra + CHUNK  # a read at x lets the readahead run to x + 2 x its size
+        self._chunk = max(PAGE_MIN_CHUNK, min(CHUNK, ra))  # the kernel reads at most its readahead size per call
+        self.mask = exact_pages(windows, offset=offset, row_bytes=row_bytes, margin=self._margin, gap=GAP,
                                 file_size=os.fstat(fd).st_size)
+        start, stop, run, run_end = _runs(windows, offset, row_bytes, GAP)
         self.fd = -1
         if self.mask.any():
             fd2 = os.open(path, os.O_RDONLY)
@@ -237,21 +257,31 @@ class _Exact:
                 os.close(fd2)
                 raise
             self.fd = fd2
-        self._windows, self._offset, self._row_bytes = windows, offset, row_bytes
+        # per run: where its marked stretch starts (none: its end), and how far it is advised
+        tail = run_end.copy()
+        np.minimum.at(tail, run[self.mask], start[self.mask])
+        self._run, self._stop = run.tolist(), stop.tolist()
+        self._tail_end, self._advised = run_end.tolist(), tail.tolist()
         self._first = np.r_[0, np.cumsum([len(w.row_start) for w in windows])].tolist()
-        self._advised = 0  # windows advised
+        self._j = 0
 
     def window(self, j: int):
-        """Window ``j`` starts: advise the marked pages up to window ``j + 1``; its mask."""
-        while self.fd >= 0 and self._advised <= min(j + 1, len(self._windows) - 1):
-            i = self._advised
-            w, m = self._windows[i], self.mask[self._first[i]:self._first[i + 1]]
-            for rs, re_ in zip(w.row_start[m].tolist(), w.row_stop[m].tolist(), strict=True):
-                a, b = self._offset + rs * self._row_bytes, self._offset + re_ * self._row_bytes
-                for p in range(a, b, CHUNK):
-                    os.posix_fadvise(self.fd, p, min(CHUNK, b - p), os.POSIX_FADV_WILLNEED)
-            self._advised += 1
+        """Window ``j`` starts; its mask."""
+        self._j = j
         return self.mask[self._first[j]:self._first[j + 1]]
+
+    def page(self, k: int) -> None:
+        """Page ``k`` of the current window is about to be read: advise its run's marked stretch ahead."""
+        if self.fd < 0:
+            return
+        p = self._first[self._j] + k
+        r = self._run[p]
+        a, b = self._advised[r], min(self._tail_end[r], self._stop[p] + self._margin)
+        while a < b:
+            n = min(self._chunk, self._tail_end[r] - a)
+            os.posix_fadvise(self.fd, a, n, os.POSIX_FADV_WILLNEED)
+            a += n
+        self._advised[r] = max(a, self._advised[r])
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -289,7 +319,8 @@ class _WindowSource:
             _read_window((self._fd, self._fd), self._offset, self._row_bytes, w, self._bufs[slot])
         else:
             mask = self._exact.window(self._j)
-            _read_window((self._fd, self._exact.fd), self._offset, self._row_bytes, w, self._bufs[slot], mask)
+            _read_window((self._fd, self._exact.fd), self._offset, self._row_bytes, w, self._bufs[slot], mask,
+                         self._exact.page)
         self._j += 1
         return w, slot
 
