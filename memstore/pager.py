@@ -141,6 +141,8 @@ class WindowReader:
 #: request size) per call, so a call is never larger than the readahead size, nor smaller than this:
 CHUNK = 2 * 2**20
 PAGE_MIN_CHUNK = 128 * 2**10
+#: a page read without the readahead has the next pages of its run advised, this many times its own size
+EXACT_AHEAD = 4
 #: a hole between two pages that the readahead may read through, in bytes: the unused rows at the end of a
 #: short file where one lane ends and the next begins. A rank may read this much of the next rank's stretch
 GAP = 64 * 2**10
@@ -176,13 +178,13 @@ def _read_window(fds: tuple[int, int], offset: int, row_bytes: int, w: Window, b
 
 
 def _runs(windows: list[Window], offset: int, row_bytes: int, gap: int):
-    """The pages' byte ranges (read order), the run of each page and each run's end (see :func:`exact_pages`)."""
+    """The pages' byte ranges (read order), the run of each page, each run's start and end (:func:`exact_pages`)."""
     n_pages = [len(w.row_start) for w in windows]
     total = int(sum(n_pages))
     start = offset + np.concatenate([np.zeros(0, np.int64)] + [w.row_start for w in windows]) * row_bytes
     stop = offset + np.concatenate([np.zeros(0, np.int64)] + [w.row_stop for w in windows]) * row_bytes
     if not total:
-        return start, stop, np.zeros(0, np.int64), np.zeros(0, np.int64)
+        return start, stop, np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
     win = np.repeat(np.arange(len(windows)), n_pages)
     by_pos = np.argsort(start, kind="stable")
     s, e, w = start[by_pos], np.maximum.accumulate(stop[by_pos]), win[by_pos]
@@ -190,7 +192,7 @@ def _runs(windows: list[Window], offset: int, row_bytes: int, gap: int):
     new = np.r_[True, (s[1:] > e[:-1] + gap) & ((step < 0) | (step > 1))]
     run = np.empty(total, np.int64)
     run[by_pos] = np.cumsum(new) - 1
-    return start, stop, run, e[np.r_[np.flatnonzero(new)[1:] - 1, total - 1]]
+    return start, stop, run, s[new], e[np.r_[np.flatnonzero(new)[1:] - 1, total - 1]]
 
 
 def exact_pages(windows: list[Window], *, offset: int, row_bytes: int, margin: int, gap: int,
@@ -202,15 +204,18 @@ def exact_pages(windows: list[Window], *, offset: int, row_bytes: int, margin: i
     each other in the file belong to one run when the hole between them is at most ``gap``
     bytes (the unused end of a file) or when they are read in the same or in consecutive windows
     (one lane, read front to back, across held-out files). A page that ends less than ``margin``
-    before the end of its run is marked -- unless the run ends within ``TRAILER`` bytes of the
-    end of the file: where a sharded rank's stretch of a lane ends, the readahead would
-    otherwise read on into the next rank's stretch. Pure; no I/O.
+    before the end of its run is marked, and every page of a run shorter than ``2 * margin`` --
+    unless the run ends within ``TRAILER`` bytes of the end of the file: where a sharded rank's
+    stretch of a lane ends, the readahead would otherwise read on into the next rank's stretch.
+    (A short run read with the readahead would have to have its end advised at its first read.)
+    Pure; no I/O.
 
     Returns a bool array [shape=(n_pages,)].
     """
-    start, stop, run, run_end = _runs(windows, offset, row_bytes, gap)
+    start, stop, run, run_start, run_end = _runs(windows, offset, row_bytes, gap)
     end = run_end[run]
-    return (end - stop < margin) & (file_size - end > TRAILER)
+    short = (run_end - run_start < 2 * margin)[run]
+    return (short | (end - stop < margin)) & (file_size - end > TRAILER)
 
 
 def readahead_bytes(fd: int) -> int:
@@ -247,7 +252,7 @@ class _Exact:
         self._chunk = max(PAGE_MIN_CHUNK, min(CHUNK, ra))  # the kernel reads at most its readahead size per call
         self.mask = exact_pages(windows, offset=offset, row_bytes=row_bytes, margin=self._margin, gap=GAP,
                                 file_size=os.fstat(fd).st_size)
-        start, stop, run, run_end = _runs(windows, offset, row_bytes, GAP)
+        start, stop, run, _, run_end = _runs(windows, offset, row_bytes, GAP)
         self.fd = -1
         if self.mask.any():
             fd2 = os.open(path, os.O_RDONLY)
@@ -260,7 +265,7 @@ class _Exact:
         # per run: where its marked stretch starts (none: its end), and how far it is advised
         tail = run_end.copy()
         np.minimum.at(tail, run[self.mask], start[self.mask])
-        self._run, self._stop = run.tolist(), stop.tolist()
+        self._run, self._start, self._stop, self._mask = run.tolist(), start.tolist(), stop.tolist(), self.mask.tolist()
         self._tail_end, self._advised = run_end.tolist(), tail.tolist()
         self._first = np.r_[0, np.cumsum([len(w.row_start) for w in windows])].tolist()
         self._j = 0
@@ -276,7 +281,10 @@ class _Exact:
             return
         p = self._first[self._j] + k
         r = self._run[p]
-        a, b = self._advised[r], min(self._tail_end[r], self._stop[p] + self._margin)
+        # before a read with the readahead: the whole margin. Before one without: a few pages' worth -- the
+        # first pages of a lane are small, so the first window is not queued behind 16 margins of advice
+        ahead = self._margin if not self._mask[p] else min(self._margin, EXACT_AHEAD * (self._stop[p] - self._start[p]))
+        a, b = self._advised[r], min(self._tail_end[r], self._stop[p] + ahead)
         while a < b:
             n = min(self._chunk, self._tail_end[r] - a)
             os.posix_fadvise(self.fd, a, n, os.POSIX_FADV_WILLNEED)
