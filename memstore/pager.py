@@ -241,9 +241,11 @@ class _Exact:
     any descriptor, ``POSIX_FADV_RANDOM`` or not: a run's marked pages must be in the page cache
     before the readahead of its unmarked ones gets there. So before each page is read, its run's
     marked stretch (from the first marked page to the end of the run, holes included) is advised
-    (``POSIX_FADV_WILLNEED``) up to ``margin`` bytes beyond that page; the readahead stops at pages
-    already cached, and advice leaves no marks. The kernel reads what is advised in the
-    background, exactly, while the reader copies and the consumer serves.
+    (``POSIX_FADV_WILLNEED``): up to ``margin`` bytes beyond the page before a read with the
+    readahead (as far as that can reach), ``EXACT_AHEAD`` times the page beyond it before one
+    without. The readahead stops at pages already cached, and advice leaves no marks. The kernel
+    reads what is advised in the background, exactly, while the reader copies and the consumer
+    serves.
     """
 
     def __init__(self, path, fd: int, offset: int, row_bytes: int, windows: list[Window]):
