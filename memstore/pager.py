@@ -12,6 +12,18 @@ what order the blocks of a window are served, is the epoch order's business
   ``preadv`` calls into one of two preallocated buffers, the next window in
   a background thread (:mod:`memstore.prefetch`) while the current one is
   served.
+
+Readahead. Each lane is read front to back, so the kernel's readahead reads
+ahead of it in large requests; but it reads on past the last page a reader
+wants, up to twice ``read_ahead_kb`` (8 MB here: 16 MB per lane). For a
+sharded rank that is the next rank's stretch of every lane -- most of a small
+store. :func:`exact_pages` finds the pages whose readahead could reach bytes
+this reader does not read (the ends of a rank's stretches); those are read
+through a second descriptor with the readahead off (``POSIX_FADV_RANDOM`` is
+per open file description) and advised exactly, a window ahead
+(``POSIX_FADV_WILLNEED``), so the kernel still reads them in the background.
+An unsharded reader reads the whole store and marks none. Without
+``posix_fadvise`` (macOS, Windows) the readahead reads everything.
 """
 
 from __future__ import annotations
@@ -95,7 +107,8 @@ class WindowReader:
         stop = threading.Event()
         fd = os.open(path, os.O_RDONLY)
         # the source owns ``fd`` and closes it when it ends: nobody closes it under a running read
-        source = _WindowSource(fd, int(data_offset), n_bins * dtype.itemsize, windows, self._bufs, self._free, stop)
+        source = _WindowSource(path, fd, int(data_offset), n_bins * dtype.itemsize, windows, self._bufs, self._free,
+                               stop)
         self._items = start_producer(source, depth=2, name="memstore-pager", what="window reader",
                                     threaded=prefetch, stop=stop, wake=functools.partial(self._free.put, -1))
 
@@ -124,9 +137,34 @@ class WindowReader:
         self.close()
 
 
-def _read_window(fd: int, offset: int, row_bytes: int, w: Window, buf: np.ndarray) -> None:
+#: bytes per ``POSIX_FADV_WILLNEED`` call at most: the kernel reads at most max(readahead size, device
+#: request size) per call, so a call is never larger than the readahead size, nor smaller than this:
+CHUNK = 2 * 2**20
+PAGE_MIN_CHUNK = 128 * 2**10
+#: a page read without the readahead has the next pages of its run advised, this many times its own size
+EXACT_AHEAD = 4
+#: a hole between two pages that the readahead may read through, in bytes: the unused rows at the end of a
+#: short file where one lane ends and the next begins. A rank may read this much of the next rank's stretch
+GAP = 64 * 2**10
+#: a run of pages may end this close to the end of the file with the readahead on: it reads at most this
+#: many bytes that nobody wants (the store's index after the features), once
+TRAILER = 2**20
+#: the readahead size assumed when the file's block device does not tell (``read_ahead_kb``)
+DEFAULT_READAHEAD = 16 * 2**20
+
+
+def _read_window(fds: tuple[int, int], offset: int, row_bytes: int, w: Window, buf: np.ndarray,
+                 exact=None, advise=None) -> None:
+    """Read window ``w`` into ``buf``; page ``k`` from ``fds[1]`` (readahead off) where ``exact[k]``.
+
+    ``advise(k)`` is called before page ``k`` is read.
+    """
     flat = buf.reshape(-1).view(np.uint8)
-    for rs, re_, bs in zip(w.row_start.tolist(), w.row_stop.tolist(), w.buf_start.tolist(), strict=True):
+    pages = zip(w.row_start.tolist(), w.row_stop.tolist(), w.buf_start.tolist(), strict=True)
+    for k, (rs, re_, bs) in enumerate(pages):
+        if advise is not None:
+            advise(k)
+        fd = fds[1] if exact is not None and exact[k] else fds[0]
         want = (re_ - rs) * row_bytes
         view = memoryview(flat[bs * row_bytes: bs * row_bytes + want])
         pos = offset + rs * row_bytes
@@ -139,26 +177,166 @@ def _read_window(fd: int, offset: int, row_bytes: int, w: Window, buf: np.ndarra
             got += n
 
 
-class _WindowSource:
-    """Yields ``(window, slot)`` once the window is read into buffer ``slot``; closes ``fd`` when closed."""
+def _runs(windows: list[Window], offset: int, row_bytes: int, gap: int):
+    """The pages' byte ranges (read order), the run of each page, each run's start and end (:func:`exact_pages`)."""
+    n_pages = [len(w.row_start) for w in windows]
+    total = int(sum(n_pages))
+    start = offset + np.concatenate([np.zeros(0, np.int64)] + [w.row_start for w in windows]) * row_bytes
+    stop = offset + np.concatenate([np.zeros(0, np.int64)] + [w.row_stop for w in windows]) * row_bytes
+    if not total:
+        return start, stop, np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
+    win = np.repeat(np.arange(len(windows)), n_pages)
+    by_pos = np.argsort(start, kind="stable")
+    s, e, w = start[by_pos], np.maximum.accumulate(stop[by_pos]), win[by_pos]
+    step = np.diff(w)
+    new = np.r_[True, (s[1:] > e[:-1] + gap) & ((step < 0) | (step > 1))]
+    run = np.empty(total, np.int64)
+    run[by_pos] = np.cumsum(new) - 1
+    return start, stop, run, s[new], e[np.r_[np.flatnonzero(new)[1:] - 1, total - 1]]
 
-    def __init__(self, fd, offset, row_bytes, windows, bufs, free, stop):
+
+def exact_pages(windows: list[Window], *, offset: int, row_bytes: int, margin: int, gap: int,
+                file_size: int) -> np.ndarray:
+    """Which pages (in read order, window after window) to read with the kernel's readahead off.
+
+    A read at byte ``x`` lets the readahead read on up to ``x + margin``. That is harmless where
+    this reader reads those bytes itself, so its pages are merged into *runs*: two pages next to
+    each other in the file belong to one run when the hole between them is at most ``gap``
+    bytes (the unused end of a file) or when they are read in the same or in consecutive windows
+    (one lane, read front to back, across held-out files). A page that ends less than ``margin``
+    before the end of its run is marked, and every page of a run shorter than ``2 * margin`` --
+    unless the run ends within ``TRAILER`` bytes of the end of the file: where a sharded rank's
+    stretch of a lane ends, the readahead would otherwise read on into the next rank's stretch.
+    (A short run read with the readahead would have to have its end advised at its first read.)
+    Pure; no I/O.
+
+    Returns a bool array [shape=(n_pages,)].
+    """
+    start, stop, run, run_start, run_end = _runs(windows, offset, row_bytes, gap)
+    end = run_end[run]
+    short = (run_end - run_start < 2 * margin)[run]
+    return (short | (end - stop < margin)) & (file_size - end > TRAILER)
+
+
+def readahead_bytes(fd: int) -> int:
+    """The kernel's readahead size for ``fd``'s block device (``read_ahead_kb``), or ``DEFAULT_READAHEAD``."""
+    dev = os.fstat(fd).st_dev
+    mm = f"{os.major(dev)}:{os.minor(dev)}"
+    for path in (f"/sys/class/bdi/{mm}/read_ahead_kb", f"/sys/dev/block/{mm}/queue/read_ahead_kb",
+                 f"/sys/dev/block/{mm}/../queue/read_ahead_kb"):
+        try:
+            with open(path) as f:
+                return int(f.read()) * 1024
+        except (OSError, ValueError):
+            continue
+    return DEFAULT_READAHEAD
+
+
+class _Exact:
+    """Reads the pages that :func:`exact_pages` marks: a second descriptor with readahead off, and advice.
+
+    ``POSIX_FADV_RANDOM`` is per open file description, so the reader's first descriptor keeps
+    the readahead for the rest. But a page the readahead brought in may carry its mark (the page
+    whose read starts the next readahead), and a read of a marked page starts the readahead on
+    any descriptor, ``POSIX_FADV_RANDOM`` or not: a run's marked pages must be in the page cache
+    before the readahead of its unmarked ones gets there. So before each page is read, its run's
+    marked stretch (from the first marked page to the end of the run, holes included) is advised
+    (``POSIX_FADV_WILLNEED``): up to ``margin`` bytes beyond the page before a read with the
+    readahead (as far as that can reach), ``EXACT_AHEAD`` times the page beyond it before one
+    without. The readahead stops at pages already cached, and advice leaves no marks. The kernel
+    reads what is advised in the background, exactly, while the reader copies and the consumer
+    serves.
+    """
+
+    def __init__(self, path, fd: int, offset: int, row_bytes: int, windows: list[Window]):
+        ra = readahead_bytes(fd)
+        self._margin = 2 * ra + CHUNK  # a read at x lets the readahead run to x + 2 x its size
+        self._chunk = max(PAGE_MIN_CHUNK, min(CHUNK, ra))  # the kernel reads at most its readahead size per call
+        self.mask = exact_pages(windows, offset=offset, row_bytes=row_bytes, margin=self._margin, gap=GAP,
+                                file_size=os.fstat(fd).st_size)
+        start, stop, run, _, run_end = _runs(windows, offset, row_bytes, GAP)
+        self.fd = -1
+        if self.mask.any():
+            fd2 = os.open(path, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd2, 0, 0, os.POSIX_FADV_RANDOM)
+            except BaseException:
+                os.close(fd2)
+                raise
+            self.fd = fd2
+        # per run: where its marked stretch starts (none: its end), and how far it is advised
+        tail = run_end.copy()
+        np.minimum.at(tail, run[self.mask], start[self.mask])
+        self._run, self._start, self._stop, self._mask = run.tolist(), start.tolist(), stop.tolist(), self.mask.tolist()
+        self._tail_end, self._advised = run_end.tolist(), tail.tolist()
+        self._first = np.r_[0, np.cumsum([len(w.row_start) for w in windows])].tolist()
+        self._j = 0
+
+    def window(self, j: int):
+        """Window ``j`` starts; its mask."""
+        self._j = j
+        return self.mask[self._first[j]:self._first[j + 1]]
+
+    def page(self, k: int) -> None:
+        """Page ``k`` of the current window is about to be read: advise its run's marked stretch ahead."""
+        if self.fd < 0:
+            return
+        p = self._first[self._j] + k
+        r = self._run[p]
+        # before a read with the readahead: the whole margin. Before one without: a few pages' worth -- the
+        # first pages of a lane are small, so the first window is not queued behind 16 margins of advice
+        ahead = self._margin if not self._mask[p] else min(self._margin, EXACT_AHEAD * (self._stop[p] - self._start[p]))
+        a, b = self._advised[r], min(self._tail_end[r], self._stop[p] + ahead)
+        while a < b:
+            n = min(self._chunk, self._tail_end[r] - a)
+            os.posix_fadvise(self.fd, a, n, os.POSIX_FADV_WILLNEED)
+            a += n
+        self._advised[r] = max(a, self._advised[r])
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+class _WindowSource:
+    """Yields ``(window, slot)`` once the window is read into buffer ``slot``; closes its descriptors when closed."""
+
+    def __init__(self, path, fd, offset, row_bytes, windows, bufs, free, stop):
         self._fd, self._offset, self._row_bytes = fd, offset, row_bytes
-        self._windows = iter(windows)
+        self._windows = list(windows)
+        self._j = 0
         self._bufs, self._free, self._stop = bufs, free, stop
+        self._exact = None
+        try:
+            if hasattr(os, "posix_fadvise"):  # not on macOS and Windows: the kernel's readahead alone
+                self._exact = _Exact(path, fd, offset, row_bytes, self._windows)
+        except BaseException:
+            self.close()
+            raise
 
     def __iter__(self):
         return self
 
     def __next__(self):
-        w = next(self._windows)
+        if self._j >= len(self._windows):
+            raise StopIteration
+        w = self._windows[self._j]
         slot = wait_get(self._free, self._stop)  # a buffer the consumer is done with
         if slot is None or slot < 0 or self._stop.is_set():
             raise StopIteration
-        _read_window(self._fd, self._offset, self._row_bytes, w, self._bufs[slot])
+        if self._exact is None:
+            _read_window((self._fd, self._fd), self._offset, self._row_bytes, w, self._bufs[slot])
+        else:
+            mask = self._exact.window(self._j)
+            _read_window((self._fd, self._exact.fd), self._offset, self._row_bytes, w, self._bufs[slot], mask,
+                         self._exact.page)
+        self._j += 1
         return w, slot
 
     def close(self) -> None:
+        if self._exact is not None:
+            self._exact.close()
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1

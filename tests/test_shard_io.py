@@ -2,10 +2,11 @@
 
 The I/O tests run every rank in a process of its own on a real store file, drop the file from the
 page cache (``posix_fadvise DONTNEED``), iterate one epoch and count the bytes the process read from
-the disk (``read_bytes`` in ``/proc/self/io``): bytes, never times. The kernel's readahead is turned
-off on the pager's descriptor in those processes (``POSIX_FADV_RANDOM`` right after it is opened):
-with scattered pages of a few tens of KB, an 8 MB readahead reads the neighbours' pages too, and
-what is measured here is what the dealing asks for (readahead is the pager's business).
+the disk (``read_bytes`` in ``/proc/self/io``): bytes, never times. Each is measured twice: with the
+system's own readahead (``read_ahead_kb``, 8 MB on the machine these were written on), which the
+pager must keep from reading on into the next rank's stretch of a lane (``memstore.pager``), and
+with the readahead turned off on every descriptor the pager opens (``POSIX_FADV_RANDOM`` right after
+``open``), which measures what the dealing asks for.
 The other tests check the dealing itself: disjoint equal shares, every block once, elastic resumes.
 """
 
@@ -83,9 +84,10 @@ CHILD = textwrap.dedent("""
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
             return fd
 
-    pager.os = NoReadahead()
     path, rank, world, workers, out = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
     args = json.loads(sys.argv[6])
+    if sys.argv[7] == "off":
+        pager.os = NoReadahead()
 
     def drop_cache():
         fd = os.open(path, os.O_RDONLY)
@@ -125,13 +127,16 @@ CHILD = textwrap.dedent("""
 """)
 
 
-def cold_epoch(path, tmp_path, rank, world, workers=0) -> list[dict]:
-    """Run one rank's cold epoch in a new process; ``read_bytes`` and blocks of it (or of each worker)."""
-    out = tmp_path / f"r{rank}of{world}w{workers}"
+def cold_epoch(path, tmp_path, rank, world, workers=0, readahead="default", args=None) -> list[dict]:
+    """Run one rank's cold epoch in a new process; ``read_bytes`` and blocks of it (or of each worker).
+
+    ``readahead="off"`` turns it off on the pager's descriptors; "default" leaves the system's.
+    """
+    out = tmp_path / f"r{rank}of{world}w{workers}{readahead}"
     out.mkdir()
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
     subprocess.run([sys.executable, "-c", CHILD, str(path), str(rank), str(world), str(workers), str(out),
-                    json.dumps(stream_args())], env=env, check=True, timeout=300)
+                    json.dumps(args or stream_args()), readahead], env=env, check=True, timeout=300)
     return [json.loads((out / f"{w}.json").read_text()) for w in range(max(1, workers))]
 
 
@@ -146,18 +151,55 @@ def needs_io_counters():
         pytest.skip("/proc/self/io with read_bytes is missing: a process's disk reads cannot be counted")
 
 
+@pytest.mark.parametrize("readahead", ["default", "off"])
 @pytest.mark.parametrize("world", [2, 4])
-def test_each_rank_reads_about_one_nth_of_the_store(big_store, tmp_path, world):
+def test_each_rank_reads_about_one_nth_of_the_store(big_store, tmp_path, world, readahead):
+    """The issue's target, 1.2 / N of the store per rank, with the system's readahead too."""
     needs_io_counters()
     with open_store(big_store) as s:
         feature_bytes = int(np.asarray(s.features).nbytes)
         n_blocks = len(BatchStream(s, **stream_args()).block_file)
-    got = [cold_epoch(big_store, tmp_path, r, world)[0] for r in range(world)]
+    got = [cold_epoch(big_store, tmp_path, r, world, readahead=readahead)[0] for r in range(world)]
     assert all(g["blocks"] == n_blocks // world for g in got)
     for g in got:
-        assert g["read_bytes"] <= 1.3 / world * feature_bytes + SLACK, (g, feature_bytes)
+        assert g["read_bytes"] <= 1.2 / world * feature_bytes + SLACK, (g, feature_bytes)
     # and together they read the store about once, not world times
-    assert sum(g["read_bytes"] for g in got) <= 1.3 * feature_bytes + world * SLACK
+    assert sum(g["read_bytes"] for g in got) <= 1.2 * feature_bytes + world * SLACK
+
+
+@pytest.fixture(scope="module")
+def long_store(tmp_path_factory):
+    """160 files of 6000 frames x 32 bins (123 MB): with 1024-frame blocks and windows of 1500 rows the epoch is one
+    lane, so a rank's stretch (61 MB) is longer than twice what the readahead reads ahead (2 x read_ahead_kb)."""
+    path = tmp_path_factory.mktemp("shard_io_long") / "long.h5"
+    rng = np.random.default_rng(3)
+    files = 160
+    feats = [rng.standard_normal((6000, BINS)).astype(np.float32) for _ in range(files)]
+    hot = np.zeros((files, 4), np.uint8)
+    hot[np.arange(files), np.arange(files) % 4] = 1
+    write_store_from_arrays(path, feats, [f"c{i % 4}/f{i}.wav" for i in range(files)], list("abcd"), hot,
+                            MelSpectrogram(n_mels=BINS, sample_rate=8000))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return path
+
+
+def test_ranks_with_long_stretches_read_about_half_each(long_store, tmp_path):
+    """Rank 0 reads its stretch with the readahead, then its end without: no readahead runs on past it."""
+    needs_io_counters()
+    args = dict(batch_size=4, time_context=1024, step=1024, split="all", drop_last=False, seed=1,
+                memory_limit=4 * 4 * 1024 * BINS * 4 + 2 * 1500 * BINS * 4)
+    with open_store(long_store) as s:
+        feature_bytes = int(np.asarray(s.features).nbytes)
+        stream = BatchStream(s, **args)
+        ws = stream._order.windows(0, (0, 2))
+        assert stream.out_of_core and max(len(w.row_start) for w in ws) == 1  # one lane
+    got = [cold_epoch(long_store, tmp_path, r, 2, args=args)[0] for r in range(2)]
+    for g in got:  # 1500-row windows: the window shared at the edge adds almost nothing to a half
+        assert g["read_bytes"] <= 1.1 / 2 * feature_bytes + SLACK, (g, feature_bytes)
 
 
 def test_two_dataloader_workers_each_read_about_half(big_store, tmp_path):
@@ -166,10 +208,10 @@ def test_two_dataloader_workers_each_read_about_half(big_store, tmp_path):
     with open_store(big_store) as s:
         feature_bytes = int(np.asarray(s.features).nbytes)
         n_blocks = len(BatchStream(s, **stream_args()).block_file)
-    got = cold_epoch(big_store, tmp_path, 0, 1, workers=2)
+    got = cold_epoch(big_store, tmp_path, 0, 1, workers=2)  # the system's readahead
     assert [g["blocks"] for g in got] == [n_blocks // 2] * 2
     for g in got:
-        assert g["read_bytes"] <= 1.3 / 2 * feature_bytes + SLACK, (g, feature_bytes)
+        assert g["read_bytes"] <= 1.2 / 2 * feature_bytes + SLACK, (g, feature_bytes)
 
 
 def test_a_ranks_windows_hold_only_its_pages(big_store):
