@@ -197,6 +197,8 @@ def main(argv=None) -> int:
     p.add_argument("--plan-size", default=None,
                    help="also time the out-of-core plan of a store this size at --ooc-limit, e.g. 29GB")
     args = p.parse_args(argv)
+    if args.dir is not None:
+        Path(args.dir).mkdir(parents=True, exist_ok=True)  # the scratch store's parent; a temp folder inside
     tmp = tempfile.TemporaryDirectory(dir=args.dir)
     work = Path(tmp.name)
     store_path = work / "bench.h5"

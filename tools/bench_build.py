@@ -233,8 +233,8 @@ def main(argv=None) -> int:  # noqa: PLR0915 - one script, top to bottom
     print(f"2 warm workers / (2 x in-process):  {statistics.median(warm_ideal):.2f}")
     cpu1, cpu2 = statistics.median(CPU["workers=1"]), statistics.median(CPU["workers=2"])
     print(f"CPU seconds per build (user + system, this process and its workers): workers=1 {cpu1:.2f}, "
-          f"workers=2 {cpu2:.2f}; workers=1 / workers=2 {cpu1 / cpu2:.2f} (the work the second core adds; "
-          "1.0 = none, and a bound on the scaling that a loaded machine's wall clock cannot show)")
+          f"workers=2 {cpu2:.2f}; workers=1 / workers=2 {cpu1 / cpu2:.2f} (1.0: the second process costs no CPU "
+          "beyond its share of the work; two free cores can speed a build up at most 2x this)")
     pool.shutdown()
     if not args.skip_rss:
         peak_rss(work)
