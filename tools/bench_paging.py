@@ -164,6 +164,8 @@ def main(argv=None) -> int:
     from memstore import parse_memory
 
     limit = parse_memory(args.limit)
+    if args.dir is not None:
+        Path(args.dir).mkdir(parents=True, exist_ok=True)  # the stores' parent; a temp folder inside
     tmp = tempfile.TemporaryDirectory(dir=args.dir)
     print(f"limit {args.limit}, stores {args.ratio:g}x the limit, batch {B} of {T}x96 float32 blocks, step {STEP}, "
           f"cold cache, median of {args.reps} interleaved rounds; {os.cpu_count()} cores")
