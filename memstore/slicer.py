@@ -270,13 +270,7 @@ class BlockGather:
         """Blocks ``a:b`` into a new float32 array [shape=(b - a, T, F)] (no ``out`` to check)."""
         if not 0 <= a <= b <= len(self.starts):
             raise ParameterError(f"blocks {a}:{b} lie outside the {len(self.starts)} checked ones")
-        out = np.empty((b - a,) + self._shape, np.float32)
-        m, sc, pr, mode = self._norm
-        if self._half:
-            gather_half(self._src, HALF_TABLE, self.starts[a:b], self.valid[a:b], out, m, sc, pr, mode)
-        else:
-            gather(self._src, self.starts[a:b], self.valid[a:b], out, m, sc, pr, mode)
-        return out
+        return self._gather(a, b, np.empty((b - a,) + self._shape, np.float32))
 
     def __call__(self, a: int, b: int, out: np.ndarray) -> np.ndarray:
         """Blocks ``a:b`` of the checked ones into ``out`` [shape=(b - a, T, F)], float32, C-contiguous."""
@@ -285,6 +279,9 @@ class BlockGather:
         if out.shape[1:] != self._shape or out.shape[0] != b - a:
             raise ParameterError(f"out has shape {out.shape}; blocks {a}:{b} need {(b - a,) + self._shape}")
         _check_out(out)
+        return self._gather(a, b, out)
+
+    def _gather(self, a: int, b: int, out: np.ndarray) -> np.ndarray:
         m, sc, pr, mode = self._norm
         if self._half:
             gather_half(self._src, HALF_TABLE, self.starts[a:b], self.valid[a:b], out, m, sc, pr, mode)

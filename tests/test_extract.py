@@ -218,22 +218,33 @@ def test_the_builds_own_pool_is_shut_down_after_it_and_killed_when_it_fails():
     assert _gone(pids)
 
 
-def test_with_workers_this_process_extracts_too_but_never_a_long_file(tmp_path, monkeypatch):
-    """workers=2 starts one process and this one works beside it, on short tasks only; same bytes as workers=1."""
-    rate = 8000
-    for k in range(24):
-        d = tmp_path / "audio" / ("a" if k % 2 else "b")
+def _short_clips(root: Path, n: int, name: str, rate: int = 8000) -> None:
+    """``n`` mono clips of 3 s in two class folders, named ``name.format(k)``."""
+    for k in range(n):
+        d = root / ("a" if k % 2 else "b")
         d.mkdir(parents=True, exist_ok=True)
-        write_wav(d / f"{k:02d}.wav", np.sin(np.arange(3 * rate) * (0.01 + k / 1000)).astype(np.float32), rate)
-    write_wav(tmp_path / "audio" / "a" / "long.wav", np.sin(np.arange(200 * rate) / 9.0).astype(np.float32), rate)
-    mine = []
+        write_wav(d / name.format(k), np.sin(np.arange(3 * rate) * (0.01 + k / 1000)).astype(np.float32), rate)
+
+
+def _files_this_process_extracts(monkeypatch) -> list[str]:
+    """The names of the files this process extracts from now on (spawned workers import their own, unpatched)."""
+    mine: list[str] = []
     compute = extract.compute_files
 
     def counted(config_json, rate, n_bins, dtype, items):
-        mine.extend(Path(path).name for _, path, *_ in items)  # the workers import their own, unpatched
+        mine.extend(Path(path).name for _, path, *_ in items)
         return compute(config_json, rate, n_bins, dtype, items)
 
     monkeypatch.setattr(extract, "compute_files", counted)
+    return mine
+
+
+def test_with_workers_this_process_extracts_too_but_never_a_long_file(tmp_path, monkeypatch):
+    """workers=2 starts one process and this one works beside it, on short tasks only; same bytes as workers=1."""
+    _short_clips(tmp_path / "audio", 24, "{:02d}.wav")
+    write_wav(tmp_path / "audio" / "a" / "long.wav", np.sin(np.arange(200 * 8000) / 9.0).astype(np.float32), 8000)
+    compute = extract.compute_files
+    mine = _files_this_process_extracts(monkeypatch)
     monkeypatch.setattr(extract, "IN_FLIGHT_PER_WORKER", 1)
     monkeypatch.setattr(build, "TASK_AUDIO_SECONDS", 6.0)  # tasks of two clips; the long file alone
     build.build_store(tmp_path / "audio", tmp_path / "two.h5", workers=2, progress=False)
@@ -254,24 +265,14 @@ def test_with_workers_this_process_extracts_too_but_never_a_long_file(tmp_path, 
 
 def test_a_small_build_does_not_wait_for_workers_it_would_not_need(tmp_path, monkeypatch):
     """Below POOL_MIN_AUDIO_SECONDS this process extracts everything and the pool, still starting, is stopped."""
-    rate = 8000
-    for k in range(6):
-        d = tmp_path / "audio" / ("a" if k % 2 else "b")
-        d.mkdir(parents=True, exist_ok=True)
-        write_wav(d / f"{k}.wav", np.sin(np.arange(3 * rate) * (0.01 + k / 1000)).astype(np.float32), rate)
-    mine, pools = [], []
-    compute = extract.compute_files
-
-    def counted(config_json, rate, n_bins, dtype, items):
-        mine.extend(Path(path).name for _, path, *_ in items)
-        return compute(config_json, rate, n_bins, dtype, items)
+    _short_clips(tmp_path / "audio", 6, "{}.wav")
+    mine, pools = _files_this_process_extracts(monkeypatch), []
 
     class Kept(WorkerPool):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             pools.append(self)
 
-    monkeypatch.setattr(extract, "compute_files", counted)
     monkeypatch.setattr(extract, "WorkerPool", Kept)
     monkeypatch.setattr(extract, "POOL_MIN_AUDIO_SECONDS", 18.0)  # the folder holds exactly 18 s
     build.build_store(tmp_path / "audio", tmp_path / "s.h5", workers=2, progress=False)

@@ -166,17 +166,21 @@ def test_reader_without_prefetch_reads_in_the_callers_thread_and_closes_its_file
         reader = WindowReader(path, 123, 7, np.float32, windows, 700, prefetch=prefetch)
         started = {t.name for t in set(threading.enumerate()) - before_threads}
         assert started == ({"memstore-pager"} if prefetch else set())  # prefetch=False starts no thread
-        n = 0
-        for w, buf in reader:
-            assert w is windows[n]
-            for p in range(len(w.row_start)):
-                k = w.row_stop[p] - w.row_start[p]
-                np.testing.assert_array_equal(buf[w.buf_start[p]:w.buf_start[p] + k],
-                                              data[w.row_start[p]:w.row_stop[p]])
-            n += 1
-        assert n == len(windows)
+        assert_windows_hold_rows(reader, windows, data)
         assert open_fds() <= before_fds  # the file is closed at the end
     reader = WindowReader(path, 123, 7, np.float32, windows, 700, prefetch=False)
     next(reader)
     reader.close()  # abandoned early: closed too
     assert open_fds() <= before_fds
+
+
+def assert_windows_hold_rows(reader, windows, data) -> None:
+    """``reader`` yields ``windows`` in order, each buffer holding its pages' rows of ``data``."""
+    n = 0
+    for w, buf in reader:
+        assert w is windows[n]
+        for p in range(len(w.row_start)):
+            k = w.row_stop[p] - w.row_start[p]
+            np.testing.assert_array_equal(buf[w.buf_start[p]:w.buf_start[p] + k], data[w.row_start[p]:w.row_stop[p]])
+        n += 1
+    assert n == len(windows)

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_pager import table
+from test_pager import assert_windows_hold_rows, table
 
 from memstore.batches import BatchStream
 from memstore.build import write_store_from_arrays
@@ -153,16 +153,8 @@ def test_a_ranks_reader_returns_the_file_rows_through_both_descriptors(tmp_path,
         windows = plan_epoch(rows, valid, window_rows=1000, seed=4, epoch=1, shard=shard)
         mask = exact_pages(windows, offset=77, row_bytes=256, margin=2**20, gap=GAP, file_size=path.stat().st_size)
         assert mask.any() == (shard is not None)  # a rank reads some pages through the second descriptor
-        n = 0
         with WindowReader(path, 77, 64, np.float32, windows, 1000, prefetch=prefetch) as reader:
-            for w, buf in reader:
-                assert w is windows[n]
-                for p in range(len(w.row_start)):
-                    k = w.row_stop[p] - w.row_start[p]
-                    np.testing.assert_array_equal(buf[w.buf_start[p]:w.buf_start[p] + k],
-                                                  data[w.row_start[p]:w.row_stop[p]])
-                n += 1
-        assert n == len(windows)
+            assert_windows_hold_rows(reader, windows, data)
         assert open_fds() <= before_fds  # both descriptors closed
     assert not [t for t in set(threading.enumerate()) - before_threads if t.is_alive()]
 

@@ -40,13 +40,10 @@ LIMIT = 2_000_000
 SLACK = 1_000_000
 
 
-@pytest.fixture(scope="module")
-def big_store(tmp_path_factory):
-    """200 files of 1500 frames x 32 bins (38 MB of float32), four classes interleaved."""
-    path = tmp_path_factory.mktemp("shard_io") / "big.h5"
-    rng = np.random.default_rng(0)
-    files = 200
-    feats = [rng.standard_normal((1500, BINS)).astype(np.float32) for _ in range(files)]
+def _interleaved_store(path, *, files: int, frames: int, seed: int):
+    """``files`` files of ``frames`` x BINS random float32, four classes interleaved, synced to disk."""
+    rng = np.random.default_rng(seed)
+    feats = [rng.standard_normal((frames, BINS)).astype(np.float32) for _ in range(files)]
     hot = np.zeros((files, 4), np.uint8)
     hot[np.arange(files), np.arange(files) % 4] = 1
     write_store_from_arrays(path, feats, [f"c{i % 4}/f{i}.wav" for i in range(files)], list("abcd"), hot,
@@ -57,6 +54,12 @@ def big_store(tmp_path_factory):
     finally:
         os.close(fd)
     return path
+
+
+@pytest.fixture(scope="module")
+def big_store(tmp_path_factory):
+    """200 files of 1500 frames x 32 bins (38 MB of float32), four classes interleaved."""
+    return _interleaved_store(tmp_path_factory.mktemp("shard_io") / "big.h5", files=200, frames=1500, seed=0)
 
 
 def stream_args(**kw):
@@ -171,20 +174,7 @@ def test_each_rank_reads_about_one_nth_of_the_store(big_store, tmp_path, world, 
 def long_store(tmp_path_factory):
     """160 files of 6000 frames x 32 bins (123 MB): with 1024-frame blocks and windows of 1500 rows the epoch is one
     lane, so a rank's stretch (61 MB) is longer than twice what the readahead reads ahead (2 x read_ahead_kb)."""
-    path = tmp_path_factory.mktemp("shard_io_long") / "long.h5"
-    rng = np.random.default_rng(3)
-    files = 160
-    feats = [rng.standard_normal((6000, BINS)).astype(np.float32) for _ in range(files)]
-    hot = np.zeros((files, 4), np.uint8)
-    hot[np.arange(files), np.arange(files) % 4] = 1
-    write_store_from_arrays(path, feats, [f"c{i % 4}/f{i}.wav" for i in range(files)], list("abcd"), hot,
-                            MelSpectrogram(n_mels=BINS, sample_rate=8000))
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    return path
+    return _interleaved_store(tmp_path_factory.mktemp("shard_io_long") / "long.h5", files=160, frames=6000, seed=3)
 
 
 def test_ranks_with_long_stretches_read_about_half_each(long_store, tmp_path):
