@@ -291,8 +291,7 @@ _M_TOP_PAD = -2
 TOP_PAD_BYTES = 64 << 20
 #: glibc's own ``M_TOP_PAD`` (``mallopt(3)``), set back when the last build in a process ends
 DEFAULT_TOP_PAD_BYTES = 128 << 10
-#: glibc's own ``M_TOP_PAD`` (``mallopt(3)``), set back when the last build in a process ends
-DEFAULT_TOP_PAD_BYTES = 128 << 10
+
 
 def _init_worker(parent_pid: int) -> None:
     """Runs first in every worker: one native thread, an end with the parent, and a quick end at shutdown."""
