@@ -212,7 +212,11 @@ def exact_pages(windows: list[Window], *, offset: int, row_bytes: int, margin: i
 
     Returns a bool array [shape=(n_pages,)].
     """
-    start, stop, run, run_start, run_end = _runs(windows, offset, row_bytes, gap)
+    return _marks(*_runs(windows, offset, row_bytes, gap), margin=margin, file_size=file_size)
+
+
+def _marks(start, stop, run, run_start, run_end, *, margin: int, file_size: int) -> np.ndarray:
+    """:func:`exact_pages` from the runs :func:`_runs` found."""
     end = run_end[run]
     short = (run_end - run_start < 2 * margin)[run]
     return (short | (end - stop < margin)) & (file_size - end > TRAILER)
@@ -252,18 +256,18 @@ class _Exact:
         ra = readahead_bytes(fd)
         self._margin = 2 * ra + CHUNK  # a read at x lets the readahead run to x + 2 x its size
         self._chunk = max(PAGE_MIN_CHUNK, min(CHUNK, ra))  # the kernel reads at most its readahead size per call
-        self.mask = exact_pages(windows, offset=offset, row_bytes=row_bytes, margin=self._margin, gap=GAP,
-                                file_size=os.fstat(fd).st_size)
-        start, stop, run, _, run_end = _runs(windows, offset, row_bytes, GAP)
+        start, stop, run, run_start, run_end = _runs(windows, offset, row_bytes, GAP)
+        self.mask = _marks(start, stop, run, run_start, run_end, margin=self._margin, file_size=os.fstat(fd).st_size)
         self.fd = -1
-        if self.mask.any():
-            fd2 = os.open(path, os.O_RDONLY)
-            try:
-                os.posix_fadvise(fd2, 0, 0, os.POSIX_FADV_RANDOM)
-            except BaseException:
-                os.close(fd2)
-                raise
-            self.fd = fd2
+        if not self.mask.any():
+            return  # nothing to read without the readahead (an unsharded reader): the reader drops this
+        fd2 = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd2, 0, 0, os.POSIX_FADV_RANDOM)
+        except BaseException:
+            os.close(fd2)
+            raise
+        self.fd = fd2
         # per run: where its marked stretch starts (none: its end), and how far it is advised
         tail = run_end.copy()
         np.minimum.at(tail, run[self.mask], start[self.mask])
@@ -279,8 +283,6 @@ class _Exact:
 
     def page(self, k: int) -> None:
         """Page ``k`` of the current window is about to be read: advise its run's marked stretch ahead."""
-        if self.fd < 0:
-            return
         p = self._first[self._j] + k
         r = self._run[p]
         # before a read with the readahead: the whole margin. Before one without: a few pages' worth -- the
@@ -310,7 +312,8 @@ class _WindowSource:
         self._exact = None
         try:
             if hasattr(os, "posix_fadvise"):  # not on macOS and Windows: the kernel's readahead alone
-                self._exact = _Exact(path, fd, offset, row_bytes, self._windows)
+                exact = _Exact(path, fd, offset, row_bytes, self._windows)
+                self._exact = exact if exact.fd >= 0 else None  # no page marked: every read with the readahead
         except BaseException:
             self.close()
             raise
