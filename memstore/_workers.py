@@ -325,10 +325,6 @@ def keep_heap(pad: int = TOP_PAD_BYTES) -> bool:
     return mallopt(_M_TOP_PAD, int(pad)) == 1
 
 
-_heap_lock = threading.Lock()
-_heap_users = 0
-
-
 @contextlib.contextmanager
 def kept_heap():
     """Run the body with :func:`keep_heap` in effect; then glibc's default pad again, and the heap trimmed.
@@ -343,19 +339,14 @@ def kept_heap():
     (``mallopt(3)``). Allocations behave the same; only the size above which
     glibc maps a block directly stops moving.
     """
-    global _heap_users
-    with _heap_lock:
-        if _heap_users == 0:
-            keep_heap()
-        _heap_users += 1
-    try:
+    with _heap_kept.held():
         yield
-    finally:
-        with _heap_lock:
-            _heap_users -= 1
-            if _heap_users == 0 and keep_heap(DEFAULT_TOP_PAD_BYTES):
-                with contextlib.suppress(OSError, AttributeError):
-                    ctypes.CDLL(None).malloc_trim(0)
+
+
+def _give_heap_back(_) -> None:
+    if keep_heap(DEFAULT_TOP_PAD_BYTES):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None).malloc_trim(0)
 
 
 def _exit_now() -> None:
@@ -412,9 +403,49 @@ def _native_pools() -> list[tuple]:
     return pools
 
 
-_one_thread_lock = threading.Lock()
-_one_thread_users = 0
-_one_thread_saved: list[tuple] = []
+class _WhileUsed:
+    """A process-wide setting held while any of several overlapping users (builds in threads) runs.
+
+    The first user in calls ``apply()``; the last one out calls ``undo(what apply returned)``.
+    """
+
+    def __init__(self, apply, undo):
+        self._apply, self._undo = apply, undo
+        self._lock = threading.Lock()
+        self._users = 0
+        self._token = None
+
+    @contextlib.contextmanager
+    def held(self):
+        with self._lock:
+            if self._users == 0:
+                self._token = self._apply()
+            self._users += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._users -= 1
+                if self._users == 0:
+                    token, self._token = self._token, None
+                    self._undo(token)
+
+
+def _one_thread_apply() -> list[tuple]:
+    # a library without a getter is left alone: what it had could not be restored
+    saved = [(set_threads, get_threads()) for set_threads, get_threads in _native_pools() if get_threads is not None]
+    for set_threads, _ in saved:
+        set_threads(1)
+    return saved
+
+
+def _one_thread_undo(saved: list[tuple]) -> None:
+    for set_threads, n in saved:
+        set_threads(n)
+
+
+_one_thread = _WhileUsed(_one_thread_apply, _one_thread_undo)
+_heap_kept = _WhileUsed(keep_heap, _give_heap_back)
 
 
 @contextlib.contextmanager
@@ -430,24 +461,8 @@ def one_native_thread():
     so concurrent builds never leave the process single-threaded, and
     products give the same bytes either way (the store is byte-identical).
     """
-    global _one_thread_users, _one_thread_saved
-    with _one_thread_lock:
-        if _one_thread_users == 0:
-            # a library without a getter is left alone: what it had could not be restored
-            _one_thread_saved = [(set_threads, get_threads()) for set_threads, get_threads in _native_pools()
-                                 if get_threads is not None]
-            for set_threads, _ in _one_thread_saved:
-                set_threads(1)
-        _one_thread_users += 1
-    try:
+    with _one_thread.held():
         yield
-    finally:
-        with _one_thread_lock:
-            _one_thread_users -= 1
-            if _one_thread_users == 0:
-                for set_threads, n in _one_thread_saved:
-                    set_threads(n)
-                _one_thread_saved = []
 
 
 def _die_with_parent(parent_pid: int) -> None:
