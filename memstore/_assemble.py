@@ -41,6 +41,7 @@ class Job:
     dtype: np.dtype
     window_rows: int
     return_file: bool
+    served: tuple | None = None   # out of core, sharded: the split's rows (pager.served_rows); None: unsharded
 
 
 def shape(x: np.ndarray, layout: str) -> np.ndarray:
@@ -70,7 +71,8 @@ def produce(job: Job, ws: list[Window], first_batch: int):
     pos = first_batch * size_
     w_idx = int(np.searchsorted(cum, pos, side="right") - 1)
     if job.features is None:
-        reader = WindowReader(job.path, job.data_offset, job.n_bins, job.dtype, ws[w_idx:], job.window_rows)
+        reader = WindowReader(job.path, job.data_offset, job.n_bins, job.dtype, ws[w_idx:], job.window_rows,
+                              served=job.served)
         windows = iter(reader)
     else:
         reader = None

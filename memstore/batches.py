@@ -60,6 +60,7 @@ from ._streamconf import budget, check_settings, label_matrix, normaliser, split
 from ._streamstate import STATE_FORMAT as STATE_FORMAT
 from .errors import ParameterError
 from .order import EpochOrder, balance_classes, order_report
+from .pager import served_rows
 from .prefetch import start as start_producer
 from .slicer import gather_blocks
 
@@ -165,6 +166,8 @@ class BatchStream:
         self._order = EpochOrder(self.block_row, self.block_valid, self.seed, self.shuffle,
                                  self._block_class if self.balance else None,
                                  self._window_rows if self.out_of_core else None)
+        # out of core, a shard's reader keeps the readahead out of the rows that other ranks read
+        self._served = served_rows(self.block_row, self.block_valid) if self.out_of_core and self._world > 1 else None
 
     # --- order ------------------------------------------------------------------------------
     @property
@@ -195,7 +198,7 @@ class BatchStream:
                    block_valid=self.block_valid, block_file=self.block_file, labels=self._labels_all, norm=self._norm,
                    features=None if self.out_of_core else np.asarray(s.features), path=s.source,
                    data_offset=s.data_offset, dtype=s.dtype, window_rows=self._window_rows,
-                   return_file=self.return_file)
+                   return_file=self.return_file, served=self._served)
 
     def _start(self, epoch: int, first_batch: int) -> None:
         self._stop_active()

@@ -41,7 +41,7 @@ from .order import MIN_PAGES_PER_WINDOW, Window, plan_epoch, plan_pages, shuffle
 from .prefetch import start as start_producer
 from .prefetch import wait_get
 
-__all__ = ["parse_memory", "Window", "plan_pages", "plan_epoch", "window_budget", "WindowReader",
+__all__ = ["parse_memory", "Window", "plan_pages", "plan_epoch", "window_budget", "WindowReader", "served_rows",
            "shuffle_quality", "MIN_PAGES_PER_WINDOW"]
 
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
@@ -94,10 +94,15 @@ class WindowReader:
     A ``buf`` still held after that stays valid memory, but its contents are no
     longer defined. With ``prefetch=False`` each window is read in the
     consumer's thread when it is asked for, into the same two buffers.
+
+    ``served`` (:func:`served_rows`) names the rows that the split's blocks read,
+    for a reader that reads only some of them (a shard): the readahead is kept
+    from reading on into rows it names and the reader's windows do not
+    (:func:`exact_pages`). None: the windows read every block of the split.
     """
 
     def __init__(self, path, data_offset: int, n_bins: int, dtype, windows: list[Window],
-                 window_rows: int, *, prefetch: bool = True):
+                 window_rows: int, *, prefetch: bool = True, served=None):
         dtype = np.dtype(dtype)
         self._bufs = [np.empty((max(window_rows, 1), n_bins), dtype) for _ in range(2)]
         self._free: queue.Queue = queue.Queue()
@@ -108,7 +113,7 @@ class WindowReader:
         fd = os.open(path, os.O_RDONLY)
         # the source owns ``fd`` and closes it when it ends: nobody closes it under a running read
         source = _WindowSource(path, fd, int(data_offset), n_bins * dtype.itemsize, windows, self._bufs, self._free,
-                               stop)
+                               stop, served)
         self._items = start_producer(source, depth=2, name="memstore-pager", what="window reader",
                                     threaded=prefetch, stop=stop, wake=functools.partial(self._free.put, -1))
 
@@ -177,7 +182,7 @@ def _read_window(fds: tuple[int, int], offset: int, row_bytes: int, w: Window, b
             got += n
 
 
-def _runs(windows: list[Window], offset: int, row_bytes: int, gap: int):
+def _runs(windows: list[Window], offset: int, row_bytes: int, gap: int, served=None):
     """The pages' byte ranges (read order), the run of each page, each run's start and end (:func:`exact_pages`)."""
     n_pages = [len(w.row_start) for w in windows]
     total = int(sum(n_pages))
@@ -189,21 +194,43 @@ def _runs(windows: list[Window], offset: int, row_bytes: int, gap: int):
     by_pos = np.argsort(start, kind="stable")
     s, e, w = start[by_pos], np.maximum.accumulate(stop[by_pos]), win[by_pos]
     step = np.diff(w)
-    new = np.r_[True, (s[1:] > e[:-1] + gap) & ((step < 0) | (step > 1))]
+    apart = (step < 0) | (step > 1)
+    if served is not None and len(served[0]):  # a hole with rows that other ranks read ends a run
+        lo, hi = offset + served[0] * row_bytes, offset + served[1] * row_bytes
+        first = np.searchsorted(hi, e[:-1], side="right")  # the first served stretch ending after the hole starts
+        apart |= (first < len(lo)) & (lo[np.minimum(first, len(lo) - 1)] < s[1:])
+    new = np.r_[True, (s[1:] > e[:-1] + gap) & apart]
     run = np.empty(total, np.int64)
     run[by_pos] = np.cumsum(new) - 1
     return start, stop, run, s[new], e[np.r_[np.flatnonzero(new)[1:] - 1, total - 1]]
 
 
+def served_rows(block_row, block_valid) -> tuple[np.ndarray, np.ndarray]:
+    """The rows the blocks read, as sorted disjoint stretches ``[starts[i], stops[i])`` (int64 arrays)."""
+    a = np.asarray(block_row, np.int64)
+    b = a + np.asarray(block_valid, np.int64)
+    keep = b > a
+    a, b = a[keep], b[keep]
+    if not len(a):
+        return a, b
+    order = np.argsort(a, kind="stable")
+    a, b = a[order], np.maximum.accumulate(b[order])
+    new = np.r_[True, a[1:] > b[:-1]]
+    return a[new], b[np.r_[np.flatnonzero(new)[1:] - 1, len(a) - 1]]
+
+
 def exact_pages(windows: list[Window], *, offset: int, row_bytes: int, margin: int, gap: int,
-                file_size: int) -> np.ndarray:
+                file_size: int, served=None) -> np.ndarray:
     """Which pages (in read order, window after window) to read with the kernel's readahead off.
 
     A read at byte ``x`` lets the readahead read on up to ``x + margin``. That is harmless where
     this reader reads those bytes itself, so its pages are merged into *runs*: two pages next to
     each other in the file belong to one run when the hole between them is at most ``gap``
     bytes (the unused end of a file) or when they are read in the same or in consecutive windows
-    (one lane, read front to back, across held-out files). A page that ends less than ``margin``
+    (one lane, read front to back, across held-out files) -- but never across a hole with rows of
+    ``served`` in it: rows that the split's blocks read and this reader does not, so another rank
+    does. ``served`` (:func:`served_rows`: sorted disjoint ``(starts, stops)`` of rows) is None for a
+    reader that reads every block of its split (unsharded). A page that ends less than ``margin``
     before the end of its run is marked, and every page of a run shorter than ``2 * margin`` --
     unless the run ends within ``TRAILER`` bytes of the end of the file: where a sharded rank's
     stretch of a lane ends, the readahead would otherwise read on into the next rank's stretch.
@@ -212,7 +239,7 @@ def exact_pages(windows: list[Window], *, offset: int, row_bytes: int, margin: i
 
     Returns a bool array [shape=(n_pages,)].
     """
-    return _marks(*_runs(windows, offset, row_bytes, gap), margin=margin, file_size=file_size)
+    return _marks(*_runs(windows, offset, row_bytes, gap, served), margin=margin, file_size=file_size)
 
 
 def _marks(start, stop, run, run_start, run_end, *, margin: int, file_size: int) -> np.ndarray:
@@ -252,11 +279,11 @@ class _Exact:
     serves.
     """
 
-    def __init__(self, path, fd: int, offset: int, row_bytes: int, windows: list[Window]):
+    def __init__(self, path, fd: int, offset: int, row_bytes: int, windows: list[Window], served=None):
         ra = readahead_bytes(fd)
         self._margin = 2 * ra + CHUNK  # a read at x lets the readahead run to x + 2 x its size
         self._chunk = max(PAGE_MIN_CHUNK, min(CHUNK, ra))  # the kernel reads at most its readahead size per call
-        start, stop, run, run_start, run_end = _runs(windows, offset, row_bytes, GAP)
+        start, stop, run, run_start, run_end = _runs(windows, offset, row_bytes, GAP, served)
         self.mask = _marks(start, stop, run, run_start, run_end, margin=self._margin, file_size=os.fstat(fd).st_size)
         self.fd = -1
         if not self.mask.any():
@@ -304,7 +331,7 @@ class _Exact:
 class _WindowSource:
     """Yields ``(window, slot)`` once the window is read into buffer ``slot``; closes its descriptors when closed."""
 
-    def __init__(self, path, fd, offset, row_bytes, windows, bufs, free, stop):
+    def __init__(self, path, fd, offset, row_bytes, windows, bufs, free, stop, served=None):
         self._fd, self._offset, self._row_bytes = fd, offset, row_bytes
         self._windows = list(windows)
         self._j = 0
@@ -312,7 +339,7 @@ class _WindowSource:
         self._exact = None
         try:
             if hasattr(os, "posix_fadvise"):  # not on macOS and Windows: the kernel's readahead alone
-                exact = _Exact(path, fd, offset, row_bytes, self._windows)
+                exact = _Exact(path, fd, offset, row_bytes, self._windows, served)
                 self._exact = exact if exact.fd >= 0 else None  # no page marked: every read with the readahead
         except BaseException:
             self.close()

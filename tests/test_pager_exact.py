@@ -16,7 +16,7 @@ import threading
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from test_pager import assert_windows_hold_rows, table
 
@@ -24,7 +24,7 @@ from memstore.batches import BatchStream
 from memstore.build import write_store_from_arrays
 from memstore.errors import StoreFormatError
 from memstore.features import MelSpectrogram
-from memstore.pager import GAP, TRAILER, WindowReader, exact_pages, plan_epoch
+from memstore.pager import GAP, TRAILER, WindowReader, exact_pages, plan_epoch, served_rows
 
 #: a row of 4 KB: GAP is 64 rows, so holes of unused rows both below and above it occur
 ROW = 4096
@@ -89,6 +89,8 @@ def test_an_unsharded_reader_keeps_the_readahead_but_before_holes_between_lanes(
 @given(lengths=st.lists(st.integers(50, 600), min_size=10, max_size=80), t=st.integers(8, 64),
        step=st.integers(8, 80), extra=st.integers(0, 1500), seed=st.integers(0, 3), keep_every=st.integers(1, 4),
        world=st.integers(2, 4), margin_rows=st.integers(1, 3000))
+# found by hypothesis: a rank's pages on both sides of a neighbour's stretch, in one window
+@example(lengths=[50] * 9 + [331, 547], t=26, step=8, extra=774, seed=0, keep_every=1, world=2, margin_rows=1)
 def test_no_readahead_from_an_unmarked_page_reaches_another_ranks_bytes(lengths, t, step, extra, seed, keep_every,
                                                                         world, margin_rows):
     rows, valid, n_rows = served(lengths, t, step, keep_every)
@@ -100,7 +102,8 @@ def test_no_readahead_from_an_unmarked_page_reaches_another_ranks_bytes(lengths,
     for r, ws in enumerate(ranks):
         if len(ws) < 4:  # a rank of a few windows may read on past its stretch (see docs/outofcore.md)
             continue
-        mask = exact_pages(ws, offset=0, row_bytes=ROW, margin=margin, gap=GAP, file_size=file_size)
+        mask = exact_pages(ws, offset=0, row_bytes=ROW, margin=margin, gap=GAP, file_size=file_size,
+                           served=served_rows(rows, valid))
         start, stop = pages(ws)
         end = int(max(stop.max(), *(o[-1].row_stop.max() * ROW for o in ranks if o)))
         mine = covered(start, stop, 0, end)
@@ -190,3 +193,10 @@ def test_a_store_file_cut_under_a_stream_is_a_clear_error(store_file, tmp_path, 
     for t in left:
         t.join(timeout=30)
     assert not [t for t in left if t.is_alive()]
+
+
+def test_served_rows_merges_the_blocks_rows_into_sorted_stretches():
+    starts, stops = served_rows([20, 0, 5, 40, 30], [10, 10, 3, 0, 5])  # an empty block reads nothing
+    assert starts.tolist() == [0, 20] and stops.tolist() == [10, 35]
+    starts, stops = served_rows(np.zeros(0, np.int64), np.zeros(0, np.int64))
+    assert starts.dtype == np.int64 and not len(starts) and not len(stops)
