@@ -9,9 +9,11 @@ what order the blocks of a window are served, is the epoch order's business
 - :func:`parse_memory` and :func:`window_budget`: how many rows a window
   buffer may hold so that two of them and the batch buffers fit the budget;
 - :class:`WindowReader`: reads each window's pages with large sequential
-  ``preadv`` calls into one of two preallocated buffers, the next window in
+  ``pread`` calls into one of two preallocated buffers, the next window in
   a background thread (:mod:`memstore.prefetch`) while the current one is
-  served.
+  served. A window's reads are one GIL-free call (:mod:`memstore._pread`):
+  a thread that takes the GIL back after every page waits for the batch
+  producer and the consumer each time.
 
 Readahead. Each lane is read front to back, so the kernel's readahead reads
 ahead of it in large requests; but it reads on past the last page a reader
@@ -36,6 +38,7 @@ import threading
 
 import numpy as np
 
+from ._pread import PageReads
 from .errors import ParameterError, StoreFormatError
 from .order import MIN_PAGES_PER_WINDOW, Window, plan_epoch, plan_pages, shuffle_quality
 from .prefetch import start as start_producer
@@ -158,28 +161,16 @@ TRAILER = 2**20
 DEFAULT_READAHEAD = 16 * 2**20
 
 
-def _read_window(fds: tuple[int, int], offset: int, row_bytes: int, w: Window, buf: np.ndarray,
-                 exact=None, advise=None) -> None:
-    """Read window ``w`` into ``buf``; page ``k`` from ``fds[1]`` (readahead off) where ``exact[k]``.
+def _read_window(fds: np.ndarray, reads: PageReads, lo: int, w: Window, flat: np.ndarray) -> None:
+    """Read window ``w`` (pages ``lo:`` of ``reads``) into ``flat``, page ``k`` from ``fds[k]``: one GIL-free call."""
+    done = reads.read(fds, flat, lo, lo + len(w.row_start))
+    if done < len(w.row_start):
+        _ended(w, done)
 
-    ``advise(k)`` is called before page ``k`` is read.
-    """
-    flat = buf.reshape(-1).view(np.uint8)
-    pages = zip(w.row_start.tolist(), w.row_stop.tolist(), w.buf_start.tolist(), strict=True)
-    for k, (rs, re_, bs) in enumerate(pages):
-        if advise is not None:
-            advise(k)
-        fd = fds[1] if exact is not None and exact[k] else fds[0]
-        want = (re_ - rs) * row_bytes
-        view = memoryview(flat[bs * row_bytes: bs * row_bytes + want])
-        pos = offset + rs * row_bytes
-        got = 0
-        while got < want:
-            n = os.preadv(fd, [view[got:]], pos + got)
-            if n <= 0:
-                raise StoreFormatError(f"store file ended while reading rows {rs}..{re_} "
-                                       "(truncated under the reader?)")
-            got += n
+
+def _ended(w: Window, k: int):
+    raise StoreFormatError(f"store file ended while reading rows {int(w.row_start[k])}..{int(w.row_stop[k])} "
+                           "(truncated under the reader?)")
 
 
 def _runs(windows: list[Window], offset: int, row_bytes: int, gap: int, served=None):
@@ -270,11 +261,11 @@ class _Exact:
     the readahead for the rest. But a page the readahead brought in may carry its mark (the page
     whose read starts the next readahead), and a read of a marked page starts the readahead on
     any descriptor, ``POSIX_FADV_RANDOM`` or not: a run's marked pages must be in the page cache
-    before the readahead of its unmarked ones gets there. So before each page is read, its run's
-    marked stretch (from the first marked page to the end of the run, holes included) is advised
-    (``POSIX_FADV_WILLNEED``): up to ``margin`` bytes beyond the page before a read with the
-    readahead (as far as that can reach), ``EXACT_AHEAD`` times the page beyond it before one
-    without. The readahead stops at pages already cached, and advice leaves no marks. The kernel
+    before the readahead of its unmarked ones gets there. So before a window is read, for each of
+    its pages, the page's run's marked stretch (from the first marked page to the end of the run,
+    holes included) is advised (``POSIX_FADV_WILLNEED``): up to ``margin`` bytes beyond the page
+    before a read with the readahead (as far as that can reach), ``EXACT_AHEAD`` times the page
+    beyond it before one without. The readahead stops at pages already cached, and advice leaves no marks. The kernel
     reads what is advised in the background, exactly, while the reader copies and the consumer
     serves.
     """
@@ -301,26 +292,21 @@ class _Exact:
         self._run, self._start, self._stop, self._mask = run.tolist(), start.tolist(), stop.tolist(), self.mask.tolist()
         self._tail_end, self._advised = run_end.tolist(), tail.tolist()
         self._first = np.r_[0, np.cumsum([len(w.row_start) for w in windows])].tolist()
-        self._j = 0
 
-    def window(self, j: int):
-        """Window ``j`` starts; its mask."""
-        self._j = j
-        return self.mask[self._first[j]:self._first[j + 1]]
-
-    def page(self, k: int) -> None:
-        """Page ``k`` of the current window is about to be read: advise its run's marked stretch ahead."""
-        p = self._first[self._j] + k
-        r = self._run[p]
-        # before a read with the readahead: the whole margin. Before one without: a few pages' worth -- the
-        # first pages of a lane are small, so the first window is not queued behind 16 margins of advice
-        ahead = self._margin if not self._mask[p] else min(self._margin, EXACT_AHEAD * (self._stop[p] - self._start[p]))
-        a, b = self._advised[r], min(self._tail_end[r], self._stop[p] + ahead)
-        while a < b:
-            n = min(self._chunk, self._tail_end[r] - a)
-            os.posix_fadvise(self.fd, a, n, os.POSIX_FADV_WILLNEED)
-            a += n
-        self._advised[r] = max(a, self._advised[r])
+    def advise(self, j: int) -> None:
+        """Window ``j`` is about to be read: for each of its pages, advise its run's marked stretch ahead."""
+        for p in range(self._first[j], self._first[j + 1]):
+            r = self._run[p]
+            # before a read with the readahead: the whole margin. Before one without: a few pages' worth -- the
+            # first pages of a lane are small, so the first window is not queued behind 16 margins of advice
+            ahead = (self._margin if not self._mask[p]
+                     else min(self._margin, EXACT_AHEAD * (self._stop[p] - self._start[p])))
+            a, b = self._advised[r], min(self._tail_end[r], self._stop[p] + ahead)
+            while a < b:
+                n = min(self._chunk, self._tail_end[r] - a)
+                os.posix_fadvise(self.fd, a, n, os.POSIX_FADV_WILLNEED)
+                a += n
+            self._advised[r] = max(a, self._advised[r])
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -332,15 +318,27 @@ class _WindowSource:
     """Yields ``(window, slot)`` once the window is read into buffer ``slot``; closes its descriptors when closed."""
 
     def __init__(self, path, fd, offset, row_bytes, windows, bufs, free, stop, served=None):
-        self._fd, self._offset, self._row_bytes = fd, offset, row_bytes
+        self._fd = fd
         self._windows = list(windows)
         self._j = 0
         self._bufs, self._free, self._stop = bufs, free, stop
+        self._flat = [b.reshape(-1).view(np.uint8) for b in bufs]
         self._exact = None
         try:
+            # every page of the epoch, checked against the buffers once: the reads themselves hold no GIL
+            ws = [np.zeros(0, np.int64)]
+            dst, first_row, end_row = (np.concatenate(ws + [getattr(w, name) for w in self._windows])
+                                       for name in ("buf_start", "row_start", "row_stop"))
+            self._reads = PageReads(dst * row_bytes, offset + first_row * row_bytes, (end_row - first_row) * row_bytes,
+                                    self._flat[0].nbytes)
+            self._first = np.r_[0, np.cumsum([len(w.row_start) for w in self._windows])].astype(np.int64).tolist()
             if hasattr(os, "posix_fadvise"):  # not on macOS and Windows: the kernel's readahead alone
                 exact = _Exact(path, fd, offset, row_bytes, self._windows, served)
                 self._exact = exact if exact.fd >= 0 else None  # no page marked: every read with the readahead
+            # the descriptor of every page: the marked ones without the readahead
+            self._fds = np.full(len(self._reads), fd, np.int64)
+            if self._exact is not None:
+                self._fds[self._exact.mask] = self._exact.fd
         except BaseException:
             self.close()
             raise
@@ -355,12 +353,10 @@ class _WindowSource:
         slot = wait_get(self._free, self._stop)  # a buffer the consumer is done with
         if slot is None or slot < 0 or self._stop.is_set():
             raise StopIteration
-        if self._exact is None:
-            _read_window((self._fd, self._fd), self._offset, self._row_bytes, w, self._bufs[slot])
-        else:
-            mask = self._exact.window(self._j)
-            _read_window((self._fd, self._exact.fd), self._offset, self._row_bytes, w, self._bufs[slot], mask,
-                         self._exact.page)
+        lo, hi = self._first[self._j], self._first[self._j + 1]
+        if self._exact is not None:  # advise what the readahead will not read, before any page is read
+            self._exact.advise(self._j)
+        _read_window(self._fds[lo:hi], self._reads, lo, w, self._flat[slot])
         self._j += 1
         return w, slot
 
