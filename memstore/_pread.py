@@ -6,9 +6,9 @@ the GIL and must take it back, and a thread that wants the GIL back waits
 for the one holding it: the window reader, the batch producer and the
 consumer took turns at every page, and the reader that reads 1 GB from the
 page cache in 60 ms alone took several times that inside a stream. A
-window is now one GIL-free call (measured in ``docs/performance.md``: out of
-core on a warm store, 16 MB limit, whole epochs, 1.2-1.3x the blocks/s of
-per-page reads, side by side).
+window is now one GIL-free call (``docs/performance.md``: whole warm epochs
+out of core, side by side, 8-11 % more blocks/s at 16 and 128 MB limits, and
+1.3x where the store's cache is in small folios).
 
 :func:`read_pages` and :class:`PageReads` run one compiled loop of ``pread``
 calls (libc's, declared to LLVM by name, so the compiled code is cached like
