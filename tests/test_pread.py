@@ -122,3 +122,17 @@ def test_page_reads_take_each_page_from_its_own_descriptor(tmp_path):
     finally:
         os.close(fa)
         os.close(fb)
+
+
+def test_a_window_larger_than_the_buffers_is_refused_before_any_read(tmp_path):
+    from memstore.pager import WindowReader, plan_epoch
+
+    path = tmp_path / "rows.bin"
+    path.write_bytes(np.zeros((1000, 4), np.float32).tobytes())
+    rows, valid = np.arange(0, 1000, 10, dtype=np.int64), np.full(100, 10, np.int64)
+    windows = plan_epoch(rows, valid, window_rows=400, seed=0, epoch=0)
+    assert max(w.n_rows for w in windows) > 100
+    before = len(os.listdir("/proc/self/fd"))
+    with pytest.raises(ValueError, match="past the buffer"):
+        WindowReader(path, 0, 4, np.float32, windows, 100)  # buffers of 100 rows, windows of up to 400
+    assert len(os.listdir("/proc/self/fd")) == before  # its descriptor closed
