@@ -49,3 +49,23 @@ def test_bench_counts_whole_epochs_and_reports_the_first_batch(demo_store, capsy
     assert out["stream"]["epochs"] == 2 and out["stream"]["time_to_first_batch_s"] > 0
     assert main(["bench", str(demo_store), "--epochs", "0"]) == 1
     assert "--epochs 0" in capsys.readouterr().err
+
+
+def test_bench_epochs_tool_compares_checkouts_in_fresh_processes(tmp_path):
+    """``tools/bench_epochs.py`` on a small store: one line per checkout, a ratio each; a bad --tree is refused."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tool = Path(__file__).resolve().parents[1] / "tools" / "bench_epochs.py"
+    tree = str(Path(__file__).resolve().parents[1])
+    out = subprocess.run([sys.executable, str(tool), "--size", "8MB", "--limit", "16MB", "--reps", "1",
+                          "--dir", str(tmp_path), "--tree", tree, "--tree", tree],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    lines = [line for line in out.stdout.splitlines() if "out of core / in memory" in line]
+    assert len(lines) == 2 and all(str(Path(tree) / "memstore" / "__init__.py") in line for line in lines)
+    assert (tmp_path / "epochs-8MB.h5").is_file()
+    bad = subprocess.run([sys.executable, str(tool), "--tree", str(tmp_path), "--dir", str(tmp_path)],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "no memstore package there" in bad.stderr

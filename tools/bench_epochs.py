@@ -81,9 +81,9 @@ def main(argv=None) -> int:
         while f.read(16 << 20):
             pass
 
-    results: dict = {tree: [] for tree in trees}
+    results: list[list] = [[] for _ in trees]  # per --tree, in order (a tree may be named twice)
     for _ in range(args.reps):
-        for tree in trees:
+        for k, tree in enumerate(trees):
             env = dict(os.environ)
             if tree is not None:
                 env["PYTHONPATH"] = str(Path(tree).resolve())
@@ -92,12 +92,12 @@ def main(argv=None) -> int:
             if out.returncode:
                 sys.stderr.write(out.stderr)
                 return out.returncode
-            results[tree].append(json.loads(out.stdout.strip().splitlines()[-1]))
+            results[k].append(json.loads(out.stdout.strip().splitlines()[-1]))
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"{store} ({store.stat().st_size / 1e9:.2f} GB), warm, batch 64 of 128x96, step 50, limit {args.limit}; "
           f"{args.reps} fresh processes per tree, trees alternating; load {load:.1f} at the end, "
           f"{time.strftime('%H:%M UTC', time.gmtime())}")
-    for rows in results.values():
+    for rows in results:
         ratio = statistics.median(r["ooc"] / r["mem"] for r in rows)
         print(f"  {rows[0]['memstore']}: out of core {statistics.median(r['ooc'] for r in rows):,.0f} blocks/s, "
               f"in memory {statistics.median(r['mem'] for r in rows):,.0f}; out of core / in memory {ratio:.2f} "
