@@ -161,6 +161,66 @@ def test_a_task_writes_each_file_at_its_planned_rows_and_returns_its_checksum_an
         assert _same_packed(packed, _old_packed(_old_file_stats(want)))
 
 
+def _cachestat(path: Path, offset: int, nbytes: int) -> dict[str, int] | None:
+    """Linux's ``cachestat`` (6.5+) of a byte range: its pages cached, dirty, under write-back; None without it."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    rng = (ctypes.c_uint64 * 2)(offset, nbytes)
+    out = (ctypes.c_uint64 * 5)()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if libc.syscall(ctypes.c_long(451), fd, rng, out, ctypes.c_uint(0)) != 0:  # 451: cachestat, every arch
+            return None
+    finally:
+        os.close(fd)
+    return dict(zip(("cached", "dirty", "writeback", "evicted", "recently_evicted"), out, strict=True))
+
+
+@pytest.mark.skipif(not os.uname().sysname == "Linux", reason="sync_file_range and cachestat are Linux's")
+def test_a_task_starts_the_write_back_of_its_rows_so_the_final_fsync_finds_them_written(tmp_path):
+    """The rows a task wrote are no longer dirty when it returns: the kernel is writing (or has written) them."""
+    rng = np.random.default_rng(4)
+    mel = MelSpectrogram(n_mels=64, n_fft=256, hop=64, sample_rate=8000)
+    items, row = [], 0
+    for k in range(6):
+        write_wav(tmp_path / f"{k}.wav", rng.uniform(-0.5, 0.5, 40000), 8000)
+        info = audio_info(tmp_path / f"{k}.wav")
+        items.append((k, os.fsdecode(tmp_path / f"{k}.wav"), row, mel.n_frames(info.n_samples), info.n_samples, 8000))
+        row += items[-1][3]
+    data = tmp_path / "rows.bin"
+    lead = 4096  # the features start past a header, as in a store
+    with open(data, "wb") as f:
+        f.truncate(lead + row * mel.n_bins * 4)
+    if _cachestat(data, 0, 4096) is None:
+        pytest.skip("no cachestat system call (Linux 6.5+) to look at the page cache with")
+    fd = os.open(data, os.O_WRONLY)
+    try:  # a plain write leaves its pages dirty until the kernel gets to them (30 s) or an fsync
+        os.pwrite(fd, np.ones((row, mel.n_bins), np.float32), lead)
+    finally:
+        os.close(fd)
+    assert _cachestat(data, lead, row * mel.n_bins * 4)["dirty"] > 40  # 6 files x 622 x 64 x 4 bytes: 234 pages
+    results = extract.extract_task(os.fsdecode(data), lead, mel.n_bins, "float32", mel.to_json(), 8000, items)
+    assert [r[0] for r in results if r[1] is not None] == list(range(6))
+    state = _cachestat(data, lead, row * mel.n_bins * 4)
+    assert state["dirty"] == 0, state
+    stored = np.fromfile(data, np.float32, offset=lead).reshape(row, mel.n_bins)
+    for _, path, first, n, _, _ in items:
+        assert stored[first:first + n].tobytes() == mel(*read_audio(path, sample_rate=8000)).tobytes()
+
+
+def test_files_extracted_in_this_process_keep_their_statistics_unpacked(tmp_path, monkeypatch):
+    """Packing is for the trip from a worker: a workers=1 build neither packs nor unpacks (40 us per file)."""
+    _short_clips(tmp_path / "audio", 6, "{}.wav")
+    trips = []
+    pack, unpack = RunningStats.packed, RunningStats.unpacked.__func__
+    monkeypatch.setattr(RunningStats, "packed", lambda self: trips.append("packed") or pack(self))
+    monkeypatch.setattr(RunningStats, "unpacked",
+                        classmethod(lambda cls, t: trips.append("unpacked") or unpack(cls, t)))
+    report = build.build_store(tmp_path / "audio", tmp_path / "s.h5", workers=1, progress=False)
+    assert report.stored == 6 and trips == []
+
+
 def test_tasks_hold_about_task_seconds_of_audio_and_the_plans_facts():
     new = np.zeros(5, dtype=[("offset", "<i8"), ("n_frames", "<i8"), ("n_samples", "<i8"), ("source_rate", "<i8")])
     new["n_frames"] = [10, 20, 30, 40, 50]
