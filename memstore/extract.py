@@ -357,11 +357,14 @@ def _extract_on_executor(pool, n_workers, args, run, record, partial, task_secon
     in flight, it runs the next task itself instead of waiting, so nothing
     waits for the pool's start-up. It takes a task only if it is no longer
     than what each worker has queued (:func:`_parent_takes`), so a worker
-    never idles while this process is busy. The build still ends only once
-    every worker has started: one that could not start fails it, as it would
-    a larger build.
+    never idles while this process is busy. When every task is handed out, it
+    takes back the tasks still queued for a worker, newest first
+    (:func:`_take_back`), instead of waiting for them. The build still ends
+    only once every worker has started: one that could not start fails it,
+    as it would a larger build.
     """
     running: set = set()
+    submitted: dict = {}  # future -> its items, in the order they were submitted (for _take_back)
     with_parent = isinstance(pool, WorkerPool) and pool.with_parent
     cap = IN_FLIGHT_PER_WORKER * (pool.n_workers if with_parent else n_workers)
     try:
@@ -373,11 +376,18 @@ def _extract_on_executor(pool, n_workers, args, run, record, partial, task_secon
                 if (len(running) >= cap or not pool.started()) and _parent_takes(items, task_seconds):
                     record(extract_task(*args, items, packed=False))
                     continue
-            running.add(pool.submit(extract_task, *args, items))
+            fut = pool.submit(extract_task, *args, items)
+            running.add(fut)
+            if with_parent:
+                submitted[fut] = items
             if len(running) > cap or (len(running) == cap and not with_parent):
                 finished, running = wait_any(pool, running)
                 _take_results(pool, finished, running, record)
         while running:
+            items = _take_back(running, submitted, task_seconds) if with_parent else None
+            if items is not None:
+                record(extract_task(*args, items, packed=False))
+                continue
             finished, running = wait_any(pool, running)
             _take_results(pool, finished, running, record)
         if with_parent:
@@ -419,6 +429,21 @@ def _take_results(pool, finished: set, running: set, record) -> None:
                 record(fut.result())
     running.clear()
     failed[0].result()
+
+
+def _take_back(running: set, submitted: dict, task_seconds: float):
+    """The items of the newest task still waiting for a worker, cancelled so no worker ever runs it; or None.
+
+    Once every task is handed out, this process would otherwise wait for the
+    workers' queues to drain (up to :data:`IN_FLIGHT_PER_WORKER` tasks each)
+    while its own core idles. A task a worker has already taken (or that sits
+    in the pool's call queue) cannot be cancelled and is left to it.
+    """
+    for fut in reversed(submitted):
+        if fut in running and _parent_takes(submitted[fut], task_seconds) and fut.cancel():
+            running.discard(fut)
+            return submitted.pop(fut)
+    return None
 
 
 def _parent_takes(items, task_seconds: float) -> bool:

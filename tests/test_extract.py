@@ -323,6 +323,24 @@ def test_with_workers_this_process_extracts_too_but_never_a_long_file(tmp_path, 
             assert np.array_equal(two.index["checksum"], one.index["checksum"])
 
 
+def test_when_every_task_is_handed_out_this_process_takes_back_the_ones_still_queued(tmp_path, monkeypatch):
+    """Instead of waiting for a worker to work through its queue, this process runs what no worker has taken yet."""
+    _short_clips(tmp_path / "audio", 16, "{:02d}.wav")
+    mine = _files_this_process_extracts(monkeypatch)
+    monkeypatch.setattr(extract, "POOL_MIN_AUDIO_SECONDS", 0.0)
+    monkeypatch.setattr(extract, "IN_FLIGHT_PER_WORKER", 8)  # every task fits in the worker's queue
+    monkeypatch.setattr(build, "TASK_AUDIO_SECONDS", 6.0)  # 8 tasks of two clips
+    monkeypatch.setattr(WorkerPool, "started", lambda self: True)  # so each one goes to the pool first
+    build.build_store(tmp_path / "audio", tmp_path / "two.h5", workers=2, progress=False)
+    # the worker, still importing, has taken at most one task and the pool's call queue holds one more
+    assert len(mine) >= 8 and len(mine) % 2 == 0, mine
+    monkeypatch.undo()
+    build.build_store(tmp_path / "audio", tmp_path / "one.h5", workers=1, progress=False)
+    with open_store(tmp_path / "two.h5") as two, open_store(tmp_path / "one.h5") as one:
+        assert np.array_equal(two.features[:], one.features[:])
+        assert np.array_equal(two.index["checksum"], one.index["checksum"])
+
+
 def test_a_small_build_does_not_wait_for_workers_it_would_not_need(tmp_path, monkeypatch):
     """Below POOL_MIN_AUDIO_SECONDS this process extracts everything and the pool, still starting, is stopped."""
     _short_clips(tmp_path / "audio", 6, "{}.wav")
