@@ -56,7 +56,7 @@ from . import _progress
 from ._workers import GUARD_ADVICE, WorkerPool, check_main_guard, wait_any
 from .audio import decodes_lazily, open_signal, read_audio
 from .errors import AudioDecodeError, BuildError
-from .features import transform_from_json
+from .features import MelSpectrogram, transform_from_json
 from .stats import RunningStats
 
 __all__: list[str] = []  # the build's machinery; the public entry point is memstore.build.build_store
@@ -224,6 +224,20 @@ def _sync_file_range():
     return call
 
 
+def warm_up() -> None:
+    """A new worker's first job: the features' imports and numba kernels, loaded before its first task.
+
+    Measured in a spawned worker: importing this module takes 0.3 s and the
+    first file another 0.2 s (numba loads its cached kernels and its own
+    registries). Queued right behind the pool's start-up
+    (:class:`~memstore._workers.WorkerPool`'s ``warm``), this runs while the
+    building process scans and plans the folder, when the worker would
+    otherwise wait for its first task. Zeros at 8 kHz: the kernels' argument
+    types are the same for every transform and rate.
+    """
+    MelSpectrogram(sample_rate=8000)(np.zeros(4096, np.float32), 8000)
+
+
 def tasks(files, pending, root, new, task_seconds: float):
     """Group the files still to do into tasks of about ``task_seconds`` of audio each (small files batched).
 
@@ -263,7 +277,7 @@ def local_executor(workers: int | None, executor):
         yield executor
         return
     try:
-        pool = WorkerPool(n_workers - 1, with_parent=True)
+        pool = WorkerPool(n_workers - 1, with_parent=True, warm=warm_up)
     except cf.process.BrokenProcessPool as err:
         raise BuildError(f"a worker process died while starting ({err}); nothing was written. If the "
                          f"script has no main guard: {GUARD_ADVICE}; otherwise run the same build again") from err

@@ -278,6 +278,19 @@ def test_the_builds_own_pool_is_shut_down_after_it_and_killed_when_it_fails():
     assert _gone(pids)
 
 
+def _kernels_loaded() -> list[int]:
+    from memstore import spectral
+
+    return [len(kernel.signatures) for kernel in (spectral._frame_window, spectral._mel_project)]
+
+
+@pytest.mark.skipif(os.environ.get("MEMSTORE_DISABLE_JIT") == "1", reason="no kernels to load: they run as Python")
+def test_the_builds_own_workers_load_the_feature_kernels_before_their_first_task():
+    """Queued behind the start-up, so it runs while the building process plans; one worker runs tasks in order."""
+    with extract.local_executor(2, None) as pool:
+        assert pool.submit(_kernels_loaded).result() == [1, 1]
+
+
 def _short_clips(root: Path, n: int, name: str, rate: int = 8000) -> None:
     """``n`` mono clips of 3 s in two class folders, named ``name.format(k)``."""
     for k in range(n):
@@ -364,6 +377,9 @@ def test_a_small_build_does_not_wait_for_workers_it_would_not_need(tmp_path, mon
     monkeypatch.setattr(extract, "IN_FLIGHT_PER_WORKER", 1)
     monkeypatch.setattr(build, "TASK_AUDIO_SECONDS", 3.0)
     monkeypatch.setattr(WorkerPool, "started", lambda self: True)  # as if up already: the pool gets tasks
+    # and keeps them: this build is over before the worker has even imported memstore, so this process
+    # would otherwise take back the task queued for it (see the test above)
+    monkeypatch.setattr(extract, "_take_back", lambda running, submitted, task_seconds: None)
     build.build_store(tmp_path / "audio", tmp_path / "t.h5", workers=2, progress=False)
     assert len(mine) < 6
 
