@@ -187,9 +187,15 @@ class WorkerPool(cf.ProcessPoolExecutor):
 
     All workers are started at once (a spawn-context pool would start one per
     waiting task), from the calling thread, which must outlive the pool.
+    ``warm``, a picklable function, is queued right behind the start-up
+    tasks, once per worker: its first real task then finds its imports done
+    (a build's pool loads its feature kernels while the building process
+    still scans the folder). It is only a head start: what it returns, or
+    raises, is never looked at, and which worker runs which copy is up to the
+    pool.
     """
 
-    def __init__(self, n_workers: int, *, with_parent: bool = False):
+    def __init__(self, n_workers: int, *, with_parent: bool = False, warm=None):
         super().__init__(n_workers, mp_context=multiprocessing.get_context("spawn"),
                          initializer=_init_worker, initargs=(os.getpid(),))
         #: how many processes the pool started
@@ -198,6 +204,9 @@ class WorkerPool(cf.ProcessPoolExecutor):
         self.with_parent = with_parent
         try:
             self._startup = [self.submit(os.getpid) for _ in range(n_workers)]
+            if warm is not None:
+                for _ in range(n_workers):
+                    self.submit(warm)
         except BaseException:
             # A worker that dies while the next one starts breaks the pool before the new one is known
             # to the executor's manager thread, which then waits for it forever (seen in CI): kill all.

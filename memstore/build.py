@@ -12,9 +12,9 @@ This module is the orchestration; each step has its own room.
    write. The whole build holds the lock ``<store>.lock``: one writer per store.
 3. **Extract** (:mod:`memstore.extract`) in this process and worker processes (spawn-safe, or any
    ``concurrent.futures.Executor``). Each worker writes its files' rows at
-   the planned offsets through its own ``np.memmap`` (one per task of several
-   files; the plan's header facts travel with the task, so no header is read
-   twice) and returns their crc32 and per-bin statistics; the parent merges
+   the planned offsets with ``pwrite`` (tasks of several files; the plan's
+   header facts travel with the task, so no header is read twice), starts
+   their write-back, and returns their crc32 and per-bin statistics; the parent merges
    the statistics (Chan et al.) in file order as files finish, so the bytes
    never depend on the workers, and sets a per-file done flag, also through a
    memory map and, like the rows, without ``msync``. HDF5 metadata never

@@ -88,8 +88,12 @@ class RunningStats:
         the workers share the cores.
         """
         m2 = self.m2
-        if m2.ndim == 2 and m2.tobytes() == np.ascontiguousarray(m2.T).tobytes():
-            return self.count, self.mean, None, m2[_upper(len(m2))]
+        if m2.ndim == 2:
+            upper, lower = _triangles(len(m2))
+            flat = m2.reshape(-1)
+            triangle = flat[upper]
+            if triangle.tobytes() == flat[lower].tobytes():  # m2 equals its transpose, byte for byte
+                return self.count, self.mean, None, triangle
         return self.count, self.mean, m2
 
     @classmethod
@@ -98,11 +102,12 @@ class RunningStats:
         if len(t) == 3:
             return cls(*t)
         count, mean, _, triangle = t
-        m2 = np.empty((len(mean), len(mean)), dtype=triangle.dtype)
-        upper = _upper(len(mean))
+        n = len(mean)
+        upper, lower = _triangles(n)
+        m2 = np.empty(n * n, dtype=triangle.dtype)
         m2[upper] = triangle
-        m2.T[upper] = triangle
-        return cls(count, mean, m2)
+        m2[lower] = triangle
+        return cls(count, mean, m2.reshape(n, n))
 
 
 def merge(a: RunningStats | None, b: RunningStats | None) -> RunningStats | None:
@@ -115,8 +120,15 @@ def merge(a: RunningStats | None, b: RunningStats | None) -> RunningStats | None
 
 
 @functools.lru_cache(maxsize=8)
-def _upper(n: int) -> tuple[np.ndarray, np.ndarray]:
-    return np.triu_indices(n)
+def _triangles(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Flat positions in an ``(n, n)`` matrix of its upper triangle (row by row) and of their mirror images.
+
+    Flat positions, not ``np.triu_indices``'s pair of arrays: gathering and
+    scattering with one index array is about 3x faster, and the building
+    process unpacks one matrix per file while it extracts files itself.
+    """
+    rows, cols = np.triu_indices(n)
+    return rows * n + cols, cols * n + rows
 
 
 def starts(counts) -> np.ndarray:

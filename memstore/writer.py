@@ -8,9 +8,10 @@ A :class:`StoreWriter` owns ``<store>.partial`` from the lock to the rename:
    reserved (``posix_fallocate``): a full disk is a :class:`BuildError` here,
    never a SIGBUS in a mapped write. A partial file of the same plan (same
    fingerprint) is resumed instead.
-3. **Rows** go in at their planned offsets through a memory map, from this
-   process or from workers that map :attr:`~StoreWriter.partial` themselves;
-   per-file done flags and checksums are mapped too, so HDF5 metadata never
+3. **Rows** go in at their planned offsets through a memory map (:meth:`~StoreWriter.write`),
+   or from a build's tasks that write :attr:`~StoreWriter.partial` themselves
+   (``pwrite``, :mod:`memstore.extract`);
+   per-file done flags and checksums are mapped, so HDF5 metadata never
    changes while rows are written, and a resumed build reads them back.
 4. **Compact** (optional): files that failed are dropped.
 5. **Finalise**: index, statistics and report; mark complete, validate,
@@ -112,7 +113,7 @@ class StoreWriter:
     Attributes
     ----------
     partial : Path
-        The partial file; worker processes map it to write rows themselves.
+        The partial file; a build's tasks (in workers too) write rows into it themselves.
     data_offset : int
         Byte offset of the feature matrix in :attr:`partial`.
     done, checksum : np.memmap [shape=(n_build,)]

@@ -161,6 +161,66 @@ def test_a_task_writes_each_file_at_its_planned_rows_and_returns_its_checksum_an
         assert _same_packed(packed, _old_packed(_old_file_stats(want)))
 
 
+def _cachestat(path: Path, offset: int, nbytes: int) -> dict[str, int] | None:
+    """Linux's ``cachestat`` (6.5+) of a byte range: its pages cached, dirty, under write-back; None without it."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    rng = (ctypes.c_uint64 * 2)(offset, nbytes)
+    out = (ctypes.c_uint64 * 5)()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if libc.syscall(ctypes.c_long(451), fd, rng, out, ctypes.c_uint(0)) != 0:  # 451: cachestat, every arch
+            return None
+    finally:
+        os.close(fd)
+    return dict(zip(("cached", "dirty", "writeback", "evicted", "recently_evicted"), out, strict=True))
+
+
+@pytest.mark.skipif(not os.uname().sysname == "Linux", reason="sync_file_range and cachestat are Linux's")
+def test_a_task_starts_the_write_back_of_its_rows_so_the_final_fsync_finds_them_written(tmp_path):
+    """The rows a task wrote are no longer dirty when it returns: the kernel is writing (or has written) them."""
+    rng = np.random.default_rng(4)
+    mel = MelSpectrogram(n_mels=64, n_fft=256, hop=64, sample_rate=8000)
+    items, row = [], 0
+    for k in range(6):
+        write_wav(tmp_path / f"{k}.wav", rng.uniform(-0.5, 0.5, 40000), 8000)
+        info = audio_info(tmp_path / f"{k}.wav")
+        items.append((k, os.fsdecode(tmp_path / f"{k}.wav"), row, mel.n_frames(info.n_samples), info.n_samples, 8000))
+        row += items[-1][3]
+    data = tmp_path / "rows.bin"
+    lead = 4096  # the features start past a header, as in a store
+    with open(data, "wb") as f:
+        f.truncate(lead + row * mel.n_bins * 4)
+    if _cachestat(data, 0, 4096) is None:
+        pytest.skip("no cachestat system call (Linux 6.5+) to look at the page cache with")
+    fd = os.open(data, os.O_WRONLY)
+    try:  # a plain write leaves its pages dirty until the kernel gets to them (30 s) or an fsync
+        os.pwrite(fd, np.ones((row, mel.n_bins), np.float32), lead)
+    finally:
+        os.close(fd)
+    assert _cachestat(data, lead, row * mel.n_bins * 4)["dirty"] > 40  # 6 files x 622 x 64 x 4 bytes: 234 pages
+    results = extract.extract_task(os.fsdecode(data), lead, mel.n_bins, "float32", mel.to_json(), 8000, items)
+    assert [r[0] for r in results if r[1] is not None] == list(range(6))
+    state = _cachestat(data, lead, row * mel.n_bins * 4)
+    assert state["dirty"] == 0, state
+    stored = np.fromfile(data, np.float32, offset=lead).reshape(row, mel.n_bins)
+    for _, path, first, n, _, _ in items:
+        assert stored[first:first + n].tobytes() == mel(*read_audio(path, sample_rate=8000)).tobytes()
+
+
+def test_files_extracted_in_this_process_keep_their_statistics_unpacked(tmp_path, monkeypatch):
+    """Packing is for the trip from a worker: a workers=1 build neither packs nor unpacks (40 us per file)."""
+    _short_clips(tmp_path / "audio", 6, "{}.wav")
+    trips = []
+    pack, unpack = RunningStats.packed, RunningStats.unpacked.__func__
+    monkeypatch.setattr(RunningStats, "packed", lambda self: trips.append("packed") or pack(self))
+    monkeypatch.setattr(RunningStats, "unpacked",
+                        classmethod(lambda cls, t: trips.append("unpacked") or unpack(cls, t)))
+    report = build.build_store(tmp_path / "audio", tmp_path / "s.h5", workers=1, progress=False)
+    assert report.stored == 6 and trips == []
+
+
 def test_tasks_hold_about_task_seconds_of_audio_and_the_plans_facts():
     new = np.zeros(5, dtype=[("offset", "<i8"), ("n_frames", "<i8"), ("n_samples", "<i8"), ("source_rate", "<i8")])
     new["n_frames"] = [10, 20, 30, 40, 50]
@@ -218,6 +278,19 @@ def test_the_builds_own_pool_is_shut_down_after_it_and_killed_when_it_fails():
     assert _gone(pids)
 
 
+def _kernels_loaded() -> list[int]:
+    from memstore import spectral
+
+    return [len(kernel.signatures) for kernel in (spectral._frame_window, spectral._mel_project)]
+
+
+@pytest.mark.skipif(os.environ.get("MEMSTORE_DISABLE_JIT") == "1", reason="no kernels to load: they run as Python")
+def test_the_builds_own_workers_load_the_feature_kernels_before_their_first_task():
+    """Queued behind the start-up, so it runs while the building process plans; one worker runs tasks in order."""
+    with extract.local_executor(2, None) as pool:
+        assert pool.submit(_kernels_loaded).result() == [1, 1]
+
+
 def _short_clips(root: Path, n: int, name: str, rate: int = 8000) -> None:
     """``n`` mono clips of 3 s in two class folders, named ``name.format(k)``."""
     for k in range(n):
@@ -263,6 +336,24 @@ def test_with_workers_this_process_extracts_too_but_never_a_long_file(tmp_path, 
             assert np.array_equal(two.index["checksum"], one.index["checksum"])
 
 
+def test_when_every_task_is_handed_out_this_process_takes_back_the_ones_still_queued(tmp_path, monkeypatch):
+    """Instead of waiting for a worker to work through its queue, this process runs what no worker has taken yet."""
+    _short_clips(tmp_path / "audio", 16, "{:02d}.wav")
+    mine = _files_this_process_extracts(monkeypatch)
+    monkeypatch.setattr(extract, "POOL_MIN_AUDIO_SECONDS", 0.0)
+    monkeypatch.setattr(extract, "IN_FLIGHT_PER_WORKER", 8)  # every task fits in the worker's queue
+    monkeypatch.setattr(build, "TASK_AUDIO_SECONDS", 6.0)  # 8 tasks of two clips
+    monkeypatch.setattr(WorkerPool, "started", lambda self: True)  # so each one goes to the pool first
+    build.build_store(tmp_path / "audio", tmp_path / "two.h5", workers=2, progress=False)
+    # the worker, still importing, has taken at most one task and the pool's call queue holds one more
+    assert len(mine) >= 8 and len(mine) % 2 == 0, mine
+    monkeypatch.undo()
+    build.build_store(tmp_path / "audio", tmp_path / "one.h5", workers=1, progress=False)
+    with open_store(tmp_path / "two.h5") as two, open_store(tmp_path / "one.h5") as one:
+        assert np.array_equal(two.features[:], one.features[:])
+        assert np.array_equal(two.index["checksum"], one.index["checksum"])
+
+
 def test_a_small_build_does_not_wait_for_workers_it_would_not_need(tmp_path, monkeypatch):
     """Below POOL_MIN_AUDIO_SECONDS this process extracts everything and the pool, still starting, is stopped."""
     _short_clips(tmp_path / "audio", 6, "{}.wav")
@@ -286,6 +377,9 @@ def test_a_small_build_does_not_wait_for_workers_it_would_not_need(tmp_path, mon
     monkeypatch.setattr(extract, "IN_FLIGHT_PER_WORKER", 1)
     monkeypatch.setattr(build, "TASK_AUDIO_SECONDS", 3.0)
     monkeypatch.setattr(WorkerPool, "started", lambda self: True)  # as if up already: the pool gets tasks
+    # and keeps them: this build is over before the worker has even imported memstore, so this process
+    # would otherwise take back the task queued for it (see the test above)
+    monkeypatch.setattr(extract, "_take_back", lambda running, submitted, task_seconds: None)
     build.build_store(tmp_path / "audio", tmp_path / "t.h5", workers=2, progress=False)
     assert len(mine) < 6
 

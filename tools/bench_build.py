@@ -27,7 +27,10 @@ ratios taken within one repetition matter most on a shared machine. With
 channels, ``librosa.feature.melspectrogram``, ``np.tofile``). It also prints
 the CPU seconds (user + system) of the ``workers=1`` and ``workers=2``
 builds, workers included: what a second core adds, which the wall clock of a
-shared machine hides when another process holds that core. Unless
+shared machine hides when another process holds that core; and, per
+repetition, how many cores *other* processes kept busy during each measure
+(the machine's busy time in ``/proc/stat`` minus this process tree's): a
+``workers=2`` figure taken while they used most of a core says little. Unless
 ``--skip-rss``, it then measures the peak RSS of a build (parent and
 workers) of a folder holding one two-hour WAV file.
 """
@@ -72,13 +75,13 @@ def make_irmas_folder(root: Path, n_files: int, seed: int = 7) -> Path:
     return root
 
 
-def in_process(root: Path) -> float:
-    """Seconds to read and compute the features of every file, in this process, nothing else."""
+def in_process(root: Path, limit: int | None = None) -> float:
+    """Seconds to read and compute the features of every file (or the first ``limit``) in this process, nothing else."""
     from memstore.audio import read_audio
     from memstore.features import MelSpectrogram
 
     mel = MelSpectrogram(sample_rate=RATE)
-    paths = sorted(root.rglob("*.wav"))
+    paths = sorted(root.rglob("*.wav"))[:limit]
     t = time.perf_counter()
     for p in paths:
         samples, rate = read_audio(p, sample_rate=RATE)
@@ -93,6 +96,35 @@ CPU: dict[str, list[float]] = {}
 def _cpu_seconds() -> float:
     me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def _busy_seconds() -> float | None:
+    """CPU seconds the whole machine has been busy since boot (Linux ``/proc/stat``: all but idle and iowait)."""
+    try:
+        with open("/proc/stat") as f:
+            ticks = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+
+
+#: cores other processes kept busy during each measure, per repetition (``None`` where it cannot be told)
+OTHERS: dict[str, list[float]] = {}
+
+
+def measured(name: str, step) -> float:
+    """Run ``step`` (it returns wall seconds); note in :data:`OTHERS` how many cores other processes used meanwhile.
+
+    The machine's busy CPU time minus this process's and its reaped
+    children's. A build on the warm pool is left out: its workers stay alive,
+    so their CPU time cannot be told from other processes'.
+    """
+    busy, own = _busy_seconds(), _cpu_seconds()
+    took = step()
+    after = _busy_seconds()
+    if busy is not None and after is not None and name != "build 2 warm workers":
+        OTHERS.setdefault(name, []).append(max(0.0, (after - busy) - (_cpu_seconds() - own)) / took)
+    return took
 
 
 def build(root: Path, store: Path, workers: int, pool=None) -> float:
@@ -203,6 +235,7 @@ def main(argv=None) -> int:  # noqa: PLR0915 - one script, top to bottom
           f"{time.perf_counter() - t:.0f} s; {os.cpu_count()} cores")
     pool = warm_pool(2)  # started and warmed once: the steady state without the start-up of two interpreters
     build(root, work / "warm.h5", 2, pool)
+    in_process(root, limit=2)  # this process's own kernels loaded too (0.2 s), before any measure
     names = ["in-process read+features", "build workers=1", "build workers=2", "build 2 warm workers"] + (
         ["tutorial loop"] if args.tutorial else [])
     rates: dict[str, list[float]] = {k: [] for k in names}
@@ -216,14 +249,16 @@ def main(argv=None) -> int:  # noqa: PLR0915 - one script, top to bottom
             "tutorial loop": lambda: tutorial_baseline(root, work / "legacy"),
         }
         order = names[rep % len(names):] + names[:rep % len(names)]  # rotate: no measure always runs first
-        got = {k: audio_s / steps[k]() for k in order}
+        got = {k: audio_s / measured(k, steps[k]) for k in order}
         for k in names:
             rates[k].append(got[k])
         w2_w1.append(got["build workers=2"] / got["build workers=1"])
         w2_ideal.append(got["build workers=2"] / (2 * got["in-process read+features"]))
         warm_w1.append(got["build 2 warm workers"] / got["build workers=1"])
         warm_ideal.append(got["build 2 warm workers"] / (2 * got["in-process read+features"]))
-        print(f"rep {rep + 1}: " + ", ".join(f"{k} {got[k]:.0f}" for k in names) + " audio s/s")
+        print(f"rep {rep + 1}: " + ", ".join(f"{k} {got[k]:.0f}" for k in names) + " audio s/s; cores other "
+              "processes used: " + ", ".join(f"{k.removeprefix('build ')} {OTHERS[k][-1]:.2f}" for k in names
+                                             if k in OTHERS))
     print(f"{'median of ' + str(args.reps):28} {'audio s / s':>12}")
     for k in names:
         print(f"{k:28} {statistics.median(rates[k]):12.0f}")
@@ -231,6 +266,11 @@ def main(argv=None) -> int:  # noqa: PLR0915 - one script, top to bottom
     print(f"workers=2 / (2 x in-process):       {statistics.median(w2_ideal):.2f}    (target >= 0.8)")
     print(f"2 warm workers / workers=1:         {statistics.median(warm_w1):.2f}x")
     print(f"2 warm workers / (2 x in-process):  {statistics.median(warm_ideal):.2f}")
+    if OTHERS:
+        busiest = max(max(v) for v in OTHERS.values())
+        print("cores other processes used during the measures, median (max): "
+              + ", ".join(f"{k} {statistics.median(v):.2f} ({max(v):.2f})" for k, v in OTHERS.items())
+              + ("; the machine was shared: w2/w1 understates what two free cores give" if busiest > 0.2 else ""))
     cpu1, cpu2 = statistics.median(CPU["workers=1"]), statistics.median(CPU["workers=2"])
     print(f"CPU seconds per build (user + system, this process and its workers): workers=1 {cpu1:.2f}, "
           f"workers=2 {cpu2:.2f}; workers=1 / workers=2 {cpu1 / cpu2:.2f} (1.0: the second process costs no CPU "
