@@ -177,6 +177,18 @@ def _cachestat(path: Path, offset: int, nbytes: int) -> dict[str, int] | None:
     return dict(zip(("cached", "dirty", "writeback", "evicted", "recently_evicted"), out, strict=True))
 
 
+def _fs_type(path: Path) -> str:
+    """The type of the file system ``path`` is on (``/proc/self/mounts``: the longest mount point above it)."""
+    best, kind = "", ""
+    with open("/proc/self/mounts") as f:
+        for line in f:
+            point, fstype = line.split()[1:3]
+            point = point.replace("\\040", " ")
+            if str(path).startswith(point.rstrip("/") + "/") and len(point) > len(best):
+                best, kind = point, fstype
+    return kind
+
+
 @pytest.mark.skipif(not os.uname().sysname == "Linux", reason="sync_file_range and cachestat are Linux's")
 def test_a_task_starts_the_write_back_of_its_rows_so_the_final_fsync_finds_them_written(tmp_path):
     """The rows a task wrote are no longer dirty when it returns: the kernel is writing (or has written) them."""
@@ -199,7 +211,10 @@ def test_a_task_starts_the_write_back_of_its_rows_so_the_final_fsync_finds_them_
         os.pwrite(fd, np.ones((row, mel.n_bins), np.float32), lead)
     finally:
         os.close(fd)
-    assert _cachestat(data, lead, row * mel.n_bins * 4)["dirty"] > 40  # 6 files x 622 x 64 x 4 bytes: 234 pages
+    if _fs_type(data) in ("tmpfs", "ramfs"):
+        pytest.skip(f"{tmp_path} is in memory: its pages are never written back")
+    if _cachestat(data, lead, row * mel.n_bins * 4)["dirty"] <= 40:  # 6 files x 622 x 64 x 4 bytes: 234 pages
+        pytest.skip("the kernel wrote a plain write's pages back at once (memory pressure): nothing to tell apart")
     results = extract.extract_task(os.fsdecode(data), lead, mel.n_bins, "float32", mel.to_json(), 8000, items)
     assert [r[0] for r in results if r[1] is not None] == list(range(6))
     state = _cachestat(data, lead, row * mel.n_bins * 4)
