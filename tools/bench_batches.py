@@ -52,6 +52,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from make_big_store import make_big_store  # noqa: E402
+from pagecache import huge_mapped_share  # noqa: E402
 
 import memstore as ms  # noqa: E402
 
@@ -256,6 +257,10 @@ def main(argv=None) -> int:
     span = f"{args.epochs} epoch(s)" if args.epochs else f"{args.batches} batches"
     print(f"store {store_path.stat().st_size / 1e9:.2f} GB, {len(bf)} blocks of {T}x{store.n_bins} float32, "
           f"batch {B}, warm cache, {span} per run, median of {args.reps}; {os.cpu_count()} cores")
+    share = huge_mapped_share(store_path)
+    if share is not None:
+        print(f"the store's page cache maps {share:.0%} in 2 MB pages (after the runs; the in-memory rates depend on "
+              "it, docs/performance.md)")
     print(f"{'':38} {'blocks/s':>12} {'memstore is':>12}")
     for k, v in med.items():
         print(f"{k:38} {v:12,.0f} {ours / v:11.2f}x")

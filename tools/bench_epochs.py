@@ -70,6 +70,7 @@ def main(argv=None) -> int:
             p.error(f"--tree {tree}: no memstore package there")
 
     from make_big_store import make_big_store
+    from pagecache import huge_mapped_share
 
     Path(args.dir).mkdir(parents=True, exist_ok=True)
     store = Path(args.dir) / f"epochs-{args.size}.h5"
@@ -93,10 +94,13 @@ def main(argv=None) -> int:
                 sys.stderr.write(out.stderr)
                 return out.returncode
             results[k].append(json.loads(out.stdout.strip().splitlines()[-1]))
+    share = huge_mapped_share(store)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"{store} ({store.stat().st_size / 1e9:.2f} GB), warm, batch 64 of 128x96, step 50, limit {args.limit}; "
           f"{args.reps} fresh processes per tree, trees alternating; load {load:.1f} at the end, "
-          f"{time.strftime('%H:%M UTC', time.gmtime())}")
+          f"{time.strftime('%H:%M UTC', time.gmtime())}"
+          + ("" if share is None else f"; its page cache maps {share:.0%} in 2 MB pages (the in-memory rate "
+                                      "depends on it)"))
     for rows in results:
         ratio = statistics.median(r["ooc"] / r["mem"] for r in rows)
         print(f"  {rows[0]['memstore']}: out of core {statistics.median(r['ooc'] for r in rows):,.0f} blocks/s, "
