@@ -378,15 +378,21 @@ def _extract_on_executor(pool, n_workers, args, run, record, partial, task_secon
     as it would a larger build.
     """
     running: set = set()
-    submitted: dict = {}  # future -> its items, in the order they were submitted (for _take_back)
+    submitted: dict = {}  # future -> its items, in the order they were submitted, until taken (for _take_back)
     with_parent = isinstance(pool, WorkerPool) and pool.with_parent
     cap = IN_FLIGHT_PER_WORKER * (pool.n_workers if with_parent else n_workers)
+
+    def settle(finished: set) -> None:
+        for fut in finished:  # a finished future holds its result (statistics): not kept once recorded
+            submitted.pop(fut, None)
+        _take_results(pool, finished, running, record)
+
     try:
         for items in run:
             if with_parent:
                 finished = {fut for fut in running if fut.done()}
                 running -= finished
-                _take_results(pool, finished, running, record)
+                settle(finished)
                 if (len(running) >= cap or not pool.started()) and _parent_takes(items, task_seconds):
                     record(extract_task(*args, items, packed=False))
                     continue
@@ -396,14 +402,14 @@ def _extract_on_executor(pool, n_workers, args, run, record, partial, task_secon
                 submitted[fut] = items
             if len(running) > cap or (len(running) == cap and not with_parent):
                 finished, running = wait_any(pool, running)
-                _take_results(pool, finished, running, record)
+                settle(finished)
         while running:
             items = _take_back(running, submitted, task_seconds) if with_parent else None
             if items is not None:
                 record(extract_task(*args, items, packed=False))
                 continue
             finished, running = wait_any(pool, running)
-            _take_results(pool, finished, running, record)
+            settle(finished)
         if with_parent:
             # a small build may be done before the pool has started; a worker that could not start (a
             # script without a main guard, run again in it) must still fail it, whatever the folder's size
