@@ -291,11 +291,10 @@ class _Exact:
         np.minimum.at(tail, run[self.mask], start[self.mask])
         self._run, self._start, self._stop, self._mask = run.tolist(), start.tolist(), stop.tolist(), self.mask.tolist()
         self._tail_end, self._advised = run_end.tolist(), tail.tolist()
-        self._first = np.r_[0, np.cumsum([len(w.row_start) for w in windows])].tolist()
 
-    def advise(self, j: int) -> None:
-        """Window ``j`` is about to be read: for each of its pages, advise its run's marked stretch ahead."""
-        for p in range(self._first[j], self._first[j + 1]):
+    def advise(self, lo: int, hi: int) -> None:
+        """Pages ``lo:hi`` (a window, in read order) are about to be read: for each, advise its run's marked stretch."""
+        for p in range(lo, hi):
             r = self._run[p]
             # before a read with the readahead: the whole margin. Before one without: a few pages' worth -- the
             # first pages of a lane are small, so the first window is not queued behind 16 margins of advice
@@ -355,7 +354,7 @@ class _WindowSource:
             raise StopIteration
         lo, hi = self._first[self._j], self._first[self._j + 1]
         if self._exact is not None:  # advise what the readahead will not read, before any page is read
-            self._exact.advise(self._j)
+            self._exact.advise(lo, hi)
         _read_window(self._fds[lo:hi], self._reads, lo, w, self._flat[slot])
         self._j += 1
         return w, slot
