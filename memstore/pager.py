@@ -204,8 +204,10 @@ def served_rows(block_row, block_valid) -> tuple[np.ndarray, np.ndarray]:
     a, b = a[keep], b[keep]
     if not len(a):
         return a, b
-    order = np.argsort(a, kind="stable")
-    a, b = a[order], np.maximum.accumulate(b[order])
+    if np.any(a[1:] < a[:-1]):  # a split's blocks come sorted by row (paging needs them so): no sort then
+        order = np.argsort(a, kind="stable")
+        a, b = a[order], b[order]
+    b = np.maximum.accumulate(b)
     new = np.r_[True, a[1:] > b[:-1]]
     return a[new], b[np.r_[np.flatnonzero(new)[1:] - 1, len(a) - 1]]
 
