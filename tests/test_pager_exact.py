@@ -57,6 +57,8 @@ def served(lengths, t, step, keep_every):
 @given(lengths=st.lists(st.integers(1, 600), min_size=2, max_size=60), t=st.integers(1, 64),
        step=st.integers(1, 80), extra=st.integers(0, 1500), seed=st.integers(0, 3), keep_every=st.integers(1, 4),
        shuffle=st.booleans(), margin_rows=st.integers(1, 3000))
+# found by hypothesis: three pages of one 16-row file overlapping by 12 rows, all within the margin of its end
+@example(lengths=[16, 16, 1], t=13, step=1, extra=0, seed=0, keep_every=2, shuffle=True, margin_rows=3)
 def test_an_unsharded_reader_keeps_the_readahead_but_before_holes_between_lanes(lengths, t, step, extra, seed,
                                                                                 keep_every, shuffle, margin_rows):
     rows, valid, n_rows = served(lengths, t, step, keep_every)
@@ -78,7 +80,9 @@ def test_an_unsharded_reader_keeps_the_readahead_but_before_holes_between_lanes(
         reaches = np.any((long_hi > stop[p]) & (long_lo < stop[p] + 2 * margin))
         assert reaches or stop[p] + 2 * margin > end, p
     n_lanes = max(len(w.row_start) for w in ws)
-    assert (stop - start)[mask].sum() <= (n_lanes + 1) * (2 * margin + (stop - start).max())
+    # the bytes read without the readahead: the marked pages' union (with step < t, pages of one file overlap,
+    # and a sum of their sizes counts the same bytes several times)
+    assert covered(start[mask], stop[mask], 0, end).sum() <= (n_lanes + 1) * (2 * margin + (stop - start).max())
     # more than TRAILER bytes after its last page (held-out files, the index): the end is read exactly
     far = exact_pages(ws, offset=0, row_bytes=ROW, margin=margin, gap=GAP, file_size=end + TRAILER + 1)
     assert far[np.argmax(stop)] and np.all(far[end - stop < margin]) and np.all(far[mask])
