@@ -26,9 +26,13 @@ would, and for each lane count runs ``--reps`` rounds, every step after
 
 It prints, per lane count, the median of each measure's feature bytes per
 second over the sequential read's (issue 12's cold target is 0.85 for the
-whole epoch), and the batches' class mixing: distinct classes per batch of 64
-over the same figure for a global shuffle of the same blocks (target 0.8).
-Only ratios of neighbouring runs mean anything on a disk its host caches.
+whole epoch), the mean size of the requests the block device served during
+the reader-alone reads and during the sequential read (Linux
+``/sys/dev/block/<major>:<minor>/stat``; every process's requests count, so
+run it on a quiet machine; ``-`` where it cannot be read), and the batches'
+class mixing: distinct classes per batch of 64 over the same figure for a
+global shuffle of the same blocks (target 0.8). Only ratios of neighbouring
+runs mean anything on a disk its host caches.
 """
 
 from __future__ import annotations
@@ -63,6 +67,24 @@ def mixing(order: np.ndarray, classes: np.ndarray, batch: int = B, seed: int = 7
     return float(distinct(seq) / distinct(glob))
 
 
+def device_stat(path):
+    """``(requests, sectors)`` read so far by the block device holding ``path``, or None where unknown."""
+    st = os.stat(path)
+    try:
+        with open(f"/sys/dev/block/{os.major(st.st_dev)}:{os.minor(st.st_dev)}/stat") as f:
+            v = f.read().split()
+        return int(v[0]), int(v[2])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def request_kb(before, after) -> float | None:
+    """Mean size in KB of the read requests between two :func:`device_stat` samples."""
+    if before is None or after is None or after[0] <= before[0]:
+        return None
+    return (after[1] - before[1]) * 512 / (after[0] - before[0]) / 1e3
+
+
 def reader_alone(store, windows, window_rows: int) -> float:
     """Seconds to read every window of ``windows`` into the pager's two buffers, and nothing else."""
     from memstore.pager import WindowReader
@@ -86,6 +108,11 @@ def whole_epoch(store, limit, seed: int) -> float:
     took = time.perf_counter() - t
     stream.close()
     return took
+
+
+def _median_kb(values) -> str:
+    known = [v for v in values if v is not None]
+    return f"{statistics.median(known):.0f}" if known else "-"
 
 
 def main(argv=None) -> int:
@@ -135,19 +162,23 @@ def main(argv=None) -> int:
               f"another; limit {args.limit}: windows of {window_rows * store.n_bins * store.dtype.itemsize / 1e6:.1f}"
               f" MB; cold cache, median of {args.reps}; {os.cpu_count()} cores")
         print(f"  {'lanes':>5} {'page KB':>8} {'windows':>7} {'reader alone':>12} {'whole epoch':>11} "
-              f"{'seq MB/s':>8} {'mix':>5}")
+              f"{'seq MB/s':>8} {'req KB':>7} {'seq req KB':>10} {'mix':>5}")
         for n_lanes in lanes:
             page_rows = max(T, window_rows // n_lanes)
-            alone, epoch, seqs, mixes, n_windows = [], [], [], [], 0
+            alone, epoch, seqs, mixes, n_windows, req, seq_req = [], [], [], [], 0, [], []
             for rep in range(args.reps):
                 windows = plan_epoch(probe.block_row, probe.block_valid, window_rows=window_rows, seed=rep, epoch=0,
                                      page_rows=page_rows)
                 n_windows = len(windows)
                 mixes.append(mixing(np.concatenate([w.blocks for w in windows]), classes))
                 evict(path)
+                d0 = device_stat(path)
                 a = reader_alone(store, windows, window_rows)
+                req.append(request_kb(d0, device_stat(path)))
                 evict(path)
+                d0 = device_stat(path)
                 n, s = sequential_read(path)
+                seq_req.append(request_kb(d0, device_stat(path)))
                 evict(path)
                 order.MIN_PAGES_PER_WINDOW = n_lanes
                 try:
@@ -160,9 +191,11 @@ def main(argv=None) -> int:
                 epoch.append(feature_bytes / e / seq)
             print(f"  {n_lanes:>5} {page_rows * store.n_bins * store.dtype.itemsize / 1e3:8.0f} {n_windows:>7} "
                   f"{statistics.median(alone):12.2f} {statistics.median(epoch):11.2f} "
-                  f"{statistics.median(seqs):8.0f} {statistics.median(mixes):5.2f}")
+                  f"{statistics.median(seqs):8.0f} {_median_kb(req):>7} {_median_kb(seq_req):>10} "
+                  f"{statistics.median(mixes):5.2f}")
         print("  reader alone, whole epoch: feature bytes per second over the sequential read's (target for the "
-              "whole epoch >= 0.85); mix: distinct classes per batch over a global shuffle's (target >= 0.8)")
+              "whole epoch >= 0.85); req KB, seq req KB: mean read request the disk served during the reader alone "
+              "and the sequential read; mix: distinct classes per batch over a global shuffle's (target >= 0.8)")
         store.close()
     finally:
         tmp.cleanup()
