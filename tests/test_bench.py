@@ -92,10 +92,13 @@ def test_bench_lanes_tool_reads_every_plan_and_counts_the_mixing(tmp_path):
     assert mix[16] >= 0.8 and mix[2] < 0.5, out.stdout
     assert all(float(v[3]) > 0 and float(v[4]) > 0 for v in rows.values())  # reader alone, whole epoch
     assert list(tmp_path.iterdir()) == []  # the scratch store is removed
-    for bad in ("16,x", "0", ""):
-        r = subprocess.run([sys.executable, str(tool), "--lanes", bad, "--dir", str(tmp_path)],
+    for flag, bad, says in [("--lanes", "16,x", "--lanes must be"), ("--lanes", "0", "--lanes must be"),
+                            ("--lanes", "", "--lanes must be"), ("--ratio", "0", "--ratio must be positive"),
+                            ("--limit", "12XB", "--limit: memory_limit")]:
+        r = subprocess.run([sys.executable, str(tool), flag, bad, "--dir", str(tmp_path)],
                            capture_output=True, text=True, timeout=60)
-        assert r.returncode == 2 and "--lanes must be" in r.stderr
+        assert r.returncode == 2 and says in r.stderr, (flag, bad, r.stderr)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_lanes_mixing_is_one_for_a_global_shuffle_and_low_for_class_order():

@@ -132,6 +132,8 @@ def main(argv=None) -> int:
         p.error(f"--lanes must be comma-separated positive integers, got {args.lanes!r}")
     if args.reps < 1:
         p.error("--reps must be at least 1")
+    if not args.ratio > 0:
+        p.error("--ratio must be positive")
 
     from make_big_store import make_big_store
 
@@ -142,7 +144,10 @@ def main(argv=None) -> int:
     from memstore.order import plan_epoch
     from memstore.slicer import warm_up
 
-    limit = parse_memory(args.limit)
+    try:
+        limit = parse_memory(args.limit)
+    except ValueError as err:  # memstore's ParameterError is a ValueError
+        p.error(f"--limit: {err}")
     if args.dir is not None:
         Path(args.dir).mkdir(parents=True, exist_ok=True)
     tmp = tempfile.TemporaryDirectory(dir=args.dir)
