@@ -114,3 +114,22 @@ def test_lanes_mixing_is_one_for_a_global_shuffle_and_low_for_class_order():
     assert abs(mixing(shuffled, classes) - 1.0) < 0.05
     assert mixing(np.arange(len(classes)), classes) < 0.2  # 64 blocks of one class, at most two
     assert np.isnan(mixing(np.arange(10), classes))  # fewer blocks than one batch
+
+
+def test_bench_plan_tool_plans_each_size_and_refuses_a_bad_one():
+    """``tools/bench_plan.py`` plans synthetic block tables: a row per size, more windows for a larger store."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tool = Path(__file__).resolve().parents[1] / "tools" / "bench_plan.py"
+    out = subprocess.run([sys.executable, str(tool), "--sizes", "40MB,200MB", "--reps", "1"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    rows = [line.split() for line in out.stdout.splitlines() if line.split() and line.split()[0].endswith("G")]
+    assert len(rows) == 2
+    blocks, windows = [int(r[1]) for r in rows], [int(r[2]) for r in rows]
+    assert blocks[0] < blocks[1] and 0 < windows[0] < windows[1]
+    for flag, bad in [("--sizes", "1x"), ("--limit", "1KB"), ("--reps", "0")]:
+        r = subprocess.run([sys.executable, str(tool), flag, bad], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2 and "error" in r.stderr, (flag, bad, r.stderr)

@@ -1,0 +1,78 @@
+"""How long an out-of-core epoch's plan takes, by store size: the part of the first batch's wait that grows.
+
+    python tools/bench_plan.py [--sizes 1GB,29GB,100GB,300GB] [--limit 16MB] [--reps 3]
+
+Every epoch of an out-of-core ``BatchStream`` starts with
+``memstore.order.plan_epoch``: lanes, pages and windows for the whole epoch,
+then the first window is read. The plan is the one step whose time grows with
+the store, so it sets how large a store can be before the first batch takes
+longer than issue 12's 0.5 s. This tool times it on synthetic block tables
+(no store is written): IRMAS-shaped 3 s clips of 259 rows of 96 float32 bins,
+three blocks of 128 rows per clip (step 50), a window budget of ``--limit``
+with the batch buffers of batch 64 taken out as ``BatchStream`` does. For each
+size it prints the blocks, the windows and the median (and max) seconds of
+``--reps`` plans with different seeds. Only the plan is timed: opening the
+store, building its block table and reading the first window come on top.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import numpy as np
+
+ROWS, BINS, T, STEP, BATCH = 259, 96, 128, 50, 64
+
+
+def block_table(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(block_row, block_valid)`` of a store of about ``size`` feature bytes of 3 s clips."""
+    n_files = max(1, size // (ROWS * BINS * 4))
+    starts = np.arange(0, ROWS - T + 1, STEP, dtype=np.int64)
+    block_row = (np.arange(n_files, dtype=np.int64)[:, None] * ROWS + starts).ravel()
+    return block_row, np.full(len(block_row), T, np.int64)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", default="1GB,29GB,100GB,300GB", help="store sizes, comma-separated")
+    p.add_argument("--limit", default="16MB", help="BatchStream memory_limit (default: 16MB)")
+    p.add_argument("--reps", type=int, default=3, help="plans per size, median reported (default: 3)")
+    args = p.parse_args(argv)
+
+    from memstore import parse_memory
+    from memstore._streamconf import PREFETCH
+    from memstore.order import plan_epoch
+    from memstore.pager import window_budget
+
+    try:
+        sizes = [parse_memory(s) for s in args.sizes.split(",")]
+        limit = parse_memory(args.limit)
+        window_rows = window_budget(limit, row_bytes=BINS * 4, batch_bytes=BATCH * T * BINS * 4,
+                                    n_batch_buffers=PREFETCH + 2, time_context=T)
+    except ValueError as err:  # memstore's ParameterError is a ValueError
+        p.error(str(err))
+    if args.reps < 1:
+        p.error("--reps must be at least 1")
+    print(f"limit {args.limit}: windows of {window_rows * BINS * 4 / 1e6:.1f} MB; 3 s clips, step {STEP}; "
+          f"median of {args.reps}; {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}")
+    print(f"  {'store':>8} {'blocks':>10} {'windows':>8} {'plan s':>7} {'max s':>6}")
+    for size in sizes:
+        block_row, block_valid = block_table(size)
+        took, n_windows = [], 0
+        for rep in range(args.reps):
+            t = time.perf_counter()
+            windows = plan_epoch(block_row, block_valid, window_rows=window_rows, seed=rep, epoch=0)
+            took.append(time.perf_counter() - t)
+            n_windows = len(windows)
+            del windows
+        print(f"  {size / 1e9:7.1f}G {len(block_row):>10} {n_windows:>8} {statistics.median(took):7.2f} "
+              f"{max(took):6.2f}")
+    print("  plan s: seconds of plan_epoch for one epoch (target for the whole wait for the first batch: <= 0.5)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
