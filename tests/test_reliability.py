@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import random
 import shutil
@@ -9,14 +10,16 @@ import signal
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+import traceback
 
 import h5py
 import numpy as np
 import pytest
 import wavs
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from test_build import BUILD_SCRIPT, _children, _cmdline, _done_count, same_store, wait_or_fail
 
@@ -177,14 +180,94 @@ def test_zoo_every_file_stored_or_skipped_with_a_reason(tmp_path):
 
 # --- 3. corrupt stores --------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def fuzz_bytes(demo_store):
-    return demo_store.read_bytes()
+#: a fuzzed store's check gets this long in its child (a clean one takes about a second), then it is stopped
+FUZZ_CHILD_S = 20
+#: the child's exit status when the check raised (0: it passed)
+_RAISED = 3
+
+
+def _check_fuzzed(path, demo_store, changed: bool) -> None:
+    """What every corrupt store must do: fail to open with StoreFormatError, or open, verify and stream."""
+    try:
+        store = open_store(path)
+    except StoreFormatError:
+        return
+    with store:  # it opened: then verify must find any damage, and reading stays in bounds
+        report = verify_store(path)
+        if changed and report.ok:
+            # only bytes outside every checked region changed (e.g. HDF5 free space)
+            assert np.array_equal(np.asarray(store.features), np.asarray(open_store(demo_store).features))
+        stream = BatchStream(store, batch_size=2, split="all", drop_last=False, prefetch=False)
+        for _ in stream:
+            pass
+
+
+def _in_a_child(check, *args, timeout: float = FUZZ_CHILD_S) -> tuple[int, str, str]:
+    """``check(*args)`` in a forked child: ``(wait status, traceback if it raised, faulthandler's dump)``.
+
+    libhdf5 is not safe on every corrupt file: some single flipped bytes of the metadata make it
+    crash (SIGSEGV under ``h5py.AttributeManager.__getitem__``, converting a variable-length string
+    attribute) or loop forever (decoding a global heap object's size), found by this file's fuzz
+    test. In the test process either ended the whole run; in a child, faulthandler writes where it
+    was (a crash, or the timeout's dump before it ends the child) and the parent decides.
+    """
+    with tempfile.TemporaryFile() as dump:
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            code = 0
+            try:
+                os.close(r)
+                faulthandler.enable(file=dump)
+                faulthandler.dump_traceback_later(timeout, exit=True, file=dump)
+                check(*args)
+            except BaseException:  # noqa: BLE001 - handed to the parent
+                code = _RAISED
+                os.write(w, traceback.format_exc()[-8000:].encode(errors="replace"))
+            finally:
+                os._exit(code)
+        os.close(w)
+        with os.fdopen(r, "rb") as f:
+            told = f.read().decode(errors="replace")
+        _, status = os.waitpid(pid, 0)
+        dump.seek(0)
+        return status, told, dump.read().decode(errors="replace")
+
+
+def _in_h5py(dump: str) -> bool:
+    """Whether faulthandler's dump shows the child's innermost Python frame in h5py (libhdf5 below it)."""
+    frames = [line.strip() for line in dump.splitlines() if line.strip().startswith('File "')]
+    return bool(frames) and f"{os.sep}h5py{os.sep}" in frames[0]
+
+
+def _fails_cleanly_or_in_libhdf5(path, demo_store, changed: bool, timeout: float = FUZZ_CHILD_S) -> str:
+    """Run the corrupt-store check in a child; fail on anything but a clean result or libhdf5's own end.
+
+    Returns ``"clean"`` or ``"libhdf5"``. A check that raised, or a child that died or stopped
+    anywhere else (memstore's code, numba kernels, numpy), fails the test with what it said.
+    """
+    status, told, dump = _in_a_child(_check_fuzzed, path, demo_store, changed, timeout=timeout)
+    if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
+        return "clean"
+    if os.WIFEXITED(status) and os.WEXITSTATUS(status) == _RAISED:
+        pytest.fail(f"the check of {path} raised:\n{told}")
+    if _in_h5py(dump):
+        return "libhdf5"
+    pytest.fail(f"the check of {path} ended with wait status {status} outside h5py:\n{dump[-4000:]}")
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
-def test_fuzzed_stores_fail_cleanly(fuzz_bytes, demo_store, tmp_path_factory, data):
+def test_fuzzed_stores_fail_cleanly(demo_store, tmp_path_factory, data):
+    """A corrupt store fails with StoreFormatError, or opens, verifies and streams; never worse in memstore.
+
+    Each check runs in a forked child: a crash or endless loop *inside libhdf5* (see
+    :func:`_in_a_child`; docs/reliability.md) is a limitation of the HDF5 library that memstore
+    cannot catch in its own process, counted as a hypothesis event; anywhere else it fails.
+    """
+    # read here, not taken as a fixture: hypothesis shows a failing call's arguments, and the 2 MB
+    # repr of the store's bytes turned a failure into a FlakyStrategyDefinition error
+    fuzz_bytes = demo_store.read_bytes()
     path = tmp_path_factory.mktemp("fuzz") / "f.h5"
     kind = data.draw(st.sampled_from(["truncate", "flip", "offsets", "attrs"]))
     if kind == "truncate":
@@ -206,18 +289,37 @@ def test_fuzzed_stores_fail_cleanly(fuzz_bytes, demo_store, tmp_path_factory, da
             else:
                 name = data.draw(st.sampled_from(["format_version", "config", "classes", "dtype", "complete"]))
                 f.attrs[name] = data.draw(st.sampled_from(["{}", "x" * 100, "[1,2]", "float64", "2"]))
-    try:
-        store = open_store(path)
-    except StoreFormatError:
-        return
-    with store:  # it opened: then verify must find any damage, and reading stays in bounds
-        report = verify_store(path)
-        if fuzz_bytes != path.read_bytes() and report.ok:
-            # only bytes outside every checked region changed (e.g. HDF5 free space)
-            assert np.array_equal(np.asarray(store.features), np.asarray(open_store(demo_store).features))
-        stream = BatchStream(store, batch_size=2, split="all", drop_last=False, prefetch=False)
-        for _ in stream:
-            pass
+    event(_fails_cleanly_or_in_libhdf5(path, demo_store, fuzz_bytes != path.read_bytes()))
+
+
+@pytest.mark.parametrize("find, delta, mask", [
+    # the class field of the 'config' attribute's variable-length string datatype: SIGSEGV in libhdf5
+    # converting it (hypothesis found it; it took a whole test run down)
+    pytest.param(b"config\x00\x00\x19", 9, 62, id="crash"),
+    # the second byte of a global heap object's size (a path of the paths dataset's heap): an endless
+    # loop in libhdf5 decoding the heap while h5py reads an attribute
+    pytest.param(b"0001__2.wav\x00\x0e\x00", 21, 6, id="endless-loop"),
+])
+def test_a_store_that_breaks_libhdf5_is_told_apart(demo_store, tmp_path, find, delta, mask):
+    """The fuzz test's child and verdict on two bytes that made libhdf5 (h5py 3.16, HDF5 2.0.0) crash or hang.
+
+    The check must come back clean (a libhdf5 that refuses the file) or as libhdf5's end; a check
+    that raises, or a child that dies or is stopped in memstore's own code, fails it.
+    """
+    data = bytearray(demo_store.read_bytes())
+    data[data.index(find) + delta] ^= mask
+    path = tmp_path / "f.h5"
+    path.write_bytes(bytes(data))
+    assert _fails_cleanly_or_in_libhdf5(path, demo_store, True, timeout=10) in ("clean", "libhdf5")
+
+
+def test_the_verdict_reads_the_innermost_frame():
+    """A dump whose innermost frame is in memstore (h5py further out) is not libhdf5's; the other way round it is."""
+    assert not _in_h5py('Current thread 0x1 (most recent call first):\n  File "/x/memstore/slicer.py", line 1 in f\n'
+                        '  File "/x/h5py/_hl/files.py", line 2 in g\n')
+    assert _in_h5py('Timeout (0:00:10)!\nThread 0x1 (most recent call first):\n'
+                    '  File "/x/h5py/_hl/attrs.py", line 77 in __getitem__\n  File "/x/memstore/store.py", line 280\n')
+    assert not _in_h5py("")
 
 
 @settings(max_examples=200, deadline=None)
