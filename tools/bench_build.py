@@ -132,11 +132,14 @@ def two_loops(root: Path) -> float:
 CPU: dict[str, list[float]] = {}
 
 
-def _cpu_seconds(who: str = "both") -> float:
-    """CPU seconds of this process (``self``), of its reaped children (``kids``), or of both."""
-    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    own, theirs = me.ru_utime + me.ru_stime, kids.ru_utime + kids.ru_stime
-    return {"self": own, "kids": theirs}.get(who, own + theirs)
+def _cpu_seconds(own_only: bool = False) -> float:
+    """CPU seconds of this process and its reaped children, or (``own_only``) of this process alone."""
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    own = me.ru_utime + me.ru_stime
+    if own_only:
+        return own
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own + kids.ru_utime + kids.ru_stime
 
 
 def _busy_seconds() -> float | None:
@@ -173,12 +176,12 @@ def build(root: Path, store: Path, workers: int, pool=None) -> float:
     from memstore.build import build_store
 
     store.unlink(missing_ok=True)
-    cpu, own, t = _cpu_seconds(), _cpu_seconds("self"), time.perf_counter()
+    cpu, own, t = _cpu_seconds(), _cpu_seconds(own_only=True), time.perf_counter()
     build_store(root, store, workers=workers, executor=pool, progress=False, resume=False)
     took = time.perf_counter() - t
     if pool is None:
         CPU.setdefault(f"workers={workers}", []).append(_cpu_seconds() - cpu)
-        CPU.setdefault(f"workers={workers}, building process", []).append(_cpu_seconds("self") - own)
+        CPU.setdefault(f"workers={workers}, building process", []).append(_cpu_seconds(own_only=True) - own)
     store.unlink()
     return took
 

@@ -48,9 +48,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-T, B, STEP = 128, 64, 50
-SHAPES = {"long": 5168, "clips": 259}
+from bench_paging import SHAPES, STEP, B, T  # noqa: E402 - the same blocks, batches and stores as bench_paging
 
 
 def mixing(order: np.ndarray, classes: np.ndarray, batch: int = B, seed: int = 7) -> float:

@@ -20,11 +20,17 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
-ROWS, BINS, T, STEP, BATCH = 259, 96, 128, 50, 64
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_paging import SHAPES, STEP, T  # noqa: E402 - the same clips and blocks as bench_paging
+from bench_paging import B as BATCH  # noqa: E402
+
+ROWS, BINS = SHAPES["clips"], 96
 
 
 def block_table(size: int) -> tuple[np.ndarray, np.ndarray]:
