@@ -64,6 +64,7 @@ def main(argv=None) -> int:
         p.error("--reps must be at least 1")
     print(f"limit {args.limit}: windows of {window_rows * BINS * 4 / 1e6:.1f} MB; 3 s clips, step {STEP}; "
           f"median of {args.reps}; {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}")
+    plan_epoch(*block_table(1), window_rows=window_rows, seed=0, epoch=0)  # numba's kernels loaded, not timed
     print(f"  {'store':>8} {'blocks':>10} {'windows':>8} {'plan s':>7} {'max s':>6}")
     for size in sizes:
         block_row, block_valid = block_table(size)
