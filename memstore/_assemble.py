@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .order import Window
+from .order import Window, Windows
 from .pager import WindowReader
 from .prefetch import FLUSH
 from .slicer import BlockGather
@@ -55,7 +55,7 @@ def shape(x: np.ndarray, layout: str) -> np.ndarray:
     return x
 
 
-def produce(job: Job, ws: list[Window], first_batch: int):
+def produce(job: Job, ws: Windows, first_batch: int):
     """Yield (x, y) or (x, y, file) from the windows ``ws`` of an epoch, from batch ``first_batch`` on.
 
     Per batch, the Python steps are few: a batch inside one window (every batch in memory) is one
@@ -66,7 +66,8 @@ def produce(job: Job, ws: list[Window], first_batch: int):
     """
     if job.n_batches == 0 or first_batch >= job.n_batches:
         return
-    cum = np.r_[0, np.cumsum([len(w.blocks) for w in ws])].tolist()  # Python ints: cheap to compare
+    ws = Windows.of(ws)
+    cum = ws.block_at.tolist()  # Python ints: cheap to compare
     total, size_ = cum[-1], job.batch_size
     pos = first_batch * size_
     w_idx = int(np.searchsorted(cum, pos, side="right") - 1)

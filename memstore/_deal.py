@@ -2,7 +2,7 @@
 
 The rule is described in :mod:`memstore.order` ("Dealing to ranks by pages"),
 which exports these functions; they work on positions of an epoch's global
-sequence and on :class:`memstore.order.Window` objects, and are pure.
+sequence and on an epoch's windows (:class:`memstore.order.Windows`), and are pure.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from dataclasses import replace
 
 import numpy as np
 
+from ._window import Window, Windows
 from .errors import ParameterError
 from .stats import starts
 
@@ -81,22 +82,38 @@ def remaining(unserved, world: int, consumed) -> np.ndarray:
     return intervals(np.concatenate(parts) if parts else np.zeros((0, 2), np.int64), int(iv[-1, 1]) if m else 0)
 
 
-def deal_windows(windows: list, shard, unserved=None) -> list:
+def deal_windows(windows, shard, unserved=None) -> Windows:
     """The one sharding rule: the windows' global block sequence dealt to ``shard`` by :func:`deal`.
 
     A rank keeps the windows that hold its positions of ``unserved`` (default: the whole
     sequence), each cut to those blocks and to the pages that hold them: out of core the other
-    pages and windows are never read.
+    pages and windows are never read. ``windows``: :class:`Windows` or a sequence of
+    :class:`Window`. A window the rank serves whole is kept as it is, and runs of such windows
+    as slices: only the windows it shares with other ranks are cut one by one.
     """
+    windows = Windows.of(windows)
     rank, world = shard or (0, 1)
-    sizes = np.array([len(w.blocks) for w in windows], np.int64)
-    bounds = np.r_[0, np.cumsum(sizes)].astype(np.int64)
+    bounds = windows.block_at
     pos = deal(intervals(unserved, int(bounds[-1])), rank, world)
     cut = np.searchsorted(pos, bounds)  # this rank's positions inside window i: pos[cut[i]:cut[i + 1]]
-    return [_cut(w, pos[cut[i]:cut[i + 1]] - bounds[i]) for i, w in enumerate(windows) if cut[i] < cut[i + 1]]
+    mine = np.diff(cut)
+    kept = np.flatnonzero(mine > 0)
+    whole = mine[kept] == np.diff(bounds)[kept]
+    # runs of whole windows next to each other: one slice each; every other kept window on its own
+    new = np.r_[True, ~whole[1:] | ~whole[:-1] | (np.diff(kept) > 1)] if len(kept) else np.zeros(0, bool)
+    heads = np.flatnonzero(new)
+    ends = np.r_[heads[1:], len(kept)] if len(kept) else heads
+    parts = []
+    for h, e in zip(heads.tolist(), ends.tolist(), strict=True):
+        i = int(kept[h])
+        if whole[h]:
+            parts.append(windows[i:int(kept[e - 1]) + 1])
+        else:
+            parts.append(_cut(windows[i], pos[cut[i]:cut[i + 1]] - bounds[i]))
+    return Windows.of(parts)
 
 
-def _cut(w, keep: np.ndarray):
+def _cut(w: Window, keep: np.ndarray) -> Window:
     """Window ``w`` serving only its blocks ``keep``, with only the pages that hold them."""
     blocks, src = w.blocks[keep], w.src_row[keep]
     if not len(w.row_start):  # in memory: one window over the store map, nothing to read

@@ -81,10 +81,11 @@ import numpy as np
 
 from ._deal import deal, deal_windows, intervals, remaining
 from ._jit import njit
+from ._window import Window, Windows
 from .errors import ParameterError
 from .stats import starts
 
-__all__ = ["EpochOrder", "Window", "balance_classes", "balanced_counts", "deal", "deal_windows", "intervals",
+__all__ = ["EpochOrder", "Window", "Windows", "balance_classes", "balanced_counts", "deal", "deal_windows", "intervals",
            "remaining", "plan_pages", "plan_epoch", "shuffle_quality", "order_report", "MIN_PAGES_PER_WINDOW"]
 
 #: separates the balanced draw's random stream from the shuffle's ``(seed, epoch)`` stream
@@ -95,18 +96,6 @@ MIN_PAGES_PER_WINDOW = 16
 FIRST_PAGE_DIVISOR = 16
 #: seeds the global shuffle that :func:`order_report` compares an order with
 _REPORT_TAG = 0x610B
-
-
-@dataclass(frozen=True)
-class Window:
-    """Blocks served from one resident window of an epoch (in memory: the whole store map)."""
-
-    row_start: np.ndarray   # int64 (pages,): absolute store rows read
-    row_stop: np.ndarray
-    buf_start: np.ndarray   # int64 (pages,): where each page lands in the buffer
-    n_rows: int
-    blocks: np.ndarray      # int64: block ids in serving order
-    src_row: np.ndarray     # int64: buffer row where each served block starts
 
 
 @dataclass(frozen=True, eq=False)
@@ -145,7 +134,7 @@ class EpochOrder:
             return None
         return balanced_counts(self.block_class, len(self), seed=self.seed, epoch=epoch)
 
-    def windows(self, epoch: int, shard=None, unserved=None) -> list[Window]:
+    def windows(self, epoch: int, shard=None, unserved=None) -> Windows:
         """The windows of ``epoch`` with the blocks rank ``shard[0]`` serves of ``unserved`` (default: all)."""
         counts = self.counts(epoch)
         if self.window_rows is not None:
@@ -158,13 +147,12 @@ class EpochOrder:
         else:
             order = rng.permutation(n) if self.shuffle else np.arange(n)
         empty = np.zeros(0, np.int64)
-        whole = [Window(empty, empty, empty, 0, order, self.block_row[order])]
+        whole = Windows.of([Window(empty, empty, empty, 0, order, self.block_row[order])])
         return deal_windows(whole, shard, unserved) if shard is not None or unserved is not None else whole
 
     def blocks(self, epoch: int, shard=None, unserved=None) -> np.ndarray:
         """Block ids in the order rank ``shard[0]`` serves them in ``epoch`` (see :meth:`windows`)."""
-        ws = self.windows(epoch, shard, unserved)
-        return np.concatenate([w.blocks for w in ws]) if ws else np.zeros(0, np.int64)
+        return self.windows(epoch, shard, unserved).blocks.copy()
 
     def per_rank(self, world: int = 1, unserved=None) -> int:
         """Blocks each of ``world`` ranks serves of ``unserved`` (default: the whole epoch)."""
@@ -250,7 +238,7 @@ def plan_pages(block_row: np.ndarray, block_valid: np.ndarray, page_rows: int):
 
 
 def plan_epoch(block_row, block_valid, *, window_rows: int, seed: int, epoch: int, shard=None,
-               page_rows: int | None = None, shuffle: bool = True, counts=None, unserved=None) -> list[Window]:
+               page_rows: int | None = None, shuffle: bool = True, counts=None, unserved=None) -> Windows:
     """The windows of one paged epoch (see the module notes); a pure function of its arguments.
 
     Parameters
@@ -298,48 +286,56 @@ def plan_epoch(block_row, block_valid, *, window_rows: int, seed: int, epoch: in
     return out
 
 
-def _windows(first, last, stop, window, served, block_row, counts, rng) -> list[Window]:
-    """The :class:`Window` objects of an epoch, from its pages, all at once.
+def _windows(first, last, stop, window, served, block_row, counts, rng) -> Windows:
+    """The epoch's :class:`Windows`, from its pages, in whole-epoch array steps.
 
     Page ``i`` serves the blocks ``served[first[i]:last[i]]`` (row-sorted) and is read up to row
     ``stop[i]``; it belongs to window ``window[i]`` (in any order: pages are grouped here). Inside
-    a window the pages are sorted by row and laid end to end in the buffer, and the
-    window's blocks are shuffled by ``rng`` (None: kept in store order) -- one
-    ``rng.permutation`` per window, window after window, as the plan has always drawn them.
-    Whole-epoch numpy steps instead of a dozen small ones per window: a 29 GB store at a 16 MB
-    limit has 18,000 windows, and building them one by one took about 0.6 s.
+    a window the pages are sorted by row and laid end to end in the buffer, each block repeated
+    ``counts`` times, and the window's blocks are shuffled by ``rng`` (None: kept in store
+    order) -- one ``rng.permutation`` per window, window after window, as the plan has always
+    drawn them. A 100 GB store at a 16 MB limit has some 60,000 windows: no other Python step
+    per window.
     """
     order = np.lexsort((first, window))  # by window, then by row (served blocks are row-sorted)
     first, last, stop, window = first[order], last[order], stop[order], window[order]
     n_windows = int(window[-1]) + 1 if len(window) else 0
-    pages_per = np.bincount(window, minlength=n_windows)
-    page_at = starts(pages_per)
+    page_at = np.r_[0, np.cumsum(np.bincount(window, minlength=n_windows))].astype(np.int64)
+    if len(first) and (first.min() < 0 or np.any(last < first) or last.max() > len(served)):
+        raise AssertionError("a page's blocks lie outside the served blocks")  # never: _page_cuts made them
+    if len(served) and (served.min() < 0 or served.max() >= len(block_row)):
+        raise AssertionError("a served block outside the block table")
     row_start = block_row[served[first]]
     rows = stop - row_start
     rows_before = starts(rows)
-    buf = rows_before - rows_before[page_at][window]  # where each page lands in its window's buffer
-    n_rows = np.add.reduceat(rows, page_at) if len(rows) else rows
-    sizes = last - first
-    at = np.arange(int(sizes.sum()), dtype=np.int64) - np.repeat(starts(sizes), sizes)
-    owner = np.repeat(np.arange(len(first)), sizes)
-    idx = served[first[owner] + at]
-    src = buf[owner] + block_row[idx] - row_start[owner]
-    if counts is not None:
-        owner = np.repeat(owner, counts[idx])
-        src = np.repeat(src, counts[idx])
-        idx = np.repeat(idx, counts[idx])
-    blocks_per = np.bincount(window[owner], minlength=n_windows)
-    block_at = starts(blocks_per)
-    if rng is not None:
+    buf = rows_before - rows_before[page_at[window]]  # where each page lands in its window's buffer
+    n_rows = np.diff(np.r_[0, np.cumsum(rows)][page_at])
+    reps = counts[served] if counts is not None else np.ones(len(served), np.int64)
+    cum_reps = np.r_[0, np.cumsum(reps)].astype(np.int64)
+    block_at = np.r_[0, np.cumsum(cum_reps[last] - cum_reps[first])][page_at].astype(np.int64)
+    idx = np.empty(int(block_at[-1]), np.int64)
+    src = np.empty(len(idx), np.int64)
+    _blocks_of_pages(first, last, buf, row_start, served, block_row, reps, idx, src)
+    if rng is not None:  # one permutation per window, window after window
         take = np.empty(len(idx), np.int64)
-        for a, n in zip(block_at.tolist(), blocks_per.tolist(), strict=True):
-            take[a:a + n] = rng.permutation(n) + a
+        for a, b in zip(block_at[:-1].tolist(), block_at[1:].tolist(), strict=True):
+            take[a:b] = rng.permutation(b - a) + a
         idx, src = idx[take], src[take]
-    out = []
-    for j, (p, q, a, b) in enumerate(zip(page_at.tolist(), (page_at + pages_per).tolist(), block_at.tolist(),
-                                         (block_at + blocks_per).tolist(), strict=True)):
-        out.append(Window(row_start[p:q], stop[p:q], buf[p:q], int(n_rows[j]), idx[a:b], src[a:b]))
-    return out
+    return Windows(row_start, stop, buf, n_rows, page_at, idx, src, block_at)
+
+
+@njit(nogil=True, cache=True)
+def _blocks_of_pages(first, last, buf, row_start, served, block_row, reps, idx, src):  # pragma: no cover - jitted
+    """Each page's blocks in row order, block ``served[i]`` ``reps[i]`` times, and the buffer row it starts at."""
+    n = 0
+    for p in range(len(first)):
+        for i in range(first[p], last[p]):
+            b = served[i]
+            s = buf[p] + block_row[b] - row_start[p]
+            for _ in range(reps[i]):
+                idx[n] = b
+                src[n] = s
+                n += 1
 
 
 def _store_order_windows(block_row, block_valid, window_rows: int, page_rows: int, counts):

@@ -40,12 +40,12 @@ import numpy as np
 
 from ._pread import PageReads
 from .errors import ParameterError, StoreFormatError
-from .order import MIN_PAGES_PER_WINDOW, Window, plan_epoch, plan_pages, shuffle_quality
+from .order import MIN_PAGES_PER_WINDOW, Window, Windows, plan_epoch, plan_pages, shuffle_quality
 from .prefetch import start as start_producer
 from .prefetch import wait_get
 
-__all__ = ["parse_memory", "Window", "plan_pages", "plan_epoch", "window_budget", "WindowReader", "served_rows",
-           "shuffle_quality", "MIN_PAGES_PER_WINDOW"]
+__all__ = ["parse_memory", "Window", "Windows", "plan_pages", "plan_epoch", "window_budget", "WindowReader",
+           "served_rows", "shuffle_quality", "MIN_PAGES_PER_WINDOW"]
 
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
           "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
@@ -104,7 +104,7 @@ class WindowReader:
     (:func:`exact_pages`). None: the windows read every block of the split.
     """
 
-    def __init__(self, path, data_offset: int, n_bins: int, dtype, windows: list[Window],
+    def __init__(self, path, data_offset: int, n_bins: int, dtype, windows,
                  window_rows: int, *, prefetch: bool = True, served=None):
         dtype = np.dtype(dtype)
         self._bufs = [np.empty((max(window_rows, 1), n_bins), dtype) for _ in range(2)]
@@ -173,15 +173,15 @@ def _ended(w: Window, k: int):
                            "(truncated under the reader?)")
 
 
-def _runs(windows: list[Window], offset: int, row_bytes: int, gap: int, served=None):
+def _runs(windows, offset: int, row_bytes: int, gap: int, served=None):
     """The pages' byte ranges (read order), the run of each page, each run's start and end (:func:`exact_pages`)."""
-    n_pages = [len(w.row_start) for w in windows]
-    total = int(sum(n_pages))
-    start = offset + np.concatenate([np.zeros(0, np.int64)] + [w.row_start for w in windows]) * row_bytes
-    stop = offset + np.concatenate([np.zeros(0, np.int64)] + [w.row_stop for w in windows]) * row_bytes
+    windows = Windows.of(windows)
+    total = len(windows.row_start)
+    start = offset + windows.row_start * row_bytes
+    stop = offset + windows.row_stop * row_bytes
     if not total:
         return start, stop, np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
-    win = np.repeat(np.arange(len(windows)), n_pages)
+    win = np.repeat(np.arange(len(windows)), windows.page_counts())
     by_pos = np.argsort(start, kind="stable")
     s, e, w = start[by_pos], np.maximum.accumulate(stop[by_pos]), win[by_pos]
     step = np.diff(w)
@@ -212,7 +212,7 @@ def served_rows(block_row, block_valid) -> tuple[np.ndarray, np.ndarray]:
     return a[new], b[np.r_[np.flatnonzero(new)[1:] - 1, len(a) - 1]]
 
 
-def exact_pages(windows: list[Window], *, offset: int, row_bytes: int, margin: int, gap: int,
+def exact_pages(windows, *, offset: int, row_bytes: int, margin: int, gap: int,
                 file_size: int, served=None) -> np.ndarray:
     """Which pages (in read order, window after window) to read with the kernel's readahead off.
 
@@ -272,7 +272,7 @@ class _Exact:
     serves.
     """
 
-    def __init__(self, path, fd: int, offset: int, row_bytes: int, windows: list[Window], served=None):
+    def __init__(self, path, fd: int, offset: int, row_bytes: int, windows: Windows, served=None):
         ra = readahead_bytes(fd)
         self._margin = 2 * ra + CHUNK  # a read at x lets the readahead run to x + 2 x its size
         self._chunk = max(PAGE_MIN_CHUNK, min(CHUNK, ra))  # the kernel reads at most its readahead size per call
@@ -320,19 +320,17 @@ class _WindowSource:
 
     def __init__(self, path, fd, offset, row_bytes, windows, bufs, free, stop, served=None):
         self._fd = fd
-        self._windows = list(windows)
+        self._windows = Windows.of(windows)
         self._j = 0
         self._bufs, self._free, self._stop = bufs, free, stop
         self._flat = [b.reshape(-1).view(np.uint8) for b in bufs]
         self._exact = None
         try:
             # every page of the epoch, checked against the buffers once: the reads themselves hold no GIL
-            ws = [np.zeros(0, np.int64)]
-            dst, first_row, end_row = (np.concatenate(ws + [getattr(w, name) for w in self._windows])
-                                       for name in ("buf_start", "row_start", "row_stop"))
+            dst, first_row, end_row = self._windows.buf_start, self._windows.row_start, self._windows.row_stop
             self._reads = PageReads(dst * row_bytes, offset + first_row * row_bytes, (end_row - first_row) * row_bytes,
                                     self._flat[0].nbytes)
-            self._first = np.r_[0, np.cumsum([len(w.row_start) for w in self._windows])].astype(np.int64).tolist()
+            self._first = self._windows.page_at.tolist()
             if hasattr(os, "posix_fadvise"):  # not on macOS and Windows: the kernel's readahead alone
                 exact = _Exact(path, fd, offset, row_bytes, self._windows, served)
                 self._exact = exact if exact.fd >= 0 else None  # no page marked: every read with the readahead
