@@ -1,8 +1,9 @@
 """The epoch plan's windows (memstore.order): built for the whole epoch at once, equal to one at a time.
 
-The paged orders themselves are pinned in test_batches_golden; here the vectorised construction is
-checked against the window-by-window one it replaced, on random block tables, and the unshuffled
-plan of a balanced draw (``counts``) is checked to serve exactly the drawn blocks.
+The paged orders themselves are pinned in test_batches_golden; here the whole-epoch construction
+(numpy steps and two kernels) is checked against a window-by-window one in plain Python integers, on
+random block tables, and the unshuffled plan of a balanced draw (``counts``) is checked to serve
+exactly the drawn blocks.
 """
 
 from __future__ import annotations
@@ -13,12 +14,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from memstore.blocks import block_table
-from memstore.order import _lane_windows, _store_order_windows, _windows, plan_epoch
+from memstore.order import Windows, _lane_windows, _store_order_windows, _windows, plan_epoch
 from memstore.stats import starts
 
 
 def one_window(pages, served, block_row, counts, rng):
-    """A window built alone, as the plan did before: pages sorted by row, laid end to end, blocks shuffled."""
+    """A window built alone, in plain Python: pages sorted by row, laid end to end, blocks shuffled."""
     ab = np.array(sorted(pages), np.int64).reshape(len(pages), 3)
     first, last, row_stop = ab[:, 0], ab[:, 1], ab[:, 2]
     row_start = block_row[served[first]]
@@ -31,9 +32,13 @@ def one_window(pages, served, block_row, counts, rng):
             reps = 1 if counts is None else int(counts[b])
             idx += [b] * reps
             src += [buf[p] + block_row[b] - row_start[p]] * reps
-    idx, src = np.array(idx, np.int64), np.array(src, np.int64)
-    perm = rng.permutation(len(idx)) if rng is not None else np.arange(len(idx))
-    return row_start, row_stop, buf, int(rows.sum()), idx[perm], src[perm]
+    if rng is not None:  # Fisher-Yates, one raw 64-bit draw per block of the window (the first one unused)
+        raw = rng.bit_generator.random_raw(len(idx)).tolist()
+        for i in range(len(idx) - 1, 0, -1):
+            j = raw[i] % (i + 1)
+            idx[i], idx[j] = idx[j], idx[i]
+            src[i], src[j] = src[j], src[i]
+    return row_start, row_stop, buf, int(rows.sum()), np.array(idx, np.int64), np.array(src, np.int64)
 
 
 def table(lengths, t, step):
@@ -92,3 +97,31 @@ def test_an_unshuffled_balanced_plan_serves_exactly_the_drawn_blocks_in_store_or
     for w in ws:
         assert w.n_rows <= 200
         np.testing.assert_array_equal(np.diff(w.src_row) >= 0, True)  # store order inside the buffer
+
+
+def test_windows_index_and_slice_like_the_list_of_their_windows():
+    """memstore.order.Windows: items, negative items, slices (any step) and Windows.of agree with a plain list."""
+    row, valid = table([300, 41, 520, 77, 260, 9, 400], 32, 16)
+    ws = plan_epoch(row, valid, window_rows=200, seed=3, epoch=1)
+    as_list = [ws[j] for j in range(len(ws))]
+    assert len(ws) == len(as_list) > 4
+
+    def same(a, b):
+        assert len(a) == len(b)
+        for x, y in zip(a, b, strict=True):
+            for name in ("row_start", "row_stop", "buf_start", "n_rows", "blocks", "src_row"):
+                np.testing.assert_array_equal(getattr(x, name), getattr(y, name))
+
+    same([ws[-1], ws[-len(ws)]], [as_list[-1], as_list[0]])
+    for sl in (slice(None), slice(2, None), slice(1, 4), slice(3, 3), slice(5, 2), slice(None, None, 2),
+               slice(None, None, -1)):
+        same(ws[sl], as_list[sl])
+        same(ws[sl][1:], as_list[sl][1:])  # a slice of a slice
+    same(Windows.of(as_list), as_list)
+    same(Windows.of([ws[:2], as_list[2], ws[3:]]), as_list)  # Windows and Window mixed
+    np.testing.assert_array_equal(Windows.of(as_list).block_counts(), [len(w.blocks) for w in as_list])
+    np.testing.assert_array_equal(ws.page_counts(), [len(w.row_start) for w in as_list])
+    assert len(Windows.of([])) == 0 and len(Windows.of([]).blocks) == 0
+    for bad in (len(ws), -len(ws) - 1):
+        with pytest.raises(IndexError):
+            ws[bad]

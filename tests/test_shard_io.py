@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 from test_pager import table
 
 import memstore
+from memstore._deal import _cut
 from memstore.batches import BatchStream
 from memstore.build import write_store_from_arrays
 from memstore.features import MelSpectrogram
@@ -267,6 +268,35 @@ def test_dealt_windows_serve_their_positions_from_their_pages(lengths, world, se
             page = np.searchsorted(w.buf_start, w.src_row, side="right") - 1
             np.testing.assert_array_equal(w.src_row - w.buf_start[page] + w.row_start[page], rows[w.blocks])
             assert w.n_rows == int((w.row_stop - w.row_start).sum()) and w.buf_start[0] == 0
+
+
+@settings(max_examples=40, deadline=None)
+@given(lengths=st.lists(st.integers(1, 400), min_size=1, max_size=30), world=st.integers(1, 4),
+       seed=st.integers(0, 3), cuts=st.lists(st.integers(0, 10**6), max_size=8), at_bounds=st.booleans())
+def test_dealt_windows_equal_each_window_cut_on_its_own(lengths, world, seed, cuts, at_bounds):
+    """deal_windows keeps runs of whole windows as slices and cuts the rest: the same as cutting window by window.
+
+    ``at_bounds``: the unserved intervals start and end where windows do, so whole windows lie
+    next to windows with nothing to serve (a run of whole windows must end there).
+    """
+    rows, valid = table(lengths, 8, 8)
+    whole = plan_epoch(rows, valid, window_rows=64, seed=seed, epoch=0)
+    n = len(whole.blocks)
+    bounds = np.r_[0, np.cumsum([len(w.blocks) for w in whole])]
+    edges = sorted({int(bounds[c % len(bounds)]) if at_bounds else c % (n + 1) for c in cuts})
+    unserved = intervals(list(zip(edges[0::2], edges[1::2], strict=False)), n) if len(edges) > 1 else None
+    for r in range(world):
+        pos = deal(intervals(unserved, n), r, world)
+        want = []
+        for i, w in enumerate(whole):  # the rule written out: every window with a position of this rank, cut to them
+            keep = pos[(pos >= bounds[i]) & (pos < bounds[i + 1])] - bounds[i]
+            if len(keep):
+                want.append(_cut(w, keep))
+        got = deal_windows(whole, (r, world), unserved)
+        assert len(got) == len(want)
+        for g, e in zip(got, want, strict=True):
+            for name in ("row_start", "row_stop", "buf_start", "n_rows", "blocks", "src_row"):
+                np.testing.assert_array_equal(getattr(g, name), getattr(e, name))
 
 
 @settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
