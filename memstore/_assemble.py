@@ -10,6 +10,7 @@ rows of its buffer. Every batch is a new array.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,10 +56,13 @@ def shape(x: np.ndarray, layout: str) -> np.ndarray:
     return x
 
 
-def produce(job: Job, ws: Windows, first_batch: int):
-    """Yield (x, y) or (x, y, file) from the windows ``ws`` of an epoch, from batch ``first_batch`` on.
+def produce(job: Job, stretches, first_batch: int, total: int | None = None):
+    """Yield (x, y) or (x, y, file) from an epoch's windows, from batch ``first_batch`` on.
 
-    Per batch, the Python steps are few: a batch inside one window (every batch in memory) is one
+    ``stretches``: the epoch's windows (:meth:`memstore.order.EpochOrder.stretches`), one
+    :class:`Windows` or an iterator of them (a stretch at a time), ``total`` blocks in all (given for
+    an iterator; one :class:`Windows` knows it). Per batch, the Python
+    steps are few: a batch inside one window (every batch in memory) is one
     :meth:`BlockGather.fresh` call -- the kernel, without the GIL -- and one label lookup; a batch
     that spans windows (out of core) is gathered piece by piece. :data:`memstore.prefetch.FLUSH`
     follows the first batch and comes before every wait for a window, so a lazy hand-over delays
@@ -66,23 +70,23 @@ def produce(job: Job, ws: Windows, first_batch: int):
     """
     if job.n_batches == 0 or first_batch >= job.n_batches:
         return
-    ws = Windows.of(ws)
-    cum = ws.block_at.tolist()  # Python ints: cheap to compare
-    total, size_ = cum[-1], job.batch_size
+    size_ = job.batch_size
     pos = first_batch * size_
-    w_idx = int(np.searchsorted(cum, pos, side="right") - 1)
+    if total is None:
+        total = int(stretches.block_at[-1])
+    stretches, lo = _skip(stretches, pos)  # the windows from the one holding position ``pos`` on
     if job.features is None:
-        reader = WindowReader(job.path, job.data_offset, job.n_bins, job.dtype, ws[w_idx:], job.window_rows,
+        reader = WindowReader(job.path, job.data_offset, job.n_bins, job.dtype, stretches, job.window_rows,
                               served=job.served)
         windows = iter(reader)
     else:
         reader = None
-        windows = iter([(ws[0], job.features)])
+        windows = iter([(stretches[0], job.features)])
     labels, layout, return_file = job.labels, job.layout, job.return_file
     try:
         w, buf = next(windows)
         fill, files_w = _gather(job, w, buf)
-        lo, hi = cum[w_idx], cum[w_idx + 1]
+        hi = lo + len(w.blocks)
         for b in range(first_batch, job.n_batches):
             size = min(size_, total - pos)
             if pos + size <= hi:  # the whole batch in this window
@@ -97,9 +101,8 @@ def produce(job: Job, ws: Windows, first_batch: int):
                     while at >= hi:
                         yield FLUSH
                         w, buf = next(windows)
-                        w_idx += 1
                         fill, files_w = _gather(job, w, buf)
-                        lo, hi = hi, cum[w_idx + 1]
+                        lo, hi = hi, hi + len(w.blocks)
                     k, take = at - lo, min(pos + size, hi) - at
                     fill(k, k + take, out[at - pos:at - pos + take])
                     parts.append(files_w[k:k + take])
@@ -116,6 +119,24 @@ def produce(job: Job, ws: Windows, first_batch: int):
     finally:
         if reader is not None:
             reader.close()
+
+
+def _skip(stretches, pos: int):
+    """``(windows, lo)``: the windows from the one that holds position ``pos`` of the epoch on, and that
+    window's first position ``lo``. One :class:`Windows` gives one (a slice), an iterator of them an
+    iterator (the first one cut to start at that window)."""
+    if isinstance(stretches, Windows):
+        k = int(np.searchsorted(stretches.block_at, pos, side="right")) - 1
+        return stretches[k:], int(stretches.block_at[k])
+    stretches = iter(stretches)
+    lo = 0
+    for ws in stretches:
+        n = int(ws.block_at[-1])
+        if pos < lo + n:
+            k = int(np.searchsorted(ws.block_at, pos - lo, side="right")) - 1
+            return itertools.chain([ws[k:]], stretches), lo + int(ws.block_at[k])
+        lo += n
+    raise ValueError(f"position {pos} is past the epoch's {lo} blocks")
 
 
 def _gather(job: Job, w: Window, buf: np.ndarray) -> tuple[BlockGather, np.ndarray]:

@@ -202,7 +202,8 @@ class BatchStream:
 
     def _start(self, epoch: int, first_batch: int) -> None:
         self._stop_active()
-        batches = produce(self._job(), self._order.windows(epoch, self.shard, self._unserved), first_batch)
+        batches = produce(self._job(), self._order.stretches(epoch, self.shard, self._unserved), first_batch,
+                          self._order.per_rank(self._world, self._unserved))
         self._holder[0] = start_producer(batches, depth=PREFETCH, name="memstore-batches", what="batch producer",
                                          threaded=self.prefetch, lazy=True)
 

@@ -35,6 +35,7 @@ import os
 import queue
 import re
 import threading
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -316,38 +317,59 @@ class _Exact:
 
 
 class _WindowSource:
-    """Yields ``(window, slot)`` once the window is read into buffer ``slot``; closes its descriptors when closed."""
+    """Yields ``(window, slot)`` once the window is read into buffer ``slot``; closes its descriptors when closed.
+
+    ``windows``: a sequence of windows (:class:`Windows`, or :class:`Window` objects), or an iterator of
+    :class:`Windows` -- an epoch planned a stretch at a time (:func:`memstore.order.plan_stretches`,
+    unsharded), taken one stretch at a time. Every page of a stretch is checked against the buffers
+    once, so the reads themselves hold no GIL. The pages that :func:`exact_pages` marks are read
+    without the readahead; they are found over the whole sequence, and not at all for stretches:
+    where a run ends in the stretch that is read is not known until the next one is planned. An
+    unsharded reader of a large store has such marks only at a lane's end followed by rows of
+    another split, and at most a readahead's worth (``read_ahead_kb``) is read there for nothing.
+    """
 
     def __init__(self, path, fd, offset, row_bytes, windows, bufs, free, stop, served=None):
         self._fd = fd
-        self._windows = Windows.of(windows)
-        self._j = 0
+        self._path, self._offset, self._row_bytes, self._served = path, offset, row_bytes, served
         self._bufs, self._free, self._stop = bufs, free, stop
         self._flat = [b.reshape(-1).view(np.uint8) for b in bufs]
         self._exact = None
+        self._whole = isinstance(windows, Sequence)
+        self._stretches = iter([Windows.of(windows)] if self._whole else windows)
+        self._windows = Windows.of([])
+        self._j = 0
         try:
-            # every page of the epoch, checked against the buffers once: the reads themselves hold no GIL
-            dst, first_row, end_row = self._windows.buf_start, self._windows.row_start, self._windows.row_stop
-            self._reads = PageReads(dst * row_bytes, offset + first_row * row_bytes, (end_row - first_row) * row_bytes,
-                                    self._flat[0].nbytes)
-            self._first = self._windows.page_at.tolist()
-            if hasattr(os, "posix_fadvise"):  # not on macOS and Windows: the kernel's readahead alone
-                exact = _Exact(path, fd, offset, row_bytes, self._windows, served)
-                self._exact = exact if exact.fd >= 0 else None  # no page marked: every read with the readahead
-            # the descriptor of every page: the marked ones without the readahead
-            self._fds = np.full(len(self._reads), fd, np.int64)
-            if self._exact is not None:
-                self._fds[self._exact.mask] = self._exact.fd
+            self._next_stretch()
         except BaseException:
             self.close()
             raise
+
+    def _next_stretch(self) -> bool:
+        """Take the next stretch of windows (False: none left): its page reads, checked, and each page's descriptor."""
+        ws = next(self._stretches, None)
+        if ws is None:
+            return False
+        ws = Windows.of(ws)
+        rb = self._row_bytes
+        reads = PageReads(ws.buf_start * rb, self._offset + ws.row_start * rb, (ws.row_stop - ws.row_start) * rb,
+                          self._flat[0].nbytes)
+        fds = np.full(len(reads), self._fd, np.int64)
+        if self._whole and hasattr(os, "posix_fadvise"):  # not on macOS and Windows: the kernel's readahead alone
+            exact = _Exact(self._path, self._fd, self._offset, rb, ws, self._served)
+            self._exact = exact if exact.fd >= 0 else None  # no page marked: every read with the readahead
+            if self._exact is not None:  # the marked pages without the readahead
+                fds[self._exact.mask] = self._exact.fd
+        self._windows, self._reads, self._fds, self._first, self._j = ws, reads, fds, ws.page_at.tolist(), 0
+        return True
 
     def __iter__(self):
         return self
 
     def __next__(self):
-        if self._j >= len(self._windows):
-            raise StopIteration
+        while self._j >= len(self._windows):
+            if not self._next_stretch():
+                raise StopIteration
         w = self._windows[self._j]
         slot = wait_get(self._free, self._stop)  # a buffer the consumer is done with
         if slot is None or slot < 0 or self._stop.is_set():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+import memstore.order
 from memstore._assemble import produce
 from memstore.batches import BatchStream
 from memstore.prefetch import FLUSH
@@ -52,3 +53,26 @@ def test_in_memory_the_only_flush_follows_the_first_batch(demo_store):
         items = list(produce(stream._job(), stream._order.windows(0, None, None), 3))
     kinds = ["F" if it is FLUSH else "B" for it in items]
     assert kinds == ["B", "F"] + ["B"] * (stream.iteration_size - 4)
+
+
+def test_an_epoch_read_a_stretch_at_a_time_serves_the_whole_plans_batches(demo_store, monkeypatch):
+    """produce over plan_stretches (what BatchStream runs unsharded) equals produce over plan_epoch's windows,
+    from the first batch and from batches inside later stretches (a resume)."""
+    monkeypatch.setattr(memstore.order, "STRETCH_FIRST", 1)  # stretches of 1, 2, 4, ... windows: many of them
+    with open_store(demo_store) as s:
+        stream = BatchStream(s, batch_size=8, split="all", memory_limit=ooc_limit(8), prefetch=False,
+                             return_file=True)
+        whole = stream._order.windows(1, None, None)
+        assert len(whole) > 8, "the budget should split the epoch into several stretches"
+        parts = list(stream._order.stretches(1))
+        assert len(parts) > 3
+        job = stream._job()
+        for first_batch in (0, 1, job.n_batches // 2, job.n_batches - 1):
+            want = [it for it in produce(job, whole, first_batch) if it is not FLUSH]
+            got = [it for it in produce(job, stream._order.stretches(1), first_batch, len(whole.blocks))
+                   if it is not FLUSH]
+            assert len(got) == len(want) == job.n_batches - first_batch
+            for g, w in zip(got, want, strict=True):
+                for a, b in zip(g, w, strict=True):
+                    np.testing.assert_array_equal(a, b)
+        stream.close()

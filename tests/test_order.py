@@ -13,8 +13,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import memstore.order
 from memstore.blocks import block_table
-from memstore.order import Windows, _lane_windows, _store_order_windows, _windows, plan_epoch
+from memstore.order import (
+    STRETCH_MAX,
+    Windows,
+    _lane_windows,
+    _Served,
+    _store_order_windows,
+    _windows,
+    plan_epoch,
+    plan_stretches,
+)
 from memstore.stats import starts
 
 
@@ -70,7 +80,7 @@ def test_windows_built_at_once_equal_windows_built_one_by_one(lengths, t, step, 
         served, rng = np.arange(len(row)), None
         pages = _store_order_windows(row, valid, window_rows, page_rows, counts)
     state = rng.bit_generator.state if rng is not None else None
-    got = _windows(*pages, served, row, counts, rng)
+    got = _windows(*pages, _Served(len(row), counts, drop=shuffle), row, rng)
     ref_rng = None
     if state is not None:
         ref_rng = np.random.default_rng()
@@ -125,3 +135,38 @@ def test_windows_index_and_slice_like_the_list_of_their_windows():
     for bad in (len(ws), -len(ws) - 1):
         with pytest.raises(IndexError):
             ws[bad]
+
+
+@settings(max_examples=60, deadline=None)
+@given(lengths=st.lists(st.integers(1, 700), min_size=0, max_size=40), t=st.integers(4, 90),
+       step=st.integers(3, 60), extra=st.integers(0, 600), seed=st.integers(0, 50),
+       shuffle=st.booleans(), balanced=st.booleans(), first=st.integers(1, 5))
+def test_an_epoch_planned_a_stretch_at_a_time_is_the_whole_plan(lengths, t, step, extra, seed, shuffle, balanced,
+                                                                first):
+    """plan_stretches laid end to end is the epoch planned in one stretch, byte for byte, and so is plan_epoch;
+    stretches after the first double in size."""
+    row, valid = table(lengths, t, step) if lengths else (np.zeros(0, np.int64), np.zeros(0, np.int64))
+    longest = int(valid.max()) if len(valid) else 4
+    window_rows = 2 * longest + extra
+    counts = np.random.default_rng(seed).integers(0, 3, len(row)) if balanced else None
+    kw = dict(window_rows=window_rows, seed=seed, epoch=2, shuffle=shuffle, counts=counts)
+    (whole,) = plan_stretches(row, valid, first=None, **kw)  # one stretch: every lane cut to its end at once
+    parts = list(plan_stretches(row, valid, first=first, **kw))
+    for got in (Windows.of(parts), plan_epoch(row, valid, **kw)):
+        for name in ("row_start", "row_stop", "buf_start", "n_rows", "page_at", "blocks", "src_row", "block_at"):
+            np.testing.assert_array_equal(getattr(got, name), getattr(whole, name))
+    if shuffle and len(parts) > 1:
+        sizes = [len(p) for p in parts]
+        assert sizes[:-1] == [min(first * 2**k, STRETCH_MAX) for k in range(len(sizes) - 1)]
+        assert 0 < sizes[-1] <= min(first * 2 ** (len(sizes) - 1), STRETCH_MAX)
+    else:
+        assert len(parts) == 1  # unshuffled, or an epoch that fits the first stretch, or an empty one
+
+
+def test_stretches_reach_their_most_and_stay_there(monkeypatch):
+    monkeypatch.setattr(memstore.order, "STRETCH_MAX", 20)
+    row, valid = table([64] * 400, 8, 8)  # 2,800 blocks of 8 rows; pages of one block: 175 windows of 16
+    parts = list(plan_stretches(row, valid, window_rows=128, page_rows=8, seed=0, epoch=0, first=3))
+    assert [len(p) for p in parts] == [3, 6, 12] + [20] * 7 + [14]
+    np.testing.assert_array_equal(Windows.of(parts).blocks, plan_epoch(row, valid, window_rows=128, page_rows=8,
+                                                                       seed=0, epoch=0).blocks)

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from memstore.blocks import block_table
 from memstore.errors import ParameterError, StoreFormatError
+from memstore.order import plan_stretches
 from memstore.pager import WindowReader, parse_memory, plan_epoch, window_budget
 
 
@@ -186,3 +187,18 @@ def assert_windows_hold_rows(reader, windows, data) -> None:
             np.testing.assert_array_equal(buf[w.buf_start[p]:w.buf_start[p] + k], data[w.row_start[p]:w.row_stop[p]])
         n += 1
     assert n == len(windows)
+
+
+@pytest.mark.parametrize("prefetch", [True, False])
+def test_a_reader_given_stretches_reads_the_whole_plans_windows(tmp_path, prefetch):
+    """WindowReader over plan_stretches (an iterator of Windows) yields plan_epoch's windows, each holding its rows."""
+    data = np.random.default_rng(5).standard_normal((5000, 7)).astype(np.float32)
+    path = tmp_path / "raw.bin"
+    path.write_bytes(b"H" * 123 + data.tobytes())
+    rows, valid = table([1000, 1500, 2500], 64, 30)
+    whole = plan_epoch(rows, valid, window_rows=700, seed=2, epoch=3)
+    stretches = plan_stretches(rows, valid, window_rows=700, seed=2, epoch=3, first=1)
+    before = threading.active_count()
+    with WindowReader(path, 123, 7, np.float32, stretches, 700, prefetch=prefetch) as reader:
+        assert_windows_hold_rows(reader, whole, data)
+    assert threading.active_count() == before
