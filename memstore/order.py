@@ -2,9 +2,11 @@
 
 Everything here is a pure function of ``(seed, epoch)`` and the split's block
 table (MosaicML streaming's shuffles are the model): no I/O, no threads.
-:class:`EpochOrder` gives an epoch as a list of :class:`Window` objects -- one
-window over the whole store map in memory, the pager's windows out of core --
-and both paths deal it to ranks by one rule, :func:`deal_windows`.
+:class:`EpochOrder` gives an epoch as its :class:`Windows` (held as arrays, a
+:class:`Window` made when one is asked for) -- one window over the whole store
+map in memory, the pager's windows out of core -- and both paths deal it to
+ranks by one rule, :func:`deal_windows`. An unsharded paged epoch is also
+given a stretch of windows at a time (:func:`plan_stretches`).
 
 In memory
 ---------
@@ -22,7 +24,10 @@ order -- the first pages ``1/FIRST_PAGE_DIVISOR`` of a full one, doubling, so
 the first window is small and the first batch comes quickly -- and window
 ``j`` holds page ``j`` of every lane. Inside a window the pages are sorted by
 row, read into one buffer, and the window's blocks are shuffled (same
-generator).
+generator: a Fisher-Yates shuffle with one raw 64-bit draw per block, window
+after window). Planned a stretch of windows at a time (:func:`plan_stretches`),
+the lanes are cut a stretch further each time and the draws go on in window
+order: the same bytes as the whole epoch at once (:func:`plan_epoch`).
 
 Why lanes. A window mixes one stretch from each lane, so a batch holds blocks
 from all over the store even when it was written class by class. And each

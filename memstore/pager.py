@@ -3,8 +3,8 @@
 When a split's features do not fit in ``memory_limit``, an epoch is served in
 *windows* of whole pages of blocks; which pages form which window, and in
 what order the blocks of a window are served, is the epoch order's business
-(:func:`memstore.order.plan_epoch`, re-exported here with :class:`Window` and
-:func:`plan_pages`). This module owns the bytes:
+(:func:`memstore.order.plan_epoch`, re-exported here with :class:`Window`,
+:class:`Windows` and :func:`plan_pages`). This module owns the bytes:
 
 - :func:`parse_memory` and :func:`window_budget`: how many rows a window
   buffer may hold so that two of them and the batch buffers fit the budget;
@@ -24,8 +24,10 @@ this reader does not read (the ends of a rank's stretches); those are read
 through a second descriptor with the readahead off (``POSIX_FADV_RANDOM`` is
 per open file description) and advised exactly, a window ahead
 (``POSIX_FADV_WILLNEED``), so the kernel still reads them in the background.
-An unsharded reader reads the whole store and marks none. Without
-``posix_fadvise`` (macOS, Windows) the readahead reads everything.
+An unsharded reader reads the whole store and marks none, but at a lane's end
+followed by rows of another split; a reader given an epoch a stretch at a time
+(:func:`memstore.order.plan_stretches`, always unsharded) marks none at all.
+Without ``posix_fadvise`` (macOS, Windows) the readahead reads everything.
 """
 
 from __future__ import annotations
@@ -98,6 +100,10 @@ class WindowReader:
     A ``buf`` still held after that stays valid memory, but its contents are no
     longer defined. With ``prefetch=False`` each window is read in the
     consumer's thread when it is asked for, into the same two buffers.
+
+    ``windows``: a :class:`Windows` (or a list of :class:`Window`), or an iterator of
+    :class:`Windows` -- an epoch a stretch at a time (:func:`memstore.order.plan_stretches`),
+    each next stretch planned in the reader's thread when it gets there.
 
     ``served`` (:func:`served_rows`) names the rows that the split's blocks read,
     for a reader that reads only some of them (a shard): the readahead is kept
