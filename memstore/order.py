@@ -397,7 +397,8 @@ def _windows(first, last, stop, window, served: _Served, block_row, rng) -> Wind
     n_windows = int(window[-1]) + 1 if len(window) else 0
     page_at = np.r_[0, np.cumsum(np.bincount(window, minlength=n_windows))].astype(np.int64)
     if len(first) and (first.min() < 0 or np.any(last < first) or last.max() > served.n):
-        raise AssertionError("a page's blocks lie outside the served blocks")  # never: _page_cuts made them
+        # never (_page_cuts made them), but the kernels below index with them: checked, not trusted
+        raise RuntimeError("memstore bug: a page's blocks lie outside the epoch's served blocks")
     row_start = block_row[served.block(first)]
     rows = stop - row_start
     rows_before = starts(rows)
