@@ -167,12 +167,12 @@ class EpochOrder:
         if self.window_rows is not None and shard is None and unserved is None:
             return plan_stretches(self.block_row, self.block_valid, window_rows=self.window_rows, seed=self.seed,
                                   epoch=epoch, shuffle=self.shuffle, counts=self.counts(epoch), first=STRETCH_FIRST,
-                                  ends=self._ends)
+                                  ends=self._ends if self.shuffle and self.block_class is None else None)
         return self.windows(epoch, shard, unserved)
 
     @functools.cached_property
     def _ends(self) -> np.ndarray:
-        """:func:`lane_ends` of the block table, the same every epoch."""
+        """:func:`lane_ends` of the block table, the same every epoch (a shuffled epoch that serves every block)."""
         return lane_ends(self.block_row, self.block_valid)
 
     def blocks(self, epoch: int, shard=None, unserved=None) -> np.ndarray:
@@ -305,10 +305,12 @@ def plan_stretches(block_row, block_valid, *, window_rows: int, seed: int, epoch
     are cut a stretch further each time and the shuffle's draws go window after window). The
     first stretch has ``first`` windows, each next one twice as many, up to ``STRETCH_MAX``:
     the first batch waits for a few windows' plan, not the whole epoch's, and the plan held at
-    any time is at most two stretches, at any store size. ``first=None``: the whole epoch in
-    one stretch. Unshuffled epochs are one stretch. Arguments as :func:`plan_epoch`; ``ends``,
-    optional, is :func:`lane_ends` of the same table, kept across epochs by :class:`EpochOrder`
-    (it is the one step over every block of the store: 15 ms at 100 GB).
+    any time is at most two stretches, at any store size. (A ``first`` above ``STRETCH_MAX``
+    makes the first stretch that large, and the next ones ``STRETCH_MAX``.) ``first=None``: the
+    whole epoch in one stretch. Unshuffled epochs are one stretch. Arguments as
+    :func:`plan_epoch`; ``ends``, optional, is :func:`lane_ends` of the same table, kept across
+    epochs by :class:`EpochOrder` (it is the one step over every block of the store: 15 ms at
+    100 GB). Only its shape is checked: the ends of another table give another plan.
     """
     block_row = np.asarray(block_row, dtype=np.int64)
     block_valid = np.asarray(block_valid, dtype=np.int64)
@@ -318,8 +320,10 @@ def plan_stretches(block_row, block_valid, *, window_rows: int, seed: int, epoch
     if page_rows > window_rows or longest > page_rows:
         raise ParameterError(f"window_rows={window_rows} must hold a page of {page_rows} rows and "
                              f"the longest block ({longest} rows)")
-    if first is not None and first < 1:
-        raise ParameterError(f"a stretch needs at least one window; got first={first}")
+    if first is not None and (isinstance(first, bool) or not isinstance(first, int | np.integer)
+                              or not 1 <= first <= 2**40):
+        raise ParameterError(f"first must be None or a whole number of windows, at least 1; got {first!r}")
+    first = None if first is None else int(first)
     if ends is not None and np.shape(ends) != block_row.shape:
         raise ParameterError(f"ends must be lane_ends of the {len(block_row)} blocks")
     counts = _check_counts(counts, len(block_row))
@@ -396,7 +400,8 @@ def _windows(first, last, stop, window, served: _Served, block_row, rng) -> Wind
     first, last, stop, window = first[order], last[order], stop[order], window[order]
     n_windows = int(window[-1]) + 1 if len(window) else 0
     page_at = np.r_[0, np.cumsum(np.bincount(window, minlength=n_windows))].astype(np.int64)
-    if len(first) and (first.min() < 0 or np.any(last < first) or last.max() > served.n):
+    if served.n > len(block_row) or len(first) and (first.min() < 0 or np.any(last < first)
+                                                    or last.max() > served.n):
         # never (_page_cuts made them), but the kernels below index with them: checked, not trusted
         raise RuntimeError("memstore bug: a page's blocks lie outside the epoch's served blocks")
     row_start = block_row[served.block(first)]

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 import memstore.order
 from memstore.blocks import block_table
+from memstore.errors import ParameterError
 from memstore.order import (
     STRETCH_MAX,
     Windows,
@@ -170,3 +171,20 @@ def test_stretches_reach_their_most_and_stay_there(monkeypatch):
     assert [len(p) for p in parts] == [3, 6, 12] + [20] * 7 + [14]
     np.testing.assert_array_equal(Windows.of(parts).blocks, plan_epoch(row, valid, window_rows=128, page_rows=8,
                                                                        seed=0, epoch=0).blocks)
+
+
+@pytest.mark.parametrize("first", [0, -3, 2.5, True, "8", 2**63])
+def test_a_stretch_size_that_is_not_a_whole_number_of_windows_is_refused(first):
+    row, valid = table([300, 41, 520], 32, 16)
+    with pytest.raises(ParameterError, match="first must be"):
+        plan_stretches(row, valid, window_rows=200, seed=0, epoch=0, first=first)
+
+
+def test_a_numpy_stretch_size_plans_the_same_stretches_as_an_int():
+    row, valid = table([300, 41, 520, 77, 260, 9, 400], 32, 16)
+    kw = dict(window_rows=200, seed=1, epoch=0)
+    a = [ws.blocks for ws in plan_stretches(row, valid, first=np.uint64(2), **kw)]
+    b = [ws.blocks for ws in plan_stretches(row, valid, first=2, **kw)]
+    assert len(a) == len(b) > 1
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x, y)
