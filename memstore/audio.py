@@ -223,62 +223,67 @@ def _parse_fmt(path, fmt: bytes, order: str) -> tuple[str, int, int, int, int]:
     return kind, width, channels, rate, align
 
 
-def _parse_wav(path) -> _Wav:
-    f, size = _open(path)
-    with f:
-        head = f.read(12)
-        if len(head) < 12:
-            raise _fail(path, f"truncated header ({len(head)} bytes; a WAV header needs at least 44)")
-        if head[:4] not in _CONTAINERS or head[8:12] != b"WAVE":
-            raise _fail(path, f"not a RIFF/WAVE file (starts with {head[:4]!r})")
-        order, wide = _CONTAINERS[head[:4]]
-        name = head[:4].decode()
-        data_size = None  # the 64-bit size of the data chunk, from ds64
-        if wide:
-            ds64 = f.read(8 + 16)
-            if len(ds64) < 24 or ds64[:4] != b"ds64":
-                raise _fail(path, f"{name} file without its 'ds64' chunk (64-bit sizes) right after the header")
-            data_size = struct.unpack("<Q", ds64[16:24])[0]
-        fmt = None
-        pos = 12
-        while True:
-            f.seek(pos)
-            chunk = f.read(8)
-            if len(chunk) < 8:
-                if fmt is None:
-                    raise _fail(path, "truncated header: no 'fmt ' chunk")
-                raise _fail(path, "no 'data' chunk")
-            cid, clen = chunk[:4], struct.unpack(order + "I", chunk[4:])[0]
-            body = pos + 8
-            if cid == b"fmt ":
-                if clen < 16:
-                    raise _fail(path, f"'fmt ' chunk of {clen} bytes is too short (16 needed)")
-                fmt = f.read(min(clen, 40))
-                if len(fmt) < min(clen, 40):
-                    raise _fail(path, "truncated header inside the 'fmt ' chunk")
-            elif cid == b"data":
-                if fmt is None:
-                    raise _fail(path, "no 'fmt ' chunk before the 'data' chunk")
-                kind, width, channels, rate, frame_bytes = _parse_fmt(path, fmt, order)
-                if data_size is not None and clen == 0xFFFFFFFF:
-                    clen = data_size
-                available = size - body
-                if clen > available:
-                    # refused rather than read in part: a cut file is a damaged download, and a
-                    # partial read would put a silently shorter file into the store
-                    raise _fail(path, f"data chunk shorter than declared ({available} of {clen} bytes present);"
-                                      " the file is truncated")
-                n = clen // frame_bytes  # a trailing partial frame is ignored
-                if n == 0:
-                    raise _fail(path, "zero samples")
-                fmt_name = {"u": "u8", "f": f"float{8 * width}"}.get(kind, f"pcm{8 * width}")
-                return _Wav(AudioInfo(n, rate, channels, fmt_name), body, kind, width, order)
-            if wide and clen == 0xFFFFFFFF:
-                raise _fail(path, f"chunk {cid!r} needs a 64-bit size from the ds64 table, which memstore does not"
-                                  " read for chunks other than 'data'")
-            pos = body + clen + (clen & 1)  # chunks are padded to even sizes
-            if pos > size + 1:  # a missing final pad byte is common and harmless
-                raise _fail(path, f"chunk {cid!r} of {clen} bytes runs past the end of the file")
+def _parse_wav(path, opened=None) -> _Wav:
+    """The header of a RIFF/RF64 WAV file; ``opened``: ``(file, size)`` from :func:`_open`, kept open, or None."""
+    if opened is None:
+        f, size = _open(path)
+        with f:
+            return _parse_wav(path, (f, size))
+    f, size = opened
+    f.seek(0)
+    head = f.read(12)
+    if len(head) < 12:
+        raise _fail(path, f"truncated header ({len(head)} bytes; a WAV header needs at least 44)")
+    if head[:4] not in _CONTAINERS or head[8:12] != b"WAVE":
+        raise _fail(path, f"not a RIFF/WAVE file (starts with {head[:4]!r})")
+    order, wide = _CONTAINERS[head[:4]]
+    name = head[:4].decode()
+    data_size = None  # the 64-bit size of the data chunk, from ds64
+    if wide:
+        ds64 = f.read(8 + 16)
+        if len(ds64) < 24 or ds64[:4] != b"ds64":
+            raise _fail(path, f"{name} file without its 'ds64' chunk (64-bit sizes) right after the header")
+        data_size = struct.unpack("<Q", ds64[16:24])[0]
+    fmt = None
+    pos = 12
+    while True:
+        f.seek(pos)
+        chunk = f.read(8)
+        if len(chunk) < 8:
+            if fmt is None:
+                raise _fail(path, "truncated header: no 'fmt ' chunk")
+            raise _fail(path, "no 'data' chunk")
+        cid, clen = chunk[:4], struct.unpack(order + "I", chunk[4:])[0]
+        body = pos + 8
+        if cid == b"fmt ":
+            if clen < 16:
+                raise _fail(path, f"'fmt ' chunk of {clen} bytes is too short (16 needed)")
+            fmt = f.read(min(clen, 40))
+            if len(fmt) < min(clen, 40):
+                raise _fail(path, "truncated header inside the 'fmt ' chunk")
+        elif cid == b"data":
+            if fmt is None:
+                raise _fail(path, "no 'fmt ' chunk before the 'data' chunk")
+            kind, width, channels, rate, frame_bytes = _parse_fmt(path, fmt, order)
+            if data_size is not None and clen == 0xFFFFFFFF:
+                clen = data_size
+            available = size - body
+            if clen > available:
+                # refused rather than read in part: a cut file is a damaged download, and a
+                # partial read would put a silently shorter file into the store
+                raise _fail(path, f"data chunk shorter than declared ({available} of {clen} bytes present);"
+                                  " the file is truncated")
+            n = clen // frame_bytes  # a trailing partial frame is ignored
+            if n == 0:
+                raise _fail(path, "zero samples")
+            fmt_name = {"u": "u8", "f": f"float{8 * width}"}.get(kind, f"pcm{8 * width}")
+            return _Wav(AudioInfo(n, rate, channels, fmt_name), body, kind, width, order)
+        if wide and clen == 0xFFFFFFFF:
+            raise _fail(path, f"chunk {cid!r} needs a 64-bit size from the ds64 table, which memstore does not"
+                              " read for chunks other than 'data'")
+        pos = body + clen + (clen & 1)  # chunks are padded to even sizes
+        if pos > size + 1:  # a missing final pad byte is common and harmless
+            raise _fail(path, f"chunk {cid!r} of {clen} bytes runs past the end of the file")
 
 
 def audio_extensions() -> tuple[str, ...]:
@@ -314,35 +319,39 @@ def _soundfile(path):
 
 
 def _dispatch(path, own, other):
-    """Run ``own(path)`` for WAV, ``other(path)`` (soundfile) for the rest.
+    """Run ``own(path, opened)`` for WAV, ``other(path, soundfile)`` for the rest.
+
+    ``opened`` is ``(file, size)``, the file :func:`_open` opened to look at its first bytes
+    (kept open for ``own``), or None where ``own`` must open it itself.
 
     A RIFF file whose codec memstore does not decode (mu-law, A-law, ADPCM,
     GSM ...) goes to libsndfile; a ``.wav`` file that is not RIFF goes to
     libsndfile too (files are misnamed), and if that fails as well the error
     is memstore's own, which says what the header holds.
     """
-    f, _ = _open(path)
+    f, size = _open(path)
     with f:
         head = f.read(4)
-    if head in _CONTAINERS:
-        try:
-            return own(path)
-        except _Unsupported as err:
+        if head in _CONTAINERS:
             try:
-                sf = _soundfile(path)
-            except MissingDependencyError:
-                raise err from None
-            try:
-                return other(path, sf)
-            except AudioDecodeError as sf_err:
-                raise _fail(path, f"{str(err).removeprefix(os.fsdecode(path) + ': ')}; libsndfile cannot decode "
-                                  f"it either ({str(sf_err).removeprefix(os.fsdecode(path) + ': ')})") from sf_err
+                return own(path, (f, size))  # the same open file: one open and one stat per file
+            except _Unsupported as err:
+                try:
+                    sf = _soundfile(path)
+                except MissingDependencyError:
+                    raise err from None
+                try:
+                    return other(path, sf)
+                except AudioDecodeError as sf_err:
+                    raise _fail(path, f"{str(err).removeprefix(os.fsdecode(path) + ': ')}; libsndfile cannot "
+                                      f"decode it either ({str(sf_err).removeprefix(os.fsdecode(path) + ': ')})"
+                                ) from sf_err
     if os.fsdecode(path).lower().endswith(_WAV_SUFFIXES):
         try:
             sf = _soundfile(path)
             return other(path, sf)
         except (AudioDecodeError, MissingDependencyError):
-            return own(path)  # raises memstore's own account of the header
+            return own(path, None)  # raises memstore's own account of the header
     return other(path, _soundfile(path))
 
 
@@ -372,7 +381,7 @@ def audio_info(path) -> AudioInfo:
     >>> audio_info("001__[vio][nod][cou_fol]2194__1.wav")   # doctest: +SKIP
     AudioInfo(n_samples=132299, sample_rate=44100, channels=2, sample_format='pcm16')
     """
-    return _dispatch(path, lambda p: _parse_wav(p).info, _soundfile_info)
+    return _dispatch(path, lambda p, opened: _parse_wav(p, opened).info, _soundfile_info)
 
 
 def _soundfile_info(path, sf) -> AudioInfo:
@@ -417,16 +426,21 @@ def read_audio(path, *, mono: bool = True, sample_rate: int | None = None) -> tu
     """
     if sample_rate is not None:
         sample_rate = positive_int("sample_rate", sample_rate)
-    out, rate = _dispatch(path, lambda p: _read_wav(p, mono), lambda p, sf: _read_soundfile(p, sf, mono))
+    out, rate = _dispatch(path, lambda p, opened: _read_wav(p, mono, opened),
+                          lambda p, sf: _read_soundfile(p, sf, mono))
     if sample_rate is not None and sample_rate != rate:
         out = _resample(out, rate, int(sample_rate))
         rate = int(sample_rate)
     return out, rate
 
 
-def _read_wav(path, mono: bool) -> tuple[np.ndarray, int]:
-    wav = _parse_wav(path)
-    return _decode(path, wav, mono), wav.info.sample_rate
+def _read_wav(path, mono: bool, opened=None) -> tuple[np.ndarray, int]:
+    if opened is None:
+        f, size = _open(path)
+        with f:
+            return _read_wav(path, mono, (f, size))
+    wav = _parse_wav(path, opened)
+    return _decode(path, wav, mono, f=opened[0]), wav.info.sample_rate
 
 
 def _convert(path, raw: np.ndarray, wav: _Wav, first_frame: int) -> np.ndarray:
@@ -469,7 +483,12 @@ def _convert(path, raw: np.ndarray, wav: _Wav, first_frame: int) -> np.ndarray:
     return y
 
 
-def _decode(path, wav: _Wav, mono: bool, first: int = 0, last: int | None = None) -> np.ndarray:
+def _decode(path, wav: _Wav, mono: bool, first: int = 0, last: int | None = None, f=None) -> np.ndarray:
+    """Samples ``first:last`` of ``wav``, read from ``f`` (an open file, left open) or from ``path``."""
+    if f is None:
+        f, _ = _open(path)
+        with f:
+            return _decode(path, wav, mono, first, last, f)
     n, ch = wav.info.n_samples, wav.info.channels
     last = n if last is None else last
     width = wav.width
@@ -482,24 +501,22 @@ def _decode(path, wav: _Wav, mono: bool, first: int = 0, last: int | None = None
     direct = not mono and (wav.kind, width) == ("f", 4) and np.dtype(wav.order + "f4").isnative
     step = max(1, CHUNK_SAMPLES // ch)
     buf = None if direct else np.empty(min(step, last - first) * ch * width + lead, np.uint8)
-    f, _ = _open(path)
-    with f:
-        for start in range(first, last, step):
-            stop = min(last, start + step)
-            dst = out[start - first: stop - first]
-            size = (stop - start) * ch * width + lead
-            f.seek(wav.data_offset - lead + start * ch * width)
-            target = dst if direct else buf[:size]
-            try:
-                got = f.readinto(memoryview(target).cast("B"))
-            except OSError as err:
-                raise _fail(path, f"cannot read the sample data: {err.strerror or err}") from err
-            if got != size:  # the file shrank since its header was read
-                raise _fail(path, f"file ended while reading (frame {start}); it changed after its header was read")
-            if direct:
-                _convert(path, dst.reshape(-1).view(np.uint8), wav, start)  # checks finiteness; samples are in place
-                continue
-            _mix(dst, _convert(path, target, wav, start).reshape(-1, ch), mono)
+    for start in range(first, last, step):
+        stop = min(last, start + step)
+        dst = out[start - first: stop - first]
+        size = (stop - start) * ch * width + lead
+        f.seek(wav.data_offset - lead + start * ch * width)
+        target = dst if direct else buf[:size]
+        try:
+            got = f.readinto(memoryview(target).cast("B"))
+        except OSError as err:
+            raise _fail(path, f"cannot read the sample data: {err.strerror or err}") from err
+        if got != size:  # the file shrank since its header was read
+            raise _fail(path, f"file ended while reading (frame {start}); it changed after its header was read")
+        if direct:
+            _convert(path, dst.reshape(-1).view(np.uint8), wav, start)  # checks finiteness; samples are in place
+            continue
+        _mix(dst, _convert(path, target, wav, start).reshape(-1, ch), mono)
     return out
 
 
@@ -534,9 +551,9 @@ class WavSignal:
     ndim = 1
     dtype = np.dtype(np.float32)
 
-    def __init__(self, path):
+    def __init__(self, path, opened=None):
         self.path = path
-        self._wav = _parse_wav(path)
+        self._wav = _parse_wav(path, opened)
         self.sample_rate = self._wav.info.sample_rate
         self.shape = (self._wav.info.n_samples,)
 
