@@ -288,7 +288,7 @@ def plan_epoch(block_row, block_valid, *, window_rows: int, seed: int, epoch: in
     counts : int array [shape=(n_blocks,)], optional
         Times each block is served (a balanced draw); default once each.
     """
-    # planned in stretches and laid end to end: the same bytes as one stretch, and at 1 TB 0.6 s instead of 3 s
+    # planned in stretches and laid end to end: the same bytes as one stretch, and at 1 TB 0.7 s instead of 3 s
     # (arrays of a few MB stay in the caches; one stretch of 30 million blocks does not)
     out = Windows.of(list(plan_stretches(block_row, block_valid, window_rows=window_rows, seed=seed, epoch=epoch,
                                          page_rows=page_rows, shuffle=shuffle, counts=counts, first=STRETCH_MAX)))
