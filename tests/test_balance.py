@@ -13,7 +13,7 @@ from memstore.audio import write_wav
 from memstore.batches import BatchStream
 from memstore.build import build_store
 from memstore.errors import ParameterError
-from memstore.order import balanced_counts
+from memstore.order import balanced_counts, class_members
 from memstore.pager import plan_epoch
 from memstore.store import open_store
 
@@ -214,3 +214,14 @@ def test_balanced_counts_split_the_draw_evenly():
         assert per.max() - per.min() <= 1
         assert set(c[:10].tolist()) <= {0, 1} and set(c[10:13].tolist()) <= {2, 3} and c[13] in (6, 7)
     assert not np.array_equal(balanced_counts(cls, 19, seed=1, epoch=0), balanced_counts(cls, 19, seed=1, epoch=1))
+
+
+@settings(max_examples=40, deadline=None)
+@given(classes=st.lists(st.integers(-1, 5), min_size=0, max_size=300), n_draw=st.integers(0, 400),
+       seed=st.integers(0, 9), epoch=st.integers(0, 3))
+def test_a_draw_with_the_class_sort_kept_is_the_draw_without_it(classes, n_draw, seed, epoch):
+    """EpochOrder keeps class_members across epochs; balanced_counts given it draws the same counts."""
+    block_class = np.array(classes, np.int64)
+    kept = class_members(block_class)
+    np.testing.assert_array_equal(balanced_counts(block_class, n_draw, seed=seed, epoch=epoch, _classes=kept),
+                                  balanced_counts(block_class, n_draw, seed=seed, epoch=epoch))
