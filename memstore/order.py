@@ -91,9 +91,9 @@ from ._window import Window, Windows
 from .errors import ParameterError
 from .stats import starts
 
-__all__ = ["EpochOrder", "Window", "Windows", "balance_classes", "balanced_counts", "deal", "deal_windows", "intervals",
-           "remaining", "plan_pages", "plan_epoch", "plan_stretches", "shuffle_quality", "order_report",
-           "MIN_PAGES_PER_WINDOW"]
+__all__ = ["EpochOrder", "Window", "Windows", "balance_classes", "balanced_counts", "class_members", "deal",
+           "deal_windows", "intervals", "remaining", "plan_pages", "plan_epoch", "plan_stretches", "lane_ends",
+           "shuffle_quality", "order_report", "MIN_PAGES_PER_WINDOW"]
 
 #: separates the balanced draw's random stream from the shuffle's ``(seed, epoch)`` stream
 _BALANCE_TAG = 0xBA1A
