@@ -539,12 +539,6 @@ class _Lanes:
 _NO_PAGES = tuple(np.zeros(0, np.int64) for _ in range(4))
 
 
-def _lane_windows(row, end, window_rows: int, page_rows: int, longest: int, rng):
-    """The pages of a whole shuffled epoch at once (:class:`_Lanes`), as :func:`_windows` takes them."""
-    pages = _Lanes(row, lane_ends(row, end - row), window_rows, page_rows, longest, rng).cut(None)
-    return _NO_PAGES if pages is None else pages
-
-
 def _ramp(page_rows: int, longest: int) -> list[int]:
     """Row limits of a lane's first pages: from ``page_rows / FIRST_PAGE_DIVISOR`` doubling to ``page_rows``."""
     limits = [min(page_rows, max(longest, page_rows // FIRST_PAGE_DIVISOR))]

@@ -19,10 +19,11 @@ from memstore.errors import ParameterError
 from memstore.order import (
     STRETCH_MAX,
     Windows,
-    _lane_windows,
+    _Lanes,
     _Served,
     _store_order_windows,
     _windows,
+    lane_ends,
     plan_epoch,
     plan_stretches,
 )
@@ -76,7 +77,8 @@ def test_windows_built_at_once_equal_windows_built_one_by_one(lengths, t, step, 
     if shuffle:
         served = np.flatnonzero(counts > 0) if counts is not None else np.arange(len(row))
         rng = np.random.default_rng((seed, 1))
-        pages = _lane_windows(row[served], row[served] + valid[served], window_rows, page_rows, longest, rng)
+        pages = _Lanes(row[served], lane_ends(row[served], valid[served]), window_rows, page_rows, longest,
+                       rng).cut(None)  # the whole epoch in one cut
     else:
         served, rng = np.arange(len(row)), None
         pages = _store_order_windows(row, valid, window_rows, page_rows, counts)
