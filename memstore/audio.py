@@ -435,12 +435,8 @@ def read_audio(path, *, mono: bool = True, sample_rate: int | None = None) -> tu
 
 
 def _read_wav(path, mono: bool, opened=None) -> tuple[np.ndarray, int]:
-    if opened is None:
-        f, size = _open(path)
-        with f:
-            return _read_wav(path, mono, (f, size))
     wav = _parse_wav(path, opened)
-    return _decode(path, wav, mono, f=opened[0]), wav.info.sample_rate
+    return _decode(path, wav, mono, f=None if opened is None else opened[0]), wav.info.sample_rate
 
 
 def _convert(path, raw: np.ndarray, wav: _Wav, first_frame: int) -> np.ndarray:
