@@ -37,7 +37,8 @@ GIL) one or two batches ahead. Every batch is a new array: it stays valid as
 long as you keep it. The thread reads a snapshot of the stream's arrays,
 never the stream itself, so a stream dropped without ``close()`` is garbage
 collected and its finalizer stops the thread (and the pager's reader thread
-behind it), joining it unless the collection runs on another producer thread
+behind it) without waiting for it: a finalizer runs wherever a garbage
+collection happens, perhaps under a lock the thread needs to end
 (:mod:`memstore.prefetch`). ``close()`` ends and joins them at a moment of
 your choosing.
 """
@@ -61,6 +62,7 @@ from ._streamstate import STATE_FORMAT as STATE_FORMAT
 from .errors import ParameterError
 from .order import EpochOrder, balance_classes, order_report
 from .pager import served_rows
+from .prefetch import no_wait
 from .prefetch import start as start_producer
 from .slicer import gather_blocks
 
@@ -147,7 +149,7 @@ class BatchStream:
         # the running epoch's producer; the finalizer shares the list, so it always stops the
         # current producer when the stream is garbage collected
         self._holder: list = [None]
-        self._finalizer = weakref.finalize(self, _close_active, self._holder)
+        self._finalizer = weakref.finalize(self, _drop_active, self._holder)
 
         b = split_blocks(s, c, valid_files)
         self.block_file, self.block_start, self.block_row, self.block_valid = b.file, b.start, b.row, b.valid
@@ -340,7 +342,13 @@ class BatchStream:
 
 
 def _close_active(holder: list) -> None:
-    """Stop the producer in ``holder[0]`` and wait for its thread (also the stream's finalizer)."""
+    """Stop the producer in ``holder[0]`` and wait for its thread."""
     active, holder[0] = holder[0], None
     if active is not None:
         active.close()
+
+
+def _drop_active(holder: list) -> None:
+    """The stream's finalizer: stop the producer in ``holder[0]``, waiting for no thread."""
+    with no_wait():
+        _close_active(holder)

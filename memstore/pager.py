@@ -96,7 +96,8 @@ class WindowReader:
     dropped without ``close()`` (even mid-epoch) is collected -- its thread
     holds the file descriptor, the buffers and the queues but not the reader --
     and the finalizer of its :class:`memstore.prefetch.Prefetcher` then stops
-    and joins the thread (``tests/test_threads.py`` drops readers mid-epoch).
+    the thread, which ends on its own (``tests/test_threads.py`` drops readers
+    mid-epoch).
     A ``buf`` still held after that stays valid memory, but its contents are no
     longer defined. With ``prefetch=False`` each window is read in the
     consumer's thread when it is asked for, into the same two buffers.
@@ -115,7 +116,8 @@ class WindowReader:
                  window_rows: int, *, prefetch: bool = True, served=None):
         dtype = np.dtype(dtype)
         self._bufs = [np.empty((max(window_rows, 1), n_bins), dtype) for _ in range(2)]
-        self._free: queue.Queue = queue.Queue()
+        # a SimpleQueue: its put (``wake`` too) never blocks, so a finalizer may call it anywhere
+        self._free: queue.SimpleQueue = queue.SimpleQueue()
         for i in range(2):
             self._free.put(i)
         self._held = None

@@ -28,35 +28,42 @@ drains the queue (freeing a producer blocked on a full one) and joins the
 thread; after ``JOIN_S`` it gives up with a ``ResourceWarning``. A source
 that waits on anything should poll ``stop`` with :func:`wait_get`.
 
-Who waits for whom. ``close()`` joins the thread unless it runs on a
-producer thread that did not start this one: a finalizer may run on any
-thread that happens to trigger a garbage collection, and a window reader
-running the finalizer of a dropped stream must not wait for that stream's
-batch producer, which may be waiting for the reader's next window. A user's
-thread joins what it closes; a producer joins only the producers it started
-(the batch producer its window reader), so no two threads ever wait for each
-other; a producer that is not joined still sees ``stop`` and ends.
+Who waits for whom. ``close()`` joins the thread. A finalizer never waits:
+it may run on any thread, at any allocation, while that thread holds a lock
+that the producer needs in order to end (``threading.enumerate()`` holds the
+lock every thread takes as it exits, and allocates a list, so a garbage
+collection there is ordinary). The finalizer of a :class:`Prefetcher` only
+signals (sets ``stop``, calls ``wake``, drains the queue); an owner's
+finalizer closes what it owns inside :func:`no_wait`, where ``close()``
+signals the same way and returns; the thread sees ``stop`` and ends on its
+own. ``wake`` must itself never block (``queue.SimpleQueue.put`` is
+reentrant; ``queue.Queue.put`` takes a lock the woken thread may hold). A
+producer thread joins only the producers it started (the batch producer its
+window reader): a ``close()`` on another producer's thread -- a generator
+finalized there by a garbage collection -- signals and returns, so no two
+threads ever wait for each other.
 
 Garbage collection. The thread holds the source, the queue and the stop
 event, never the :class:`Prefetcher` (nor the object that owns it): a thread
 is a garbage-collection root, so a thread holding its owner would keep both
-alive forever. A ``weakref.finalize`` on the :class:`Prefetcher` runs
-``close()`` when it is collected, so an owner dropped without ``close()`` --
-a ``BatchStream`` or ``WindowReader`` forgotten mid-epoch, even in a
-reference cycle -- still ends its thread (``tests/test_threads.py``).
+alive forever. A ``weakref.finalize`` on the :class:`Prefetcher` stops the
+thread when it is collected, so an owner dropped without ``close()`` -- a
+``BatchStream`` or ``WindowReader`` forgotten mid-epoch, even in a reference
+cycle -- still ends its thread (``tests/test_threads.py``).
 """
 
 from __future__ import annotations
 
 import _thread
 import collections
+import contextlib
 import queue
 import threading
 import time
 import warnings
 import weakref
 
-__all__ = ["Prefetcher", "Inline", "start", "wait_get", "FLUSH", "POLL_S", "JOIN_S"]
+__all__ = ["Prefetcher", "Inline", "start", "wait_get", "no_wait", "FLUSH", "POLL_S", "JOIN_S"]
 
 #: how often blocked producers and consumers look at their stop event / the other side
 POLL_S = 0.1
@@ -66,11 +73,13 @@ JOIN_S = 30.0
 _END = object()
 #: a source yields it to hand over what it has produced now (before a wait of its own); never an item
 FLUSH = object()
-#: idents of the threads that run :func:`_pump`. An ident, not a ``threading.local`` flag or the
-#: ``Thread`` object: while a thread is torn down, its thread-locals are already cleared and
-#: ``threading.current_thread()`` answers a new dummy, yet a garbage collection there may still run
-#: finalizers -- which must recognise the thread as the producer it is (and never wait for itself)
-_producers: set[int] = set()
+#: ident -> stop event of each thread running :func:`_pump`, entered and removed by that thread
+#: itself (so an ident that the system gives to a new thread is never removed under it). An ident,
+#: not a ``threading.local`` flag or the ``Thread`` object: while a thread is torn down, its
+#: thread-locals are already cleared and ``threading.current_thread()`` answers a new dummy.
+_producers: dict[int, threading.Event] = {}
+#: ident -> depth of the :func:`no_wait` blocks running on that thread
+_not_waiting: dict[int, int] = {}
 
 
 class _Channel:
@@ -210,8 +219,9 @@ class Prefetcher:
         except BaseException:
             _close_source(source)
             raise
-        self._finalizer = weakref.finalize(self, _halt, self._thread, self._queue, self._stop, wake, what,
-                                           threading.get_ident())
+        self._creator = threading.get_ident()
+        # the finalizer only signals (see "Who waits for whom"); ``close()`` runs it, then joins
+        self._finalizer = weakref.finalize(self, _signal, self._queue, self._stop, wake)
 
     def __iter__(self):
         return self
@@ -235,11 +245,12 @@ class Prefetcher:
         return item
 
     def close(self) -> None:
-        """Stop and join the thread (idempotent; also the finalizer)."""
+        """Stop the thread and wait for it to end (idempotent); inside :func:`no_wait`, only stop it."""
         self._finalizer()
+        _join(self._thread, self._queue, self._what, self._creator)
 
 
-def wait_get(q: queue.Queue, stop: threading.Event):
+def wait_get(q: queue.Queue | queue.SimpleQueue, stop: threading.Event):
     """The next item of ``q``, or None once ``stop`` is set: a wait that a stop always ends."""
     while not stop.is_set():
         try:
@@ -257,7 +268,8 @@ def _close_source(source) -> None:
 
 def _pump(source, q: _Channel, stop: threading.Event) -> None:
     """Thread target: move items from ``source`` into ``q`` until the end, an error or ``stop``."""
-    _producers.add(threading.get_ident())
+    me = threading.get_ident()
+    _producers[me] = stop
     try:
         put = q.put
         for item in source:
@@ -269,27 +281,52 @@ def _pump(source, q: _Channel, stop: threading.Event) -> None:
     except BaseException as err:  # handed to the consumer
         q.put(_Raised(err), stop)
     finally:
-        q.flush()  # the end, an error, or whatever a lazy producer left unannounced
-        _close_source(source)
+        try:
+            q.flush()  # the end, an error, or whatever a lazy producer left unannounced
+            _close_source(source)
+        finally:
+            del _producers[me]
 
 
-def _halt(thread: threading.Thread, q: _Channel, stop: threading.Event, wake, what: str,
-          creator: int) -> None:
-    """Stop the producer and wait for its thread (``Prefetcher.close`` and its finalizer)."""
+@contextlib.contextmanager
+def no_wait():
+    """Inside this block (on this thread), ``close()`` stops producers without waiting for them.
+
+    For finalizers that close what their object owns: a finalizer must never wait (see "Who waits
+    for whom" in the module notes), and what it closes may close further producers itself (a
+    source generator's ``finally`` closing its window reader).
+    """
+    me = threading.get_ident()
+    _not_waiting[me] = _not_waiting.get(me, 0) + 1
+    try:
+        yield
+    finally:
+        if _not_waiting[me] == 1:
+            del _not_waiting[me]
+        else:
+            _not_waiting[me] -= 1
+
+
+def _signal(q: _Channel, stop: threading.Event, wake) -> None:
+    """Tell the producer to stop, waiting for nothing (the :class:`Prefetcher`'s finalizer)."""
     stop.set()
     if wake is not None:
         wake()
+    q.clear()  # free the items' memory and a producer waiting for room
+
+
+def _join(thread: threading.Thread, q: _Channel, what: str, creator: int) -> None:
+    """Wait for a signalled producer's thread to end (``Prefetcher.close``), where waiting is safe."""
     me = threading.get_ident()
-    if thread.ident == me:
-        return  # collected by the producer's own garbage collection: it sees ``stop`` and ends
+    if thread.ident == me or me in _not_waiting:
+        return  # its own garbage collection, or a finalizer: it sees ``stop`` and ends
     if me in _producers and me != creator:
         return  # another producer (see "Who waits for whom"): it may be waiting for this one
     deadline = time.monotonic() + JOIN_S
     while thread.is_alive():
-        q.clear()  # free the items' memory and a producer waiting for room
+        q.clear()  # items put since the signal
         if time.monotonic() > deadline:
             warnings.warn(f"memstore: {what} thread did not stop within {JOIN_S:.0f} s", ResourceWarning,
-                          stacklevel=2)
+                          stacklevel=3)
             return
         thread.join(timeout=POLL_S)
-    _producers.discard(thread.ident)  # it has ended: the ident may be given to another thread

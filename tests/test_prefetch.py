@@ -227,3 +227,49 @@ def test_a_producer_joins_the_producer_it_started():
     p = Prefetcher(outer(), depth=1, name="memstore-test-outer", what="test outer")
     assert next(p) is False
     p.close()
+
+
+def test_close_inside_no_wait_stops_the_producer_without_waiting_for_it(monkeypatch):
+    """What a finalizer does: it may run under a lock the producer needs in order to end, so it only
+    signals. Here the producer cannot end before ``release``: a close that waited would run into
+    JOIN_S and warn (an error here); inside ``no_wait`` it returns with the thread still running."""
+    monkeypatch.setattr(prefetch, "JOIN_S", 5.0)
+    release = threading.Event()
+
+    def source():
+        yield 0
+        while not release.wait(0.05):
+            pass
+        yield 1
+
+    p = Prefetcher(source(), depth=1, name="memstore-test-nowait", what="test producer")
+    assert next(p) == 0
+    (thread,) = threads_named("memstore-test-nowait")
+    with prefetch.no_wait():
+        with prefetch.no_wait():  # nested, as a finalizer closing an owner that closes its reader
+            p.close()
+        p.close()
+    assert thread.is_alive(), "close() inside no_wait waited for the thread"
+    assert threading.get_ident() not in prefetch._not_waiting  # the block left nothing behind
+    release.set()
+    assert ended(thread)
+    p.close()  # outside no_wait, on an ended thread: returns
+
+
+def test_a_producer_is_registered_while_it_runs_and_by_itself_only():
+    """A producer enters and removes its own ident: no other thread removes an ident that the system
+    may already have given to a new producer (a joiner did that before, unregistering a running
+    reader, which then waited for its own batch producer from a finalizer)."""
+    seen = {}
+
+    def source():
+        seen["ident"] = threading.get_ident()
+        seen["registered"] = threading.get_ident() in prefetch._producers
+        yield 0
+
+    p = Prefetcher(source(), depth=1, name="memstore-test-reg", what="test producer")
+    assert list(p) == [0]
+    (thread,) = threads_named("memstore-test-reg") or [None]
+    assert thread is None or ended(thread)
+    assert seen["registered"]
+    assert seen["ident"] not in prefetch._producers

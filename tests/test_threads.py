@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import threading
 import time
+import warnings
 import weakref
 
 import numpy as np
@@ -121,6 +122,34 @@ def test_epoch_iterators_left_unfinished_in_a_cycle_end_their_threads(store):
         next(s.epoch_iterator)
 
     check_dropped(lambda: BatchStream(store, batch_size=4, memory_limit=ooc_limit(4)), use)
+
+
+#: the lock every Python thread takes as it ends; ``threading.enumerate()`` holds it while it allocates
+LIMBO = getattr(threading, "_active_limbo_lock", None)
+
+
+@pytest.mark.skipif(LIMBO is None, reason="this Python's threading module has no _active_limbo_lock")
+@pytest.mark.parametrize("out_of_core,prefetch", [(False, True), (True, True), (True, False)],
+                         ids=["memory", "pager", "pager-unprefetched"])
+def test_a_stream_finalized_under_the_lock_ending_threads_take_does_not_wait_for_them(store, out_of_core,
+                                                                                     prefetch):
+    """A garbage collection inside ``threading.enumerate()`` runs finalizers while the collecting thread
+    holds the lock a thread takes to end (CI, 2026-11-26: test above, 4 of 10 streams). A finalizer
+    that joined the stream's threads then waited JOIN_S for threads that could not end, and warned;
+    the finalizer only signals, and the threads end once the lock is free."""
+    before = memstore_threads()
+    s = BatchStream(store, batch_size=4, memory_limit=ooc_limit(4) if out_of_core else None, prefetch=prefetch)
+    s()
+    started = memstore_threads() - before
+    assert started, "the scenario never started a background thread, so it tests nothing"
+    ref = weakref.ref(s)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with LIMBO:
+            del s  # the last reference: the finalizer runs here, on this thread, under the lock
+    assert ref() is None
+    assert not [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
+    assert not leftover(before)
 
 
 def test_stream_in_a_reference_cycle_is_collected_and_its_thread_ends(store):
