@@ -225,3 +225,20 @@ def test_a_draw_with_the_class_sort_kept_is_the_draw_without_it(classes, n_draw,
     kept = class_members(block_class)
     np.testing.assert_array_equal(balanced_counts(block_class, n_draw, seed=seed, epoch=epoch, _classes=kept),
                                   balanced_counts(block_class, n_draw, seed=seed, epoch=epoch))
+
+
+@settings(max_examples=60, deadline=None)
+@given(classes=st.lists(st.one_of(st.integers(-1, 6), st.integers(-40000, 40000)), min_size=0, max_size=200),
+       small=st.booleans())
+def test_class_members_are_the_sorted_classes_and_their_runs(classes, small):
+    """Against the plain spelling (np.unique, a 64-bit stable argsort, searchsorted), on both of
+    class_members' paths: labels from -1 to 32766 (sorted as 16 bits) and any other int64."""
+    block_class = np.array([c % 7 - 1 for c in classes] if small else classes, np.int64)
+    present, by_class, first, last = class_members(block_class)
+    order = np.argsort(block_class, kind="stable")
+    want = np.unique(block_class[block_class >= 0])
+    np.testing.assert_array_equal(by_class, order)
+    np.testing.assert_array_equal(present, want)
+    np.testing.assert_array_equal(first, np.searchsorted(block_class[order], want))
+    np.testing.assert_array_equal(last, np.searchsorted(block_class[order], want, side="right"))
+    assert present.dtype == first.dtype == last.dtype == np.int64

@@ -166,6 +166,32 @@ def test_an_epoch_planned_a_stretch_at_a_time_is_the_whole_plan(lengths, t, step
         assert len(parts) == 1  # unshuffled, or an epoch that fits the first stretch, or an empty one
 
 
+@settings(max_examples=30, deadline=None)
+@given(lengths=st.lists(st.integers(1, 700), min_size=1, max_size=30), seed=st.integers(0, 50),
+       first=st.sampled_from([1, 3, None]))
+def test_a_draw_that_serves_every_block_plans_as_one_that_names_them_all(lengths, seed, first):
+    """A balanced draw whose counts are all positive (classes of equal size) is planned over the whole
+    table without a list of the drawn blocks: the same plan as with the list 0..n-1 spelled out."""
+    row, valid = table(lengths, 20, 7)
+    counts = np.random.default_rng(seed).integers(1, 4, len(row))
+    kw = dict(window_rows=2 * int(valid.max()) + 100, seed=seed, epoch=1, counts=counts, first=first)
+    assert memstore.order._Served(len(row), counts, drop=True).ids is None
+    got = Windows.of(list(plan_stretches(row, valid, **kw)))
+
+    class Listed(memstore.order._Served):
+        def __init__(self, n_blocks, counts, *, drop):
+            super().__init__(n_blocks, counts, drop=drop)
+            if counts is not None and drop:  # the list every block's id, as before the shortcut
+                self.ids = np.arange(n_blocks, dtype=np.int64)
+                self.reps = counts[self.ids]
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(memstore.order, "_Served", Listed)
+        want = Windows.of(list(plan_stretches(row, valid, **kw)))
+    for name in ("row_start", "row_stop", "buf_start", "n_rows", "page_at", "blocks", "src_row", "block_at"):
+        np.testing.assert_array_equal(getattr(got, name), getattr(want, name))
+
+
 def test_stretches_reach_their_most_and_stay_there(monkeypatch):
     monkeypatch.setattr(memstore.order, "STRETCH_MAX", 20)
     row, valid = table([64] * 400, 8, 8)  # 2,800 blocks of 8 rows; pages of one block: 175 windows of 16
