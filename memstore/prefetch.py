@@ -24,9 +24,12 @@ that yields ``FLUSH`` gets it skipped on both paths.
 
 Stopping. ``close()`` sets the stop event, calls ``wake`` (to free a source
 blocked on something of its own, such as the pager's free-buffer queue),
-drains the queue (freeing a producer blocked on a full one) and joins the
-thread; after ``JOIN_S`` it gives up with a ``ResourceWarning``. A source
-that waits on anything should poll ``stop`` with :func:`wait_get`.
+drains the queue (freeing a producer blocked on a full one) and waits until
+the producer has closed its source (after ``JOIN_S`` it gives up with a
+``ResourceWarning``), then for the thread's end: at most ``ENDING_S``, and
+not at all on a thread that holds the lock every ending Python thread takes
+(see :func:`_join`). A source that waits on anything should poll ``stop``
+with :func:`wait_get`.
 
 Who waits for whom. ``close()`` joins the thread. A finalizer never waits:
 it may run on any thread, at any allocation, while that thread holds a lock
@@ -63,12 +66,14 @@ import time
 import warnings
 import weakref
 
-__all__ = ["Prefetcher", "Inline", "start", "wait_get", "no_wait", "FLUSH", "POLL_S", "JOIN_S"]
+__all__ = ["Prefetcher", "Inline", "start", "wait_get", "no_wait", "FLUSH", "POLL_S", "JOIN_S", "ENDING_S"]
 
 #: how often blocked producers and consumers look at their stop event / the other side
 POLL_S = 0.1
 #: how long stopping waits for a producer before giving up with a warning
 JOIN_S = 30.0
+#: how long stopping waits for a producer's thread to end once its work is done (see ``_join``)
+ENDING_S = 1.0
 
 _END = object()
 #: a source yields it to hand over what it has produced now (before a wait of its own); never an item
@@ -80,6 +85,8 @@ FLUSH = object()
 _producers: dict[int, threading.Event] = {}
 #: ident -> depth of the :func:`no_wait` blocks running on that thread
 _not_waiting: dict[int, int] = {}
+#: the lock every Python thread takes as it ends (CPython's; None where there is no such lock)
+_LIMBO = getattr(threading, "_active_limbo_lock", None)
 
 
 class _Channel:
@@ -212,8 +219,9 @@ class Prefetcher:
         self._stop = stop if stop is not None else threading.Event()
         self._what = what
         self._done = False
-        self._thread = threading.Thread(target=_pump, args=(source, self._queue, self._stop), name=name,
-                                        daemon=True)
+        self._ended = threading.Event()  # set by the thread once its work is done (the source closed)
+        self._thread = threading.Thread(target=_pump, args=(source, self._queue, self._stop, self._ended),
+                                        name=name, daemon=True)
         try:
             self._thread.start()
         except BaseException:
@@ -247,7 +255,7 @@ class Prefetcher:
     def close(self) -> None:
         """Stop the thread and wait for it to end (idempotent); inside :func:`no_wait`, only stop it."""
         self._finalizer()
-        _join(self._thread, self._queue, self._what, self._creator)
+        _join(self._thread, self._ended, self._queue, self._what, self._creator)
 
 
 def wait_get(q: queue.Queue | queue.SimpleQueue, stop: threading.Event):
@@ -266,7 +274,7 @@ def _close_source(source) -> None:
         close()
 
 
-def _pump(source, q: _Channel, stop: threading.Event) -> None:
+def _pump(source, q: _Channel, stop: threading.Event, ended: threading.Event) -> None:
     """Thread target: move items from ``source`` into ``q`` until the end, an error or ``stop``."""
     me = threading.get_ident()
     _producers[me] = stop
@@ -285,7 +293,8 @@ def _pump(source, q: _Channel, stop: threading.Event) -> None:
             q.flush()  # the end, an error, or whatever a lazy producer left unannounced
             _close_source(source)
         finally:
-            del _producers[me]
+            _producers.pop(me, None)
+            ended.set()
 
 
 @contextlib.contextmanager
@@ -315,18 +324,34 @@ def _signal(q: _Channel, stop: threading.Event, wake) -> None:
     q.clear()  # free the items' memory and a producer waiting for room
 
 
-def _join(thread: threading.Thread, q: _Channel, what: str, creator: int) -> None:
-    """Wait for a signalled producer's thread to end (``Prefetcher.close``), where waiting is safe."""
+def _join(thread: threading.Thread, ended: threading.Event, q: _Channel, what: str, creator: int) -> None:
+    """Wait for a signalled producer's thread to end (``Prefetcher.close``), where waiting is safe.
+
+    Once the thread has done its work (``ended``: its source closed), all it still needs is the lock
+    that every ending thread takes (``threading``'s ``_active_limbo_lock``). A thread that holds
+    that lock -- a generator finalized by a garbage collection inside ``threading.enumerate()``
+    closes its producer there -- stops waiting at once; any other waits at most ``ENDING_S`` more
+    (the holder may be a thread that waits for this one), then leaves the thread to end on its own.
+    """
     me = threading.get_ident()
     if thread.ident == me or me in _not_waiting:
         return  # its own garbage collection, or a finalizer: it sees ``stop`` and ends
     if me in _producers and me != creator:
         return  # another producer (see "Who waits for whom"): it may be waiting for this one
     deadline = time.monotonic() + JOIN_S
-    while thread.is_alive():
-        q.clear()  # items put since the signal
+    while not ended.wait(POLL_S):
+        q.clear()  # items put since the signal, and room for a producer waiting to put
         if time.monotonic() > deadline:
             warnings.warn(f"memstore: {what} thread did not stop within {JOIN_S:.0f} s", ResourceWarning,
                           stacklevel=3)
             return
-        thread.join(timeout=POLL_S)
+    if not _holding_limbo():
+        thread.join(timeout=ENDING_S)
+
+
+def _holding_limbo() -> bool:
+    """Whether this thread holds the lock every ending thread takes (perhaps, where its holder is unknown)."""
+    if _LIMBO is None:
+        return False
+    owned = getattr(_LIMBO, "_is_owned", None)  # an RLock since Python 3.11 (taken again by finalizers)
+    return owned() if owned is not None else _LIMBO.locked()

@@ -152,6 +152,29 @@ def test_a_stream_finalized_under_the_lock_ending_threads_take_does_not_wait_for
     assert not leftover(before)
 
 
+@pytest.mark.skipif(LIMBO is None, reason="this Python's threading module has no _active_limbo_lock")
+@pytest.mark.parametrize("out_of_core,prefetch", [(False, True), (True, True), (True, False)],
+                         ids=["memory", "pager", "pager-unprefetched"])
+def test_an_epoch_iterator_finalized_under_the_lock_ending_threads_take_does_not_wait_for_them(store, out_of_core,
+                                                                                              prefetch):
+    """The same place for a generator: an epoch iterator finalized there closes its producer in its
+    ``finally`` (not a finalizer, so it may wait). It waits until the producer's work is done, not for
+    the thread's very end, which needs the lock this thread holds."""
+    before = memstore_threads()
+    s = BatchStream(store, batch_size=4, memory_limit=ooc_limit(4) if out_of_core else None, prefetch=prefetch)
+    it = iter(s)
+    next(it)
+    assert memstore_threads() - before, "the scenario never started a background thread, so it tests nothing"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with LIMBO:
+            del it  # the last reference: the generator's finally runs here, on this thread, under the lock
+    assert not [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
+    assert s._active is None  # the producer was closed, not left running
+    s.close()
+    assert not leftover(before)
+
+
 def test_stream_in_a_reference_cycle_is_collected_and_its_thread_ends(store):
     def make():
         s = BatchStream(store, batch_size=4)
