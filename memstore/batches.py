@@ -217,14 +217,27 @@ class BatchStream:
         _close_active(self._holder)
 
     def __iter__(self):
-        """One epoch of ``(x, y)`` (or ``(x, y, file)``) batches, from the current position."""
+        """One epoch of ``(x, y)`` (or ``(x, y, file)``) batches, from the current position.
+
+        The stream has one position: a newer ``iter()``, ``close()`` or ``load_state_dict`` ends
+        an iterator still running (its next step raises ``RuntimeError``), and an iterator closes
+        only the producer it started.
+        """
         self._start(self.epoch, self.iteration_step)
+        mine = self._holder[0]
         try:
-            while (item := next(self._active, None)) is not None:
+            while True:
+                if self._holder[0] is not mine:
+                    raise RuntimeError("this epoch iterator was ended by the stream: close(), load_state_dict() "
+                                       "or a newer iter() of the same stream came after it")
+                item = next(mine, None)
+                if item is None:
+                    break
                 self.iteration_step += 1
                 yield item
         finally:
-            self._stop_active()
+            if self._holder[0] is mine:
+                self._stop_active()
         if self.iteration_step >= self._n_batches(self._unserved):
             self._next_epoch()
 

@@ -42,9 +42,12 @@ signals the same way and returns; the thread sees ``stop`` and ends on its
 own. ``wake`` must itself never block (``queue.SimpleQueue.put`` is
 reentrant; ``queue.Queue.put`` takes a lock the woken thread may hold). A
 producer thread joins only the producers it started (the batch producer its
-window reader): a ``close()`` on another producer's thread -- a generator
-finalized there by a garbage collection -- signals and returns, so no two
-threads ever wait for each other.
+window reader): a ``close()`` on another producer's thread signals and
+returns, so no two threads ever wait for each other. And nothing closed
+during a garbage collection waits (a ``gc.callbacks`` hook marks the
+collecting thread): a generator finalized there -- an epoch iterator left in
+a reference cycle -- closes its producer in its ``finally``, which is not a
+finalizer but runs in the same place.
 
 Garbage collection. The thread holds the source, the queue and the stop
 event, never the :class:`Prefetcher` (nor the object that owns it): a thread
@@ -60,6 +63,8 @@ from __future__ import annotations
 import _thread
 import collections
 import contextlib
+import gc
+import os
 import queue
 import threading
 import time
@@ -72,7 +77,8 @@ __all__ = ["Prefetcher", "Inline", "start", "wait_get", "no_wait", "FLUSH", "POL
 POLL_S = 0.1
 #: how long stopping waits for a producer before giving up with a warning
 JOIN_S = 30.0
-#: how long stopping waits for a producer's thread to end once its work is done (see ``_join``)
+#: how long an ending thread may wait for the lock every ending thread takes before stopping stops
+#: waiting for it (see ``_join``)
 ENDING_S = 1.0
 
 _END = object()
@@ -220,12 +226,16 @@ class Prefetcher:
         self._what = what
         self._done = False
         self._ended = threading.Event()  # set by the thread once its work is done (the source closed)
-        self._thread = threading.Thread(target=_pump, args=(source, self._queue, self._stop, self._ended),
+        # the thread takes the source out of the box: its ``Thread`` object keeps the box, not the source
+        box = [source]
+        self._thread = threading.Thread(target=_pump, args=(box, self._queue, self._stop, self._ended),
                                         name=name, daemon=True)
         try:
             self._thread.start()
-        except BaseException:
-            _close_source(source)
+        except BaseException:  # perhaps after the thread was launched (an interrupt while it starts)
+            self._stop.set()
+            if box:  # not taken: the thread never ran and never will close it
+                _close_source(box.pop())
             raise
         self._creator = threading.get_ident()
         # the finalizer only signals (see "Who waits for whom"); ``close()`` runs it, then joins
@@ -274,10 +284,12 @@ def _close_source(source) -> None:
         close()
 
 
-def _pump(source, q: _Channel, stop: threading.Event, ended: threading.Event) -> None:
-    """Thread target: move items from ``source`` into ``q`` until the end, an error or ``stop``."""
+def _pump(box: list, q: _Channel, stop: threading.Event, ended: threading.Event) -> None:
+    """Thread target: move items from the source in ``box`` into ``q`` until the end, an error or ``stop``."""
     me = threading.get_ident()
     _producers[me] = stop
+    source = box.pop()
+    item = None
     try:
         put = q.put
         for item in source:
@@ -293,6 +305,7 @@ def _pump(source, q: _Channel, stop: threading.Event, ended: threading.Event) ->
             q.flush()  # the end, an error, or whatever a lazy producer left unannounced
             _close_source(source)
         finally:
+            source = item = None  # dropped before ``ended``: the source's buffers are freed when close() returns
             _producers.pop(me, None)
             ended.set()
 
@@ -310,10 +323,45 @@ def no_wait():
     try:
         yield
     finally:
-        if _not_waiting[me] == 1:
-            del _not_waiting[me]
-        else:
-            _not_waiting[me] -= 1
+        _leave_no_wait(me)
+
+
+def _leave_no_wait(me: int) -> None:
+    depth = _not_waiting.get(me, 1) - 1
+    if depth > 0:
+        _not_waiting[me] = depth
+    else:
+        _not_waiting.pop(me, None)
+
+
+def _during_collection(phase: str, info: dict) -> None:
+    """``gc.callbacks`` hook: nothing closed during a garbage collection waits for a thread.
+
+    A collection runs wherever an allocation triggers it, perhaps under a lock a producer needs
+    (numba's compiler lock, an import lock, the lock every ending thread takes): a generator
+    finalized there (an epoch iterator, a loader's) closes its producer in its ``finally``, which,
+    unlike a finalizer, would otherwise wait.
+    """
+    me = threading.get_ident()
+    if phase == "start":
+        _not_waiting[me] = _not_waiting.get(me, 0) + 1
+    else:
+        _leave_no_wait(me)
+
+
+gc.callbacks.append(_during_collection)
+
+
+def _after_fork_in_child() -> None:
+    """A forked child has only the thread that forked: forget every other thread's marks."""
+    me = threading.get_ident()
+    for table in (_producers, _not_waiting):
+        for ident in [k for k in table if k != me]:
+            table.pop(ident, None)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _signal(q: _Channel, stop: threading.Event, wake) -> None:
@@ -329,9 +377,8 @@ def _join(thread: threading.Thread, ended: threading.Event, q: _Channel, what: s
 
     Once the thread has done its work (``ended``: its source closed), all it still needs is the lock
     that every ending thread takes (``threading``'s ``_active_limbo_lock``). A thread that holds
-    that lock -- a generator finalized by a garbage collection inside ``threading.enumerate()``
-    closes its producer there -- stops waiting at once; any other waits at most ``ENDING_S`` more
-    (the holder may be a thread that waits for this one), then leaves the thread to end on its own.
+    that lock stops waiting at once; any other joins the thread, unless another thread holds the
+    lock for ``ENDING_S`` (it may be waiting for this one): then the producer ends once it is free.
     """
     me = threading.get_ident()
     if thread.ident == me or me in _not_waiting:
@@ -339,14 +386,23 @@ def _join(thread: threading.Thread, ended: threading.Event, q: _Channel, what: s
     if me in _producers and me != creator:
         return  # another producer (see "Who waits for whom"): it may be waiting for this one
     deadline = time.monotonic() + JOIN_S
-    while not ended.wait(POLL_S):
+    # a thread that is not alive may never set ``ended``: one of the parent's, in a forked child
+    while thread.is_alive() and not ended.wait(POLL_S):
         q.clear()  # items put since the signal, and room for a producer waiting to put
         if time.monotonic() > deadline:
             warnings.warn(f"memstore: {what} thread did not stop within {JOIN_S:.0f} s", ResourceWarning,
                           stacklevel=3)
             return
-    if not _holding_limbo():
-        thread.join(timeout=ENDING_S)
+    if _holding_limbo():
+        return
+    while thread.is_alive():
+        thread.join(timeout=POLL_S)
+        if thread.is_alive() and _limbo_held_by_another():
+            return  # its holder may be waiting for this thread: the producer ends once it is free
+        if time.monotonic() > deadline:
+            warnings.warn(f"memstore: {what} thread did not end within {JOIN_S:.0f} s", ResourceWarning,
+                          stacklevel=3)
+            return
 
 
 def _holding_limbo() -> bool:
@@ -355,3 +411,13 @@ def _holding_limbo() -> bool:
         return False
     owned = getattr(_LIMBO, "_is_owned", None)  # an RLock since Python 3.11 (taken again by finalizers)
     return owned() if owned is not None else _LIMBO.locked()
+
+
+def _limbo_held_by_another() -> bool:
+    """Whether another thread holds the lock every ending thread takes for ``ENDING_S`` (waited here)."""
+    if _LIMBO is None:
+        return False
+    if not _LIMBO.acquire(timeout=ENDING_S):
+        return True
+    _LIMBO.release()
+    return False

@@ -273,3 +273,22 @@ def test_a_producer_is_registered_while_it_runs_and_by_itself_only():
     assert thread is None or ended(thread)
     assert seen["registered"]
     assert seen["ident"] not in prefetch._producers
+
+
+def test_nothing_closed_during_a_garbage_collection_waits():
+    """A collection runs wherever an allocation triggers it, perhaps under a lock a producer needs: a
+    generator finalized there closes its producer without waiting. The mark holds for the collection
+    only, on its thread only."""
+    assert prefetch._during_collection in gc.callbacks
+    seen = []
+
+    def probe(phase, info):
+        seen.append((phase, threading.get_ident() in prefetch._not_waiting))
+
+    gc.callbacks.append(probe)  # after memstore's hook: runs inside the marked span
+    try:
+        gc.collect()
+    finally:
+        gc.callbacks.remove(probe)
+    assert ("start", True) in seen
+    assert threading.get_ident() not in prefetch._not_waiting

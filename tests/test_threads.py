@@ -9,6 +9,7 @@ time out; none sleeps for a fixed time and none asserts a duration.
 from __future__ import annotations
 
 import gc
+import os
 import threading
 import time
 import warnings
@@ -173,6 +174,51 @@ def test_an_epoch_iterator_finalized_under_the_lock_ending_threads_take_does_not
     assert s._active is None  # the producer was closed, not left running
     s.close()
     assert not leftover(before)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no os.fork on this platform")
+@pytest.mark.parametrize("out_of_core", [False, True], ids=["memory", "pager"])
+def test_a_forked_child_restarts_a_stream_whose_producer_ran_in_the_parent(store, out_of_core):
+    """A forked child has none of the parent's threads: the producer it inherited will never report
+    its end, and closing it (as iter() does first) must not wait for that (a DataLoader worker)."""
+    s = BatchStream(store, batch_size=4, memory_limit=ooc_limit(4) if out_of_core else None)
+    want = s()  # a producer runs in the parent, and is running when the process forks
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 1
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                x, _ = next(iter(s))  # closes the inherited producer, starts its own
+            ok = not [w_ for w_ in caught if issubclass(w_.category, ResourceWarning)] and x.shape == want[0].shape
+            code = 0 if ok else 2
+        finally:
+            os.write(w, bytes([code]))
+            os._exit(code)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        told = f.read()
+    _, status = os.waitpid(pid, 0)
+    s.close()
+    assert told == b"\x00" and os.waitstatus_to_exitcode(status) == 0, (told, status)
+
+
+def test_an_epoch_iterator_closes_only_its_own_producer(store):
+    """Dropping an older epoch iterator of a stream must not close the newer one's producer; the older
+    one, when used again, says why it ended."""
+    s = BatchStream(store, batch_size=4, memory_limit=ooc_limit(4))
+    old = iter(s)
+    next(old)
+    new = iter(s)
+    next(new)  # starts the newer producer, ending the older one's
+    with pytest.raises(RuntimeError, match="ended by the stream"):
+        next(old)
+    del old
+    gc.collect()
+    x, _ = next(new)  # still served
+    assert len(x) == 4
+    s.close()
 
 
 def test_stream_in_a_reference_cycle_is_collected_and_its_thread_ends(store):
