@@ -72,7 +72,6 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ._jit import JIT, njit
 from ._validate import is_int, positive_int
 from .errors import AudioDecodeError, MissingDependencyError, ParameterError, require
 
@@ -513,37 +512,8 @@ def _decode(path, wav: _Wav, mono: bool, first: int = 0, last: int | None = None
         if direct:
             _convert(path, dst.reshape(-1).view(np.uint8), wav, start)  # checks finiteness; samples are in place
             continue
-        if mono and ch > 1 and JIT and (wav.kind, width) == ("i", 2) and np.dtype(wav.order + "i2").isnative:
-            samples = target.view(np.int16)
-            if len(samples) != len(dst) * ch:  # by construction (size above); the kernel checks no bound
-                raise AssertionError(f"{len(samples)} samples for {len(dst)} frames of {ch} channels")
-            _mix_pcm16(samples, ch, dst)
-            continue
         _mix(dst, _convert(path, target, wav, start).reshape(-1, ch), mono)
     return out
-
-
-@njit(nogil=True, cache=True)
-def _mix_pcm16(x, ch, dst):  # pragma: no cover - jitted
-    """The mean of ``ch`` channels of 16-bit samples ``x`` [shape=(len(dst) * ch,)] into ``dst``.
-
-    One pass for what :func:`_convert` and :func:`_mix` do in five (the commonest case: 16-bit
-    stereo read as mono), with the same roundings in the same order, so the same float32 bits:
-    each sample to float32 times 2**-15 (exact), channel 0 plus channel 1 plus ..., each sum
-    rounded to float32, then times ``float32(1 / ch)``. The caller checks the lengths.
-    """
-    scale = np.float32(2.0 ** -15)
-    inv = np.float32(1.0 / ch)
-    if ch == 2:  # its own loop, which LLVM vectorizes: 9 us per 3 s stereo clip against 100 us in numpy
-        for i in range(dst.shape[0]):
-            dst[i] = (np.float32(x[2 * i]) * scale + np.float32(x[2 * i + 1]) * scale) * inv
-        return
-    for i in range(dst.shape[0]):
-        k = i * ch
-        s = np.float32(x[k]) * scale
-        for c in range(1, ch):
-            s += np.float32(x[k + c]) * scale
-        dst[i] = s * inv
 
 
 def _mix(dst: np.ndarray, x: np.ndarray, mono: bool) -> None:
