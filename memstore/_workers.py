@@ -307,7 +307,8 @@ def _init_worker(parent_pid: int) -> None:
     for k in THREAD_VARS:
         os.environ[k] = "1"  # this process only: libraries loaded from now on start one thread
     limit_native_threads(1)
-    keep_heap()
+    global _heap_kept_for_life
+    _heap_kept_for_life = keep_heap()
     _die_with_parent(parent_pid)
     if "coverage" not in sys.modules:  # coverage saves a worker's data at exit: let it
         atexit.register(_exit_now)
@@ -455,6 +456,13 @@ def _one_thread_undo(saved: list[tuple]) -> None:
 
 _one_thread = _WhileUsed(_one_thread_apply, _one_thread_undo)
 _heap_kept = _WhileUsed(keep_heap, _give_heap_back)
+#: a worker keeps its heap for life (``_init_worker``)
+_heap_kept_for_life = False
+
+
+def heap_kept() -> bool:
+    """Whether glibc keeps this process's freed heap now (a build's worker, or its own process while it extracts)."""
+    return _heap_kept_for_life or bool(_heap_kept._token)
 
 
 @contextlib.contextmanager

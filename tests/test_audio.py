@@ -12,7 +12,7 @@ import pytest
 import wavs
 from scipy.signal import resample_poly
 
-from memstore import audio
+from memstore import _workers, audio
 from memstore.audio import audio_extensions, audio_info, open_signal, read_audio, resampled_length, write_wav
 from memstore.errors import AudioDecodeError, MemstoreError, MissingDependencyError, ParameterError
 
@@ -159,6 +159,35 @@ def test_mono_is_the_mean_and_stays_in_range(tmp_path):
     path = wavs.write(tmp_path / "8.wav", wavs.floats(np.full((10, 8), 0.9), 32))
     mono = read_audio(path)[0]
     np.testing.assert_allclose(mono, 0.9, rtol=1e-6)  # a sum would give 7.2
+
+
+@pytest.mark.parametrize("channels", [2, 3, 5])
+def test_16_bit_mono_is_the_numpy_steps_bit_for_bit(tmp_path, monkeypatch, channels):
+    """16-bit audio read as mono in a build goes through one kernel (audio._mix_pcm16); its float32 bits are
+    those of the general steps (convert every sample, then add channel after channel and scale), which a
+    build's stores depend on. Every extreme sample value and chunk edges included."""
+    rng = np.random.default_rng(channels)
+    ints = rng.integers(-32768, 32768, (5000, channels))
+    ints[:3] = [[-32768] * channels, [32767] * channels, [-1] * channels]
+    ints[3, :2] = [1, -1]
+    path = wavs.write(tmp_path / "m.wav", wavs.pcm(ints, 16))
+    y = ints.astype(np.float32) * np.float32(2.0**-15)  # exact: 16 bits fit float32
+    want = y[:, 0].copy()
+    for c in range(1, channels):
+        want += y[:, c]
+    want *= np.float32(1.0 / channels)
+    calls = []
+    kernel = audio._mix_pcm16
+    monkeypatch.setattr(audio, "_mix_pcm16", lambda *a: calls.append(1) or kernel(*a))
+    np.testing.assert_array_equal(read_audio(path)[0].view(np.int32), want.view(np.int32))
+    assert not calls or _workers.heap_kept()  # outside a build the general steps (see _mix_pcm16)
+    with _workers.kept_heap():  # as in a build: the kernel
+        if not _workers.heap_kept():
+            pytest.skip("no glibc mallopt here: the kernel is never used")
+        np.testing.assert_array_equal(read_audio(path)[0].view(np.int32), want.view(np.int32))
+        assert calls or not audio.JIT
+        monkeypatch.setattr(audio, "CHUNK_SAMPLES", 7 * channels)  # chunks of 7 frames
+        np.testing.assert_array_equal(read_audio(path)[0].view(np.int32), want.view(np.int32))
 
 
 @pytest.mark.parametrize("fmt", list(BITS))
