@@ -26,10 +26,10 @@ Stopping. ``close()`` sets the stop event, calls ``wake`` (to free a source
 blocked on something of its own, such as the pager's free-buffer queue),
 drains the queue (freeing a producer blocked on a full one) and waits until
 the producer has closed its source (after ``JOIN_S`` it gives up with a
-``ResourceWarning``), then for the thread's end: at most ``ENDING_S``, and
-not at all on a thread that holds the lock every ending Python thread takes
-(see :func:`_join`). A source that waits on anything should poll ``stop``
-with :func:`wait_get`.
+``ResourceWarning``), then for the thread's end -- not on a thread that holds
+the lock every ending Python thread takes, nor once another thread has held
+it for ``ENDING_S`` (see :func:`_join`). A source that waits on anything
+should poll ``stop`` with :func:`wait_get`.
 
 Who waits for whom. ``close()`` joins the thread. A finalizer never waits:
 it may run on any thread, at any allocation, while that thread holds a lock
@@ -234,8 +234,12 @@ class Prefetcher:
             self._thread.start()
         except BaseException:  # perhaps after the thread was launched (an interrupt while it starts)
             self._stop.set()
-            if box:  # not taken: the thread never ran and never will close it
-                _close_source(box.pop())
+            try:
+                source = box.pop()  # atomic: taken here, or already by the thread, which then closes it
+            except IndexError:
+                pass
+            else:
+                _close_source(source)
             raise
         self._creator = threading.get_ident()
         # the finalizer only signals (see "Who waits for whom"); ``close()`` runs it, then joins
