@@ -84,11 +84,11 @@ ENDING_S = 1.0
 _END = object()
 #: a source yields it to hand over what it has produced now (before a wait of its own); never an item
 FLUSH = object()
-#: ident -> stop event of each thread running :func:`_pump`, entered and removed by that thread
-#: itself (so an ident that the system gives to a new thread is never removed under it). An ident,
+#: idents of the threads running :func:`_pump`, each entered and removed by that thread itself (so
+#: an ident that the system gives to a new thread is never removed under it). An ident,
 #: not a ``threading.local`` flag or the ``Thread`` object: while a thread is torn down, its
 #: thread-locals are already cleared and ``threading.current_thread()`` answers a new dummy.
-_producers: dict[int, threading.Event] = {}
+_producers: set[int] = set()
 #: ident -> depth of the :func:`no_wait` blocks running on that thread
 _not_waiting: dict[int, int] = {}
 #: the lock every Python thread takes as it ends (CPython's; None where there is no such lock)
@@ -291,7 +291,7 @@ def _close_source(source) -> None:
 def _pump(box: list, q: _Channel, stop: threading.Event, ended: threading.Event) -> None:
     """Thread target: move items from the source in ``box`` into ``q`` until the end, an error or ``stop``."""
     me = threading.get_ident()
-    _producers[me] = stop
+    _producers.add(me)
     source = box.pop()
     item = None
     try:
@@ -310,7 +310,7 @@ def _pump(box: list, q: _Channel, stop: threading.Event, ended: threading.Event)
             _close_source(source)
         finally:
             source = item = None  # dropped before ``ended``: the source's buffers are freed when close() returns
-            _producers.pop(me, None)
+            _producers.discard(me)
             ended.set()
 
 
@@ -323,11 +323,15 @@ def no_wait():
     source generator's ``finally`` closing its window reader).
     """
     me = threading.get_ident()
-    _not_waiting[me] = _not_waiting.get(me, 0) + 1
+    _enter_no_wait(me)
     try:
         yield
     finally:
         _leave_no_wait(me)
+
+
+def _enter_no_wait(me: int) -> None:
+    _not_waiting[me] = _not_waiting.get(me, 0) + 1
 
 
 def _leave_no_wait(me: int) -> None:
@@ -348,7 +352,7 @@ def _during_collection(phase: str, info: dict) -> None:
     """
     me = threading.get_ident()
     if phase == "start":
-        _not_waiting[me] = _not_waiting.get(me, 0) + 1
+        _enter_no_wait(me)
     else:
         _leave_no_wait(me)
 
@@ -359,9 +363,9 @@ gc.callbacks.append(_during_collection)
 def _after_fork_in_child() -> None:
     """A forked child has only the thread that forked: forget every other thread's marks."""
     me = threading.get_ident()
-    for table in (_producers, _not_waiting):
-        for ident in [k for k in table if k != me]:
-            table.pop(ident, None)
+    _producers.intersection_update({me})
+    for ident in [k for k in _not_waiting if k != me]:
+        _not_waiting.pop(ident, None)
 
 
 if hasattr(os, "register_at_fork"):
