@@ -497,6 +497,9 @@ def _decode(path, wav: _Wav, mono: bool, first: int = 0, last: int | None = None
     # plain reads into one reused buffer, not a memory map: page faults on a fresh mapping cost
     # more than the copy out of the page cache (tools/bench_decode.py)
     direct = not mono and (wav.kind, width) == ("f", 4) and np.dtype(wav.order + "f4").isnative
+    # 16-bit audio mixed to mono by one kernel, in a build (see _mix_pcm16)
+    mix16 = mono and ch > 1 and JIT and (wav.kind, width) == ("i", 2) and np.dtype(wav.order + "i2").isnative \
+        and heap_kept()
     step = max(1, CHUNK_SAMPLES // ch)
     buf = None if direct else np.empty(min(step, last - first) * ch * width + lead, np.uint8)
     for start in range(first, last, step):
@@ -514,8 +517,7 @@ def _decode(path, wav: _Wav, mono: bool, first: int = 0, last: int | None = None
         if direct:
             _convert(path, dst.reshape(-1).view(np.uint8), wav, start)  # checks finiteness; samples are in place
             continue
-        if mono and ch > 1 and JIT and (wav.kind, width) == ("i", 2) and np.dtype(wav.order + "i2").isnative \
-                and heap_kept():
+        if mix16:
             samples = target.view(np.int16)
             if len(samples) != len(dst) * ch:  # by construction (size above); the kernel checks no bound
                 raise AssertionError(f"{len(samples)} samples for {len(dst)} frames of {ch} channels")
