@@ -15,7 +15,7 @@ from ._window import Window, Windows
 from .errors import ParameterError
 from .stats import starts
 
-__all__ = ["intervals", "deal", "remaining", "deal_windows"]
+__all__ = ["intervals", "deal", "dealt", "remaining", "deal_windows"]
 
 
 def intervals(unserved, n: int) -> np.ndarray:
@@ -58,14 +58,19 @@ def deal(unserved, rank: int, world: int) -> np.ndarray:
     With ``per = |U| // world``, rank ``r`` gets ``flat(U)[r * per:(r + 1) * per]``: every rank
     gets as many, and at most ``world - 1`` positions go to nobody.
     """
+    mine = dealt(unserved, rank, world)
+    if not len(mine):
+        return np.zeros(0, np.int64)
+    return np.concatenate([np.arange(lo, hi, dtype=np.int64) for lo, hi in mine.tolist()])
+
+
+def dealt(unserved, rank: int, world: int) -> np.ndarray:
+    """:func:`deal`'s positions as intervals [shape=(k, 2)] (ascending, disjoint): nothing materialised."""
     if isinstance(unserved, int | np.integer):
         unserved = intervals(None, int(unserved))
     iv = np.asarray(unserved, np.int64).reshape(-1, 2)
     per = int((iv[:, 1] - iv[:, 0]).sum()) // world
-    mine = _flat_range(iv, rank * per, (rank + 1) * per)
-    if not len(mine):
-        return np.zeros(0, np.int64)
-    return np.concatenate([np.arange(lo, hi, dtype=np.int64) for lo, hi in mine.tolist()])
+    return _flat_range(iv, rank * per, (rank + 1) * per)
 
 
 def remaining(unserved, world: int, consumed) -> np.ndarray:

@@ -18,11 +18,16 @@ from memstore.blocks import block_table
 from memstore.errors import ParameterError
 from memstore.order import (
     STRETCH_MAX,
+    EpochOrder,
     Windows,
     _Lanes,
     _Served,
     _store_order_windows,
+    _checked,
+    _dealt_windows,
+    _skip_draws,
     _windows,
+    deal_windows,
     lane_ends,
     plan_epoch,
     plan_stretches,
@@ -216,3 +221,72 @@ def test_a_numpy_stretch_size_plans_the_same_stretches_as_an_int():
     assert len(a) == len(b) > 1
     for x, y in zip(a, b, strict=True):
         np.testing.assert_array_equal(x, y)
+
+
+FIELDS = ("row_start", "row_stop", "buf_start", "n_rows", "page_at", "blocks", "src_row", "block_at")
+
+
+@settings(max_examples=60, deadline=None)
+@given(lengths=st.lists(st.integers(1, 700), min_size=0, max_size=40), t=st.integers(4, 90),
+       step=st.integers(3, 60), extra=st.integers(0, 600), seed=st.integers(0, 50), balanced=st.booleans(),
+       world=st.integers(1, 6), stretch=st.integers(1, 6), cuts=st.lists(st.floats(0, 1), max_size=6))
+def test_a_rank_that_plans_only_its_windows_gets_the_whole_plan_dealt(lengths, t, step, extra, seed, balanced,
+                                                                     world, stretch, cuts):
+    """A sharded (or resumed) shuffled epoch plans only the windows that hold the rank's positions and
+    skips the other windows' draws: the same bytes as the whole epoch planned and dealt, for every rank,
+    with stretches of any size, balanced or not, whole or resumed (an unserved set)."""
+    row, valid = table(lengths, t, step) if lengths else (np.zeros(0, np.int64), np.zeros(0, np.int64))
+    longest = int(valid.max()) if len(valid) else 4
+    window_rows = 2 * longest + extra
+    counts = np.random.default_rng(seed).integers(0, 3, len(row)) if balanced else None
+    kw = dict(window_rows=window_rows, seed=seed, epoch=3, counts=counts)
+    whole = plan_epoch(row, valid, **kw)
+    n = int(whole.block_at[-1])
+    edges = sorted({int(c * n) for c in cuts})
+    unserved = [(a, b) for a, b in zip(edges[::2], edges[1::2], strict=False) if b > a] if cuts else None
+    table_row, table_valid, page_rows, longest, checked = _checked(row, valid, window_rows, None, counts)
+    for rank in range(world):
+        want = deal_windows(whole, (rank, world), unserved)
+        got = plan_epoch(row, valid, shard=(rank, world), unserved=unserved, **kw)
+        small = _dealt_windows(table_row, table_valid, window_rows, page_rows, longest, checked,
+                               np.random.default_rng((seed, 3)), (rank, world), unserved, stretch=stretch)
+        for name in FIELDS:
+            np.testing.assert_array_equal(getattr(got, name), getattr(want, name))
+            np.testing.assert_array_equal(getattr(small, name), getattr(want, name))
+
+
+def test_a_sharded_paged_epoch_order_is_the_whole_plan_dealt():
+    """EpochOrder's sharded paged windows (with the lane ends it keeps across epochs) are the whole
+    epoch dealt; and a rank plans only its part: the other ranks' windows are not made."""
+    row, valid = table([700, 33, 260, 512, 90, 401] * 40, 64, 20)
+    order = EpochOrder(row, valid, seed=5, window_rows=600)
+    calls = []
+    real = memstore.order._windows
+
+    def counting(first, *rest):
+        calls.append(len(np.unique(rest[2])))  # windows made
+        return real(first, *rest)
+
+    for epoch in (0, 1):
+        whole = order.windows(epoch)
+        assert len(whole) > 40
+        for rank in range(4):
+            calls.clear()
+            with pytest.MonkeyPatch.context() as m:
+                m.setattr(memstore.order, "_windows", counting)
+                got = order.windows(epoch, shard=(rank, 4))
+            want = deal_windows(whole, (rank, 4))
+            for name in FIELDS:
+                np.testing.assert_array_equal(getattr(got, name), getattr(want, name))
+            assert sum(calls) <= len(want) + 1 < len(whole)  # its own windows (cut ones whole), not the epoch's
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 12345])
+def test_skipped_draws_leave_the_generator_as_the_draws_would(n):
+    a, b = np.random.default_rng((4, 2)), np.random.default_rng((4, 2))
+    a.integers(1000003), b.integers(1000003)  # a 32-bit draw keeps the other half of its 64 bits
+    a.bit_generator.random_raw(n)
+    _skip_draws(b, n)
+    assert a.bit_generator.state == b.bit_generator.state
+    assert a.integers(10**9) == b.integers(10**9)
+    np.testing.assert_array_equal(a.bit_generator.random_raw(5), b.bit_generator.random_raw(5))

@@ -7,14 +7,16 @@ and windows (``memstore.order``), then the first window is read. An unsharded
 epoch is planned a stretch of windows at a time (``plan_stretches``): its first
 batch waits for the first stretch only. A sharded epoch (``shard=``, or an
 elastic resume) is planned whole (``plan_epoch``), since every rank deals the
-whole sequence. This tool times both on synthetic block tables (no store is
+whole sequence, but makes only the windows that hold its own part (the other
+windows' pages are cut, their draws skipped). This tool times all three on synthetic block tables (no store is
 written): IRMAS-shaped 3 s clips of 259 rows of 96 float32 bins, three blocks
 of 128 rows per clip (step 50), a window budget of ``--limit`` with the batch
 buffers of batch 64 taken out as ``BatchStream`` does. For each size it prints
 the blocks, the windows, and the median (and max) seconds of ``--reps`` plans
 with different seeds: the first stretch (with the block table's lane ends kept
 from an earlier epoch, as a stream keeps them), every stretch of the epoch, and
-the whole plan at once. Only the plan is timed: opening the store, building its
+the whole plan at once, and one rank's plan of ``--world`` ranks (``plan_epoch(...,
+shard=(world // 2, world))``, a middle rank). Only the plan is timed: opening the store, building its
 block table and reading the first window come on top.
 """
 
@@ -49,6 +51,7 @@ def main(argv=None) -> int:
     p.add_argument("--sizes", default="1GB,29GB,100GB,300GB,1TB", help="store sizes, comma-separated")
     p.add_argument("--limit", default="16MB", help="BatchStream memory_limit (default: 16MB)")
     p.add_argument("--reps", type=int, default=3, help="plans per size, median reported (default: 3)")
+    p.add_argument("--world", type=int, default=2, help="ranks of the sharded plan timed (default: 2)")
     args = p.parse_args(argv)
 
     from memstore import parse_memory
@@ -65,15 +68,19 @@ def main(argv=None) -> int:
         p.error(str(err))
     if args.reps < 1:
         p.error("--reps must be at least 1")
+    if args.world < 1:
+        p.error("--world must be at least 1")
+    shard = (args.world // 2, args.world)
     print(f"limit {args.limit}: windows of {window_rows * BINS * 4 / 1e6:.1f} MB; 3 s clips, step {STEP}; "
           f"median (max) of {args.reps}; {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}")
     plan_epoch(*block_table(1), window_rows=window_rows, seed=0, epoch=0)  # numba's kernels loaded, not timed
+    plan_epoch(*block_table(1), window_rows=window_rows, seed=0, epoch=0, shard=shard)
     print(f"  {'store':>8} {'blocks':>10} {'windows':>8} {'first stretch s':>16} {'all stretches s':>16} "
-          f"{'whole plan s':>14}")
+          f"{'whole plan s':>14} {f'rank {shard[0]} of {shard[1]} s':>16}")
     for size in sizes:
         block_row, block_valid = block_table(size)
         ends = lane_ends(block_row, block_valid)
-        first, every, whole, n_windows = [], [], [], 0
+        first, every, whole, rank, n_windows = [], [], [], [], 0
         for rep in range(args.reps):
             t = time.perf_counter()
             stretches = plan_stretches(block_row, block_valid, window_rows=window_rows, seed=rep, epoch=0,
@@ -87,10 +94,14 @@ def main(argv=None) -> int:
             whole.append(time.perf_counter() - t)
             assert len(windows) == n_windows
             del windows
+            t = time.perf_counter()
+            windows = plan_epoch(block_row, block_valid, window_rows=window_rows, seed=rep, epoch=0, shard=shard)
+            rank.append(time.perf_counter() - t)
+            del windows
         cells = " ".join(f"{statistics.median(x):{w - 7}.3f} ({max(x):5.2f})"
-                         for x, w in ((first, 16), (every, 16), (whole, 14)))
+                         for x, w in ((first, 16), (every, 16), (whole, 14), (rank, 16)))
         print(f"  {size / 1e9:7.1f}G {len(block_row):>10} {n_windows:>8} {cells}")
-    print("  first stretch: what an unsharded epoch's first batch waits for; whole plan: a sharded one's "
+    print("  first stretch: what an unsharded epoch's first batch waits for; rank: what a sharded one's waits for "
           "(target for the whole wait: <= 0.5 s)")
     return 0
 
