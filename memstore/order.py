@@ -72,7 +72,11 @@ last ``m - per * world`` (at most ``world - 1``) go to nobody. Out of core a
 rank's windows are those holding its positions, each cut to its blocks *and
 to the pages that hold them* (:func:`deal_windows`): a rank reads about
 ``1 / world`` of the store, plus the pages of the at most two windows it
-shares with its neighbours. After each rank ``j`` consumed the first ``c_j``
+shares with its neighbours. A rank also *plans* only those windows: the lanes'
+pages are cut for the whole epoch, which gives every window's block count and
+so where the rank's positions lie, and the shuffle's draws of the other
+windows are skipped (``PCG64.advance``): the same bytes as the whole plan
+dealt, for about ``1 / world`` of its work. After each rank ``j`` consumed the first ``c_j``
 positions of its chunk, the rest is again an unserved set
 (:func:`remaining`, the dropped tail put back), which any number of ranks can
 deal: an elastic resume.
