@@ -13,7 +13,7 @@ import numpy as np
 
 from ._window import Window, Windows
 from .errors import ParameterError
-from .stats import starts
+from .stats import offsets, starts
 
 __all__ = ["intervals", "deal", "dealt", "remaining", "deal_windows"]
 
@@ -44,7 +44,7 @@ def intervals(unserved, n: int) -> np.ndarray:
 
 def _flat_range(iv: np.ndarray, lo: int, hi: int) -> np.ndarray:
     """Positions ``flat(iv)[lo:hi]`` as intervals."""
-    cum = np.r_[0, np.cumsum(iv[:, 1] - iv[:, 0])]
+    cum = offsets(iv[:, 1] - iv[:, 0])
     a = np.maximum(lo, cum[:-1])
     b = np.minimum(hi, cum[1:])
     keep = a < b

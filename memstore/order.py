@@ -93,7 +93,7 @@ from ._deal import deal, deal_windows, dealt, intervals, remaining
 from ._jit import njit
 from ._window import Window, Windows
 from .errors import ParameterError
-from .stats import starts
+from .stats import offsets, starts
 
 __all__ = ["EpochOrder", "Window", "Windows", "balance_classes", "balanced_counts", "class_members", "deal",
            "deal_windows", "intervals", "remaining", "plan_pages", "plan_epoch", "plan_stretches", "lane_ends",
@@ -393,12 +393,7 @@ def _stretches(block_row, block_valid, window_rows, page_rows, longest, counts, 
                        _Served(len(block_row), counts, drop=False), block_row, None)
         return
     served = _Served(len(block_row), counts, drop=True)
-    if served.ids is None:
-        row, end = block_row, lane_ends(block_row, block_valid) if ends is None else ends
-    else:
-        row = block_row[served.ids]
-        end = lane_ends(row, block_valid[served.ids])
-    lanes = _Lanes(row, end, window_rows, page_rows, longest, rng)
+    lanes = _lanes_of(served, block_row, block_valid, window_rows, page_rows, longest, rng, ends)
     n, any_yet = first, False
     while (pages := lanes.cut(n)) is not None:
         yield _windows(*pages, served, block_row, rng)
@@ -426,20 +421,11 @@ def _dealt_windows(block_row, block_valid, window_rows, page_rows, longest, coun
     served = _Served(len(block_row), counts, drop=True)
     n_total = served.n if served.cum is None else int(served.cum[-1])
     mine = dealt(intervals(unserved, n_total), rank, world)  # this rank's positions, as intervals
-    if served.ids is None:
-        row, end = block_row, lane_ends(block_row, block_valid) if ends is None else ends
-    else:
-        row = block_row[served.ids]
-        end = lane_ends(row, block_valid[served.ids])
-    lanes = _Lanes(row, end, window_rows, page_rows, longest, rng)
+    lanes = _lanes_of(served, block_row, block_valid, window_rows, page_rows, longest, rng, ends)
     parts, base = [], 0  # base: the epoch position of the stretch's first block
     while (pages := lanes.cut(stretch)) is not None:
         first, last, stop, window = pages
-        per_window = np.bincount(window, weights=served.served(first, last)).astype(np.int64)
-        bounds = np.empty(len(per_window) + 1, np.int64)
-        bounds[0] = base
-        np.cumsum(per_window, out=bounds[1:])
-        bounds[1:] += base
+        bounds = offsets(np.bincount(window, weights=served.served(first, last)).astype(np.int64), base)
         lo, hi = np.maximum(mine[:, 0], bounds[0]), np.minimum(mine[:, 1], bounds[-1])
         inside = lo < hi
         if not inside.any():
@@ -481,6 +467,15 @@ def _skip_draws(rng, n: int) -> None:
         bits.state = after
 
 
+def _lanes_of(served, block_row, block_valid, window_rows, page_rows, longest, rng, ends) -> _Lanes:
+    """The :class:`_Lanes` of the ``served`` blocks (``ends``: the whole table's :func:`lane_ends`, or None)."""
+    if served.ids is None:
+        return _Lanes(block_row, lane_ends(block_row, block_valid) if ends is None else ends, window_rows,
+                      page_rows, longest, rng)
+    row = block_row[served.ids]
+    return _Lanes(row, lane_ends(row, block_valid[served.ids]), window_rows, page_rows, longest, rng)
+
+
 class _Served:
     """The blocks an epoch's pages are cut from, in row order, and how often each is served.
 
@@ -494,11 +489,7 @@ class _Served:
         self.ids = None if ids is not None and len(ids) == n_blocks else ids  # every block drawn: all of them
         self.n = n_blocks if self.ids is None else len(self.ids)
         self.reps = None if counts is None else counts if self.ids is None else counts[self.ids]
-        self.cum = None
-        if self.reps is not None:
-            self.cum = np.empty(len(self.reps) + 1, np.int64)
-            self.cum[0] = 0
-            np.cumsum(self.reps, out=self.cum[1:])
+        self.cum = None if self.reps is None else offsets(self.reps)
 
     def block(self, i: np.ndarray) -> np.ndarray:
         """The block ids at positions ``i``."""
@@ -525,7 +516,7 @@ def _windows(first, last, stop, window, served: _Served, block_row, rng) -> Wind
     order = np.lexsort((first, window))  # by window, then by row (served blocks are row-sorted)
     first, last, stop, window = first[order], last[order], stop[order], window[order]
     n_windows = int(window[-1]) + 1 if len(window) else 0
-    page_at = np.r_[0, np.cumsum(np.bincount(window, minlength=n_windows))].astype(np.int64)
+    page_at = offsets(np.bincount(window, minlength=n_windows))
     if served.n > len(block_row) or len(first) and (first.min() < 0 or np.any(last < first)
                                                     or last.max() > served.n):
         # never (_page_cuts made them), but the kernels below index with them: checked, not trusted
@@ -534,8 +525,8 @@ def _windows(first, last, stop, window, served: _Served, block_row, rng) -> Wind
     rows = stop - row_start
     rows_before = starts(rows)
     buf = rows_before - rows_before[page_at[window]]  # where each page lands in its window's buffer
-    n_rows = np.diff(np.r_[0, np.cumsum(rows)][page_at])
-    block_at = np.r_[0, np.cumsum(served.served(first, last))][page_at].astype(np.int64)
+    n_rows = np.diff(offsets(rows)[page_at])
+    block_at = offsets(served.served(first, last))[page_at]
     idx = np.empty(int(block_at[-1]), np.int64)
     src = np.empty(len(idx), np.int64)
     empty = np.zeros(0, np.int64)

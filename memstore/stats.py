@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["RunningStats", "merge", "starts", "standardiser", "whitener", "CHUNK_ROWS", "STD_FLOOR"]
+__all__ = ["RunningStats", "merge", "starts", "offsets", "standardiser", "whitener", "CHUNK_ROWS", "STD_FLOOR"]
 
 CHUNK_ROWS = 1 << 16  # rows converted to float64 at a time: bounds the temporary at 64 Ki rows
 STD_FLOOR = 1e-8  # a bin with a smaller standard deviation is scaled as if it had this one
@@ -136,6 +136,18 @@ def starts(counts) -> np.ndarray:
     counts = np.asarray(counts, dtype=np.int64)
     out = np.zeros(len(counts), dtype=np.int64)
     np.cumsum(counts[:-1], out=out[1:])
+    return out
+
+
+def offsets(counts, base: int = 0) -> np.ndarray:
+    """``base`` plus the start of each run of ``counts`` laid end to end, and where the last one ends
+    (int64 [shape=(len(counts) + 1,)]): run ``i`` spans ``offsets[i]:offsets[i + 1]``."""
+    counts = np.asarray(counts, dtype=np.int64)
+    out = np.empty(len(counts) + 1, dtype=np.int64)
+    out[0] = base
+    np.cumsum(counts, out=out[1:])
+    if base:
+        out[1:] += base
     return out
 
 

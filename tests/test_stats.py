@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from memstore.stats import RunningStats, merge, standardiser, starts, whitener
+from memstore.stats import RunningStats, merge, offsets, standardiser, starts, whitener
 
 
 def _rows(seed, n, bins=7):
@@ -58,6 +58,13 @@ def test_starts():
     assert starts([3, 4, 5]).tolist() == [0, 3, 7]
     assert starts([]).tolist() == [] and starts([]).dtype == np.int64
     assert starts(np.array([9], np.int32)).tolist() == [0]
+
+
+def test_offsets_are_the_starts_and_the_end():
+    assert offsets([3, 4, 5]).tolist() == [0, 3, 7, 12]
+    assert offsets([3, 4, 5], 10).tolist() == [10, 13, 17, 22]
+    assert offsets([]).tolist() == [0] and offsets([], 4).tolist() == [4] and offsets([]).dtype == np.int64
+    assert offsets(np.array([2**40, 2**40], np.int64), 2**41).tolist() == [2**41, 2**41 + 2**40, 2**42]
 
 
 def test_standardiser_and_whitener_give_unit_statistics():
