@@ -156,13 +156,9 @@ class EpochOrder:
 
     def windows(self, epoch: int, shard=None, unserved=None) -> Windows:
         """The windows of ``epoch`` with the blocks rank ``shard[0]`` serves of ``unserved`` (default: all)."""
-        counts = self.counts(epoch)
         if self.window_rows is not None and self.shuffle and (shard is not None or unserved is not None):
-            row, valid, page_rows, longest, counts = _checked(self.block_row, self.block_valid, self.window_rows,
-                                                              None, counts)
-            return _dealt_windows(row, valid, self.window_rows, page_rows, longest, counts,
-                                  np.random.default_rng((self.seed, int(epoch))), shard, unserved,
-                                  ends=self._ends if self.block_class is None else None)
+            return Windows.of(list(self._dealt(epoch, shard, unserved)))
+        counts = self.counts(epoch)
         if self.window_rows is not None:
             return plan_epoch(self.block_row, self.block_valid, window_rows=self.window_rows, seed=self.seed,
                               epoch=epoch, shard=shard, shuffle=self.shuffle, counts=counts, unserved=unserved)
@@ -178,12 +174,24 @@ class EpochOrder:
 
     def stretches(self, epoch: int, shard=None, unserved=None):
         """The windows of ``epoch`` (as :meth:`windows`): an unsharded paged epoch as an iterator of
-        :class:`Windows`, a stretch at a time (:func:`plan_stretches`); any other as one :class:`Windows`."""
+        :class:`Windows`, a stretch at a time (:func:`plan_stretches`); a shuffled paged epoch dealt to a
+        rank of more than one as an iterator of two, its first ``STRETCH_FIRST`` windows and then the
+        rest (planned when asked for: :func:`_dealt_parts`); any other as one :class:`Windows`."""
         if self.window_rows is not None and shard is None and unserved is None:
             return plan_stretches(self.block_row, self.block_valid, window_rows=self.window_rows, seed=self.seed,
                                   epoch=epoch, shuffle=self.shuffle, counts=self.counts(epoch), first=STRETCH_FIRST,
                                   ends=self._ends if self.shuffle and self.block_class is None else None)
+        if self.window_rows is not None and self.shuffle and shard is not None and shard[1] > 1:
+            return _head_and_rest(self._dealt(epoch, shard, unserved), STRETCH_FIRST)
         return self.windows(epoch, shard, unserved)
+
+    def _dealt(self, epoch: int, shard, unserved):
+        """:func:`_dealt_parts` of this paged, shuffled order (a generator: nothing runs before the first ``next``)."""
+        row, valid, page_rows, longest, counts = _checked(self.block_row, self.block_valid, self.window_rows,
+                                                          None, self.counts(epoch))
+        return _dealt_parts(row, valid, self.window_rows, page_rows, longest, counts,
+                            np.random.default_rng((self.seed, int(epoch))), shard, unserved, STRETCH_MAX,
+                            self._ends if self.block_class is None else None)
 
     @functools.cached_property
     def _ends(self) -> np.ndarray:
@@ -417,12 +425,19 @@ def _dealt_windows(block_row, block_valid, window_rows, page_rows, longest, coun
     made are those of the whole plan. A rank of ``world`` plans about ``1 / world`` of the epoch.
     ``ends``: as for :func:`plan_stretches`.
     """
+    return Windows.of(list(_dealt_parts(block_row, block_valid, window_rows, page_rows, longest, counts, rng, shard,
+                                        unserved, stretch, ends)))
+
+
+def _dealt_parts(block_row, block_valid, window_rows, page_rows, longest, counts, rng, shard, unserved, stretch, ends):
+    """:func:`_dealt_windows` as a generator: the rank's windows of each ``stretch`` of the epoch that holds
+    some (a :class:`Windows` each), made when asked for."""
     rank, world = shard or (0, 1)
     served = _Served(len(block_row), counts, drop=True)
     n_total = served.n if served.cum is None else int(served.cum[-1])
     mine = dealt(intervals(unserved, n_total), rank, world)  # this rank's positions, as intervals
     lanes = _lanes_of(served, block_row, block_valid, window_rows, page_rows, longest, rng, ends)
-    parts, base = [], 0  # base: the epoch position of the stretch's first block
+    base = 0  # the epoch position of the stretch's first block
     while (pages := lanes.cut(stretch)) is not None:
         first, last, stop, window = pages
         bounds = offsets(np.bincount(window, weights=served.served(first, last)).astype(np.int64), base)
@@ -439,11 +454,27 @@ def _dealt_windows(block_row, block_valid, window_rows, page_rows, longest, coun
         _skip_draws(rng, int(bounds[j0] - base))
         made = _windows(first[keep], last[keep], stop[keep], window[keep] - j0, served, block_row, rng)
         _skip_draws(rng, int(bounds[-1] - bounds[j1]))
-        parts.append(deal_windows(made, None, np.stack([lo, hi], axis=1) - bounds[j0]))
         base = int(bounds[-1])
+        yield deal_windows(made, None, np.stack([lo, hi], axis=1) - bounds[j0])
     if base != n_total:  # never: the lanes cut every served block into exactly one page
         raise RuntimeError(f"memstore bug: the epoch's pages serve {base} blocks, not {n_total}")
-    return Windows.of(parts)
+
+
+def _head_and_rest(parts, first: int):
+    """The windows of ``parts`` (an iterator of :class:`Windows`) as two: the first ``first`` windows as
+    soon as they are made, then all the rest at once (none if there are none)."""
+    head = []
+    n = 0
+    for ws in parts:
+        head.append(ws)
+        n += len(ws)
+        if n >= first:
+            break
+    head = Windows.of(head)
+    yield head[:first]
+    rest = [head[first:]] + list(parts)
+    if sum(len(ws) for ws in rest):
+        yield Windows.of(rest)
 
 
 def _skip_draws(rng, n: int) -> None:

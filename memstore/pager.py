@@ -25,8 +25,9 @@ through a second descriptor with the readahead off (``POSIX_FADV_RANDOM`` is
 per open file description) and advised exactly, a window ahead
 (``POSIX_FADV_WILLNEED``), so the kernel still reads them in the background.
 An unsharded reader reads the whole store and marks none, but at a lane's end
-followed by rows of another split; a reader given an epoch a stretch at a time
-(:func:`memstore.order.plan_stretches`, always unsharded) marks none at all.
+followed by rows of another split; an unsharded reader given an epoch a stretch
+at a time (:func:`memstore.order.plan_stretches`) marks none at all, and a
+shard's reader marks each of its stretches as if its runs ended there.
 Without ``posix_fadvise`` (macOS, Windows) the readahead reads everything.
 """
 
@@ -331,10 +332,14 @@ class _WindowSource:
     :class:`Windows` -- an epoch planned a stretch at a time (:func:`memstore.order.plan_stretches`,
     unsharded), taken one stretch at a time. Every page of a stretch is checked against the buffers
     once, so the reads themselves hold no GIL. The pages that :func:`exact_pages` marks are read
-    without the readahead; they are found over the whole sequence, and not at all for stretches:
-    where a run ends in the stretch that is read is not known until the next one is planned. An
-    unsharded reader of a large store has such marks only at a lane's end followed by rows of
-    another split, and at most a readahead's worth (``read_ahead_kb``) is read there for nothing.
+    without the readahead; they are found over the whole sequence, and for stretches not at all
+    when unsharded (``served`` None): where a run ends in the stretch that is read is not known
+    until the next one is planned. An unsharded reader of a large store has such marks only at a
+    lane's end followed by rows of another split, and at most a readahead's worth
+    (``read_ahead_kb``) is read there for nothing. A shard's stretches (its first windows, then the
+    rest: :meth:`memstore.order.EpochOrder.stretches`) are marked each as a whole sequence, as if
+    every run ended with its stretch: a page near a stretch's end is read without the readahead
+    even when its run goes on, and no page with it reads on into rows of another rank.
     """
 
     def __init__(self, path, fd, offset, row_bytes, windows, bufs, free, stop, served=None):
@@ -363,7 +368,11 @@ class _WindowSource:
         reads = PageReads(ws.buf_start * rb, self._offset + ws.row_start * rb, (ws.row_stop - ws.row_start) * rb,
                           self._flat[0].nbytes)
         fds = np.full(len(reads), self._fd, np.int64)
-        if self._whole and hasattr(os, "posix_fadvise"):  # not on macOS and Windows: the kernel's readahead alone
+        if self._exact is not None:  # the last stretch's pages are all read
+            self._exact.close()
+            self._exact = None
+        # not on macOS and Windows: the kernel's readahead alone
+        if (self._whole or self._served is not None) and hasattr(os, "posix_fadvise"):
             exact = _Exact(self._path, self._fd, self._offset, rb, ws, self._served)
             self._exact = exact if exact.fd >= 0 else None  # no page marked: every read with the readahead
             if self._exact is not None:  # the marked pages without the readahead

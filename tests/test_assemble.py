@@ -8,6 +8,7 @@ first batch and every batch made before a wait for the disk without delay.
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 import memstore.order
 from memstore._assemble import produce
@@ -53,6 +54,30 @@ def test_in_memory_the_only_flush_follows_the_first_batch(demo_store):
         items = list(produce(stream._job(), stream._order.windows(0, None, None), 3))
     kinds = ["F" if it is FLUSH else "B" for it in items]
     assert kinds == ["B", "F"] + ["B"] * (stream.iteration_size - 4)
+
+
+@pytest.mark.parametrize("shard", [(0, 2), (1, 2), (2, 3)])
+def test_a_shard_read_in_two_stretches_serves_its_whole_plans_batches(demo_store, shard, monkeypatch):
+    """produce over a shard's stretches (its first windows, then the rest: what BatchStream runs sharded)
+    equals produce over its whole windows, from the first batch, a batch in the first stretch and later."""
+    monkeypatch.setattr(memstore.order, "STRETCH_FIRST", 2)  # the demo store's shards have a few windows
+    with open_store(demo_store) as s:
+        stream = BatchStream(s, batch_size=8, split="all", memory_limit=ooc_limit(8), prefetch=False,
+                             return_file=True, shard=shard)
+        whole = stream._order.windows(1, shard, None)
+        parts = list(stream._order.stretches(1, shard))
+        assert len(whole) > memstore.order.STRETCH_FIRST and [len(p) for p in parts] == [
+            memstore.order.STRETCH_FIRST, len(whole) - memstore.order.STRETCH_FIRST]
+        job = stream._job()
+        for first_batch in (0, 1, job.n_batches // 2, job.n_batches - 1):
+            want = [it for it in produce(job, whole, first_batch) if it is not FLUSH]
+            got = [it for it in produce(job, stream._order.stretches(1, shard), first_batch, len(whole.blocks))
+                   if it is not FLUSH]
+            assert len(got) == len(want) == job.n_batches - first_batch
+            for g, w in zip(got, want, strict=True):
+                for a, b in zip(g, w, strict=True):
+                    np.testing.assert_array_equal(a, b)
+        stream.close()
 
 
 def test_an_epoch_read_a_stretch_at_a_time_serves_the_whole_plans_batches(demo_store, monkeypatch):

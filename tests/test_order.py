@@ -17,6 +17,7 @@ import memstore.order
 from memstore.blocks import block_table
 from memstore.errors import ParameterError
 from memstore.order import (
+    STRETCH_FIRST,
     STRETCH_MAX,
     EpochOrder,
     Windows,
@@ -290,3 +291,24 @@ def test_skipped_draws_leave_the_generator_as_the_draws_would(n):
     assert a.bit_generator.state == b.bit_generator.state
     assert a.integers(10**9) == b.integers(10**9)
     np.testing.assert_array_equal(a.bit_generator.random_raw(5), b.bit_generator.random_raw(5))
+
+
+@pytest.mark.parametrize("balanced", [False, True])
+@pytest.mark.parametrize("shard, unserved", [((0, 2), None), ((1, 2), None), ((2, 3), [(5, 900), (1000, 1700)]),
+                                             ((0, 1), [(5, 900)])])
+def test_a_ranks_stretches_are_its_first_windows_then_the_rest(balanced, shard, unserved):
+    """A shard of more than one rank is given as its first STRETCH_FIRST windows, planned alone, then the
+    rest: laid end to end, its whole windows. One rank of one (a resume) is given whole."""
+    row, valid = table([700, 33, 260, 512, 90, 401] * 20, 64, 20)
+    block_class = np.arange(len(row)) % 3 if balanced else None
+    order = EpochOrder(row, valid, seed=2, window_rows=600, block_class=block_class)
+    whole = order.windows(1, shard, unserved)
+    got = order.stretches(1, shard, unserved)
+    if shard[1] == 1:
+        assert isinstance(got, Windows)
+        parts = [got]
+    else:
+        parts = list(got)
+        assert [len(p) for p in parts] == [STRETCH_FIRST, len(whole) - STRETCH_FIRST]
+    for name in FIELDS:
+        np.testing.assert_array_equal(getattr(Windows.of(parts), name), getattr(whole, name))

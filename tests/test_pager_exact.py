@@ -24,6 +24,7 @@ from memstore.batches import BatchStream
 from memstore.build import write_store_from_arrays
 from memstore.errors import StoreFormatError
 from memstore.features import MelSpectrogram
+from memstore.order import STRETCH_FIRST, EpochOrder, Windows
 from memstore.pager import GAP, TRAILER, WindowReader, exact_pages, plan_epoch, served_rows
 
 #: a row of 4 KB: GAP is 64 rows, so holes of unused rows both below and above it occur
@@ -99,30 +100,55 @@ def test_no_readahead_from_an_unmarked_page_reaches_another_ranks_bytes(lengths,
                                                                         world, margin_rows):
     rows, valid, n_rows = served(lengths, t, step, keep_every)
     whole = plan_epoch(rows, valid, window_rows=t + extra, seed=seed, epoch=0)
-    margin = margin_rows * ROW
-    file_size = n_rows * ROW + TRAILER + ROW  # the features do not end near the end of the file
     ranks = [plan_epoch(rows, valid, window_rows=t + extra, seed=seed, epoch=0, shard=(r, world))
              for r in range(world)]
     for r, ws in enumerate(ranks):
         if len(ws) < 4:  # a rank of a few windows may read on past its stretch (see docs/outofcore.md)
             continue
-        mask = exact_pages(ws, offset=0, row_bytes=ROW, margin=margin, gap=GAP, file_size=file_size,
-                           served=served_rows(rows, valid))
-        start, stop = pages(ws)
-        end = int(max(stop.max(), *(o[-1].row_stop.max() * ROW for o in ranks if o)))
-        mine = covered(start, stop, 0, end)
-        theirs = np.zeros(end, bool)
-        for k, o in enumerate(ranks):
-            if k != r:
-                theirs |= covered(*pages(o), 0, end)
-        edges = np.diff(np.r_[0, (~mine).astype(np.int8), 0])
-        lo, hi = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)  # holes [lo, hi) between my pages
-        foreign = np.array([theirs[a:b].any() for a, b in zip(lo.tolist(), hi.tolist(), strict=True)], bool)
-        lo, hi = lo[foreign & (hi - lo > GAP)], hi[foreign & (hi - lo > GAP)]
-        for p in np.flatnonzero(~mask).tolist():
-            # the readahead from a read in page p: never into another rank's bytes, but across a hole of GAP
-            assert not np.any((hi > stop[p]) & (lo < stop[p] + margin)), (r, p)
+        assert_no_readahead_reaches_another_rank(ws, ws, ranks, r, rows, valid, n_rows, margin_rows * ROW)
     assert len(whole)
+
+
+def assert_no_readahead_reaches_another_rank(part, ws, ranks, r, rows, valid, n_rows, margin):
+    """No unmarked page of ``part`` (rank ``r``'s windows ``ws``, or a stretch of them, marked on its own)
+    lets the readahead read into bytes that only other ranks read, but across a hole of at most GAP."""
+    file_size = n_rows * ROW + TRAILER + ROW  # the features do not end near the end of the file
+    mask = exact_pages(part, offset=0, row_bytes=ROW, margin=margin, gap=GAP, file_size=file_size,
+                       served=served_rows(rows, valid))
+    start, stop = pages(part)
+    end = int(max(stop.max(), *(o[-1].row_stop.max() * ROW for o in ranks if o)))
+    mine = covered(*pages(ws), 0, end)
+    theirs = np.zeros(end, bool)
+    for k, o in enumerate(ranks):
+        if k != r:
+            theirs |= covered(*pages(o), 0, end)
+    edges = np.diff(np.r_[0, (~mine).astype(np.int8), 0])
+    lo, hi = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)  # holes [lo, hi) between my pages
+    foreign = np.array([theirs[a:b].any() for a, b in zip(lo.tolist(), hi.tolist(), strict=True)], bool)
+    lo, hi = lo[foreign & (hi - lo > GAP)], hi[foreign & (hi - lo > GAP)]
+    for p in np.flatnonzero(~mask).tolist():
+        # the readahead from a read in page p: never into another rank's bytes, but across a hole of GAP
+        assert not np.any((hi > stop[p]) & (lo < stop[p] + margin)), (r, p)
+
+
+@settings(max_examples=40, deadline=None)
+@given(lengths=st.lists(st.integers(50, 600), min_size=10, max_size=80), t=st.integers(8, 64),
+       step=st.integers(8, 80), extra=st.integers(0, 1500), seed=st.integers(0, 3), keep_every=st.integers(1, 4),
+       world=st.integers(2, 4), margin_rows=st.integers(1, 3000))
+def test_a_ranks_stretches_marked_each_on_its_own_keep_the_readahead_off_other_ranks_bytes(
+        lengths, t, step, extra, seed, keep_every, world, margin_rows):
+    """A shard's reader takes its windows as two stretches (the first few, then the rest) and marks each as
+    a whole sequence: still no readahead into another rank's bytes from an unmarked page of either."""
+    rows, valid, n_rows = served(lengths, t, step, keep_every)
+    order = EpochOrder(rows, valid, seed=seed, window_rows=t + extra)
+    ranks = [order.windows(0, (r, world)) for r in range(world)]
+    for r, ws in enumerate(ranks):
+        parts = list(order.stretches(0, (r, world)))
+        assert 1 <= len(parts) <= 2 and len(parts[0]) == min(STRETCH_FIRST, len(ws))
+        if len(ws) < 4:  # as above
+            continue
+        for part in parts:
+            assert_no_readahead_reaches_another_rank(part, ws, ranks, r, rows, valid, n_rows, margin_rows * ROW)
 
 
 def test_a_rank_reads_its_long_stretches_with_the_readahead_and_their_ends_exactly():
@@ -163,6 +189,38 @@ def test_a_ranks_reader_returns_the_file_rows_through_both_descriptors(tmp_path,
         with WindowReader(path, 77, 64, np.float32, windows, 1000, prefetch=prefetch) as reader:
             assert_windows_hold_rows(reader, windows, data)
         assert open_fds() <= before_fds  # both descriptors closed
+    assert not [t for t in set(threading.enumerate()) - before_threads if t.is_alive()]
+
+
+@pytest.mark.skipif(not hasattr(os, "posix_fadvise") or not os.path.isdir("/proc/self/fd"),
+                    reason="needs posix_fadvise and /proc/self/fd")
+@pytest.mark.parametrize("prefetch", [True, False])
+def test_a_ranks_reader_of_stretches_returns_the_file_rows_and_closes_each_stretchs_descriptor(tmp_path, prefetch):
+    """A shard's windows given a stretch at a time: the same rows as the whole sequence; each stretch's
+    second descriptor is closed when the next stretch takes over (one at a time), and all at the end."""
+    data = np.random.default_rng(3).standard_normal((20000, 64)).astype(np.float32)
+    path = tmp_path / "raw.bin"
+    path.write_bytes(b"H" * 77 + data.tobytes())
+    rows, valid = table([2000] * 10, 64, 30)
+    order = EpochOrder(rows, valid, seed=4, window_rows=1000)
+    before_threads, before_fds = set(threading.enumerate()), open_fds()
+    for shard in ((0, 3), (1, 3), (2, 3)):
+        windows = order.windows(1, shard)
+        parts = list(order.stretches(1, shard))
+        assert len(parts) == 2 and len(parts[0]) == STRETCH_FIRST
+        seen = []
+
+        def stretches(parts=parts, seen=seen):
+            for part in parts:
+                seen.append(len(open_fds() - before_fds))  # descriptors open as the reader asks for it
+                yield part
+
+        with WindowReader(path, 77, 64, np.float32, stretches(), 1000, prefetch=prefetch,
+                          served=served_rows(rows, valid)) as reader:
+            assert_windows_hold_rows(reader, Windows.of(parts), data)
+        np.testing.assert_array_equal(Windows.of(parts).blocks, windows.blocks)
+        assert seen[0] == 1 and seen[1] <= 2  # the reader's own; then at most one stretch's second one too
+        assert open_fds() <= before_fds  # every descriptor closed
     assert not [t for t in set(threading.enumerate()) - before_threads if t.is_alive()]
 
 
