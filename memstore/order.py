@@ -76,7 +76,10 @@ shares with its neighbours. A rank also *plans* only those windows: the lanes'
 pages are cut for the whole epoch, which gives every window's block count and
 so where the rank's positions lie, and the shuffle's draws of the other
 windows are skipped (``PCG64.advance``): the same bytes as the whole plan
-dealt, for about ``1 / world`` of its work. After each rank ``j`` consumed the first ``c_j``
+dealt, for about ``1 / world`` of its work. A rank of more than one is given
+its first ``STRETCH_FIRST`` windows on their own, then the rest
+(:meth:`EpochOrder.stretches`), so its first batch does not wait for its
+whole plan. After each rank ``j`` consumed the first ``c_j``
 positions of its chunk, the rest is again an unserved set
 (:func:`remaining`, the dropped tail put back), which any number of ranks can
 deal: an elastic resume.

@@ -6,9 +6,10 @@ Every out-of-core epoch of a ``BatchStream`` starts with a plan: lanes, pages
 and windows (``memstore.order``), then the first window is read. An unsharded
 epoch is planned a stretch of windows at a time (``plan_stretches``): its first
 batch waits for the first stretch only. A sharded epoch (``shard=``, or an
-elastic resume) is planned whole (``plan_epoch``), since every rank deals the
-whole sequence, but makes only the windows that hold its own part (the other
-windows' pages are cut, their draws skipped). This tool times all three on synthetic block tables (no store is
+elastic resume) is dealt from the whole sequence (``plan_epoch``), but a rank
+makes only the windows that hold its own part (the other windows' pages are
+cut, their draws skipped); a stream of more than one rank starts on its first
+8 windows alone (``EpochOrder.stretches``). This tool times all three on synthetic block tables (no store is
 written): IRMAS-shaped 3 s clips of 259 rows of 96 float32 bins, three blocks
 of 128 rows per clip (step 50), a window budget of ``--limit`` with the batch
 buffers of batch 64 taken out as ``BatchStream`` does. For each size it prints
