@@ -56,6 +56,18 @@ def test_in_memory_the_only_flush_follows_the_first_batch(demo_store):
     assert kinds == ["B", "F"] + ["B"] * (stream.iteration_size - 4)
 
 
+def assert_stretches_serve_the_whole_plans_batches(job, whole, stretches):
+    """produce over ``stretches()`` gives produce over ``whole``'s batches, from the first batch and from later
+    ones (a resume)."""
+    for first_batch in (0, 1, job.n_batches // 2, job.n_batches - 1):
+        want = [it for it in produce(job, whole, first_batch) if it is not FLUSH]
+        got = [it for it in produce(job, stretches(), first_batch, len(whole.blocks)) if it is not FLUSH]
+        assert len(got) == len(want) == job.n_batches - first_batch
+        for g, w in zip(got, want, strict=True):
+            for a, b in zip(g, w, strict=True):
+                np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.parametrize("shard", [(0, 2), (1, 2), (2, 3)])
 def test_a_shard_read_in_two_stretches_serves_its_whole_plans_batches(demo_store, shard, monkeypatch):
     """produce over a shard's stretches (its first windows, then the rest: what BatchStream runs sharded)
@@ -68,15 +80,7 @@ def test_a_shard_read_in_two_stretches_serves_its_whole_plans_batches(demo_store
         parts = list(stream._order.stretches(1, shard))
         assert len(whole) > memstore.order.STRETCH_FIRST and [len(p) for p in parts] == [
             memstore.order.STRETCH_FIRST, len(whole) - memstore.order.STRETCH_FIRST]
-        job = stream._job()
-        for first_batch in (0, 1, job.n_batches // 2, job.n_batches - 1):
-            want = [it for it in produce(job, whole, first_batch) if it is not FLUSH]
-            got = [it for it in produce(job, stream._order.stretches(1, shard), first_batch, len(whole.blocks))
-                   if it is not FLUSH]
-            assert len(got) == len(want) == job.n_batches - first_batch
-            for g, w in zip(got, want, strict=True):
-                for a, b in zip(g, w, strict=True):
-                    np.testing.assert_array_equal(a, b)
+        assert_stretches_serve_the_whole_plans_batches(stream._job(), whole, lambda: stream._order.stretches(1, shard))
         stream.close()
 
 
@@ -91,13 +95,5 @@ def test_an_epoch_read_a_stretch_at_a_time_serves_the_whole_plans_batches(demo_s
         assert len(whole) > 8, "the budget should split the epoch into several stretches"
         parts = list(stream._order.stretches(1))
         assert len(parts) > 3
-        job = stream._job()
-        for first_batch in (0, 1, job.n_batches // 2, job.n_batches - 1):
-            want = [it for it in produce(job, whole, first_batch) if it is not FLUSH]
-            got = [it for it in produce(job, stream._order.stretches(1), first_batch, len(whole.blocks))
-                   if it is not FLUSH]
-            assert len(got) == len(want) == job.n_batches - first_batch
-            for g, w in zip(got, want, strict=True):
-                for a, b in zip(g, w, strict=True):
-                    np.testing.assert_array_equal(a, b)
+        assert_stretches_serve_the_whole_plans_batches(stream._job(), whole, lambda: stream._order.stretches(1))
         stream.close()
