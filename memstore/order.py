@@ -178,8 +178,9 @@ class EpochOrder:
     def stretches(self, epoch: int, shard=None, unserved=None):
         """The windows of ``epoch`` (as :meth:`windows`): an unsharded paged epoch as an iterator of
         :class:`Windows`, a stretch at a time (:func:`plan_stretches`); a shuffled paged epoch dealt to a
-        rank of more than one as an iterator of two, its first ``STRETCH_FIRST`` windows and then the
-        rest (planned when asked for: :func:`_dealt_parts`); any other as one :class:`Windows`."""
+        rank of more than one as an iterator of its first ``STRETCH_FIRST`` windows and then, if there
+        are more, the rest (planned when asked for: :func:`_dealt_parts`); any other as one
+        :class:`Windows`."""
         if self.window_rows is not None and shard is None and unserved is None:
             return plan_stretches(self.block_row, self.block_valid, window_rows=self.window_rows, seed=self.seed,
                                   epoch=epoch, shuffle=self.shuffle, counts=self.counts(epoch), first=STRETCH_FIRST,
@@ -434,14 +435,18 @@ def _dealt_windows(block_row, block_valid, window_rows, page_rows, longest, coun
 
 def _dealt_parts(block_row, block_valid, window_rows, page_rows, longest, counts, rng, shard, unserved, stretch, ends):
     """:func:`_dealt_windows` as a generator: the rank's windows of each ``stretch`` of the epoch that holds
-    some (a :class:`Windows` each), made when asked for."""
+    some (a :class:`Windows` each), made when asked for. The lanes are cut no further than the rank's last
+    position."""
     rank, world = shard or (0, 1)
     served = _Served(len(block_row), counts, drop=True)
     n_total = served.n if served.cum is None else int(served.cum[-1])
     mine = dealt(intervals(unserved, n_total), rank, world)  # this rank's positions, as intervals
+    end = int(mine[-1, 1]) if len(mine) else 0  # past the rank's last position: nothing to cut after it
+    if not end:
+        return
     lanes = _lanes_of(served, block_row, block_valid, window_rows, page_rows, longest, rng, ends)
     base = 0  # the epoch position of the stretch's first block
-    while (pages := lanes.cut(stretch)) is not None:
+    while base < end and (pages := lanes.cut(stretch)) is not None:
         first, last, stop, window = pages
         bounds = offsets(np.bincount(window, weights=served.served(first, last)).astype(np.int64), base)
         lo, hi = np.maximum(mine[:, 0], bounds[0]), np.minimum(mine[:, 1], bounds[-1])
@@ -459,8 +464,8 @@ def _dealt_parts(block_row, block_valid, window_rows, page_rows, longest, counts
         _skip_draws(rng, int(bounds[-1] - bounds[j1]))
         base = int(bounds[-1])
         yield deal_windows(made, None, np.stack([lo, hi], axis=1) - bounds[j0])
-    if base != n_total:  # never: the lanes cut every served block into exactly one page
-        raise RuntimeError(f"memstore bug: the epoch's pages serve {base} blocks, not {n_total}")
+    if base < end:  # never: the lanes cut every served block into exactly one page
+        raise RuntimeError(f"memstore bug: the epoch's pages serve {base} blocks, not the {end} dealt")
 
 
 def _head_and_rest(parts, first: int):

@@ -279,10 +279,11 @@ class _Exact:
     before a read with the readahead (as far as that can reach), ``EXACT_AHEAD`` times the page
     beyond it before one without. The readahead stops at pages already cached, and advice leaves no marks. The kernel
     reads what is advised in the background, exactly, while the reader copies and the consumer
-    serves.
+    serves. ``fd2``: the second descriptor of an earlier stretch of the same reader (-1: opened
+    here if a page is marked); ``fd`` is the one in use (-1: none), and the reader closes it.
     """
 
-    def __init__(self, path, fd: int, offset: int, row_bytes: int, windows: Windows, served=None):
+    def __init__(self, path, fd: int, offset: int, row_bytes: int, windows: Windows, served=None, fd2: int = -1):
         ra = readahead_bytes(fd)
         self._margin = 2 * ra + CHUNK  # a read at x lets the readahead run to x + 2 x its size
         self._chunk = max(PAGE_MIN_CHUNK, min(CHUNK, ra))  # the kernel reads at most its readahead size per call
@@ -291,18 +292,19 @@ class _Exact:
         self.fd = -1
         if not self.mask.any():
             return  # nothing to read without the readahead (an unsharded reader): the reader drops this
-        fd2 = os.open(path, os.O_RDONLY)
-        try:
-            os.posix_fadvise(fd2, 0, 0, os.POSIX_FADV_RANDOM)
-        except BaseException:
-            os.close(fd2)
-            raise
-        self.fd = fd2
         # per run: where its marked stretch starts (none: its end), and how far it is advised
         tail = run_end.copy()
         np.minimum.at(tail, run[self.mask], start[self.mask])
         self._run, self._start, self._stop, self._mask = run.tolist(), start.tolist(), stop.tolist(), self.mask.tolist()
         self._tail_end, self._advised = run_end.tolist(), tail.tolist()
+        if fd2 < 0:  # else the descriptor of an earlier stretch of the same reader, advised already
+            fd2 = os.open(path, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd2, 0, 0, os.POSIX_FADV_RANDOM)
+            except BaseException:
+                os.close(fd2)
+                raise
+        self.fd = fd2  # the reader's to close (last: nothing after the open can fail and lose it)
 
     def advise(self, lo: int, hi: int) -> None:
         """Pages ``lo:hi`` (a window, in read order) are about to be read: for each, advise its run's marked stretch."""
@@ -318,11 +320,6 @@ class _Exact:
                 os.posix_fadvise(self.fd, a, n, os.POSIX_FADV_WILLNEED)
                 a += n
             self._advised[r] = max(a, self._advised[r])
-
-    def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
 
 
 class _WindowSource:
@@ -348,6 +345,7 @@ class _WindowSource:
         self._bufs, self._free, self._stop = bufs, free, stop
         self._flat = [b.reshape(-1).view(np.uint8) for b in bufs]
         self._exact = None
+        self._fd2 = -1  # the second descriptor (readahead off), opened for the first page that needs it
         self._whole = isinstance(windows, Sequence)
         self._stretches = iter([Windows.of(windows)] if self._whole else windows)
         self._windows = Windows.of([])
@@ -368,12 +366,12 @@ class _WindowSource:
         reads = PageReads(ws.buf_start * rb, self._offset + ws.row_start * rb, (ws.row_stop - ws.row_start) * rb,
                           self._flat[0].nbytes)
         fds = np.full(len(reads), self._fd, np.int64)
-        if self._exact is not None:  # the last stretch's pages are all read
-            self._exact.close()
-            self._exact = None
+        self._exact = None  # the last stretch's pages are all read
         # not on macOS and Windows: the kernel's readahead alone
         if (self._whole or self._served is not None) and hasattr(os, "posix_fadvise"):
-            exact = _Exact(self._path, self._fd, self._offset, rb, ws, self._served)
+            # the second descriptor, once open, serves every later stretch: nothing opened mid-epoch but once
+            exact = _Exact(self._path, self._fd, self._offset, rb, ws, self._served, self._fd2)
+            self._fd2 = max(self._fd2, exact.fd)
             self._exact = exact if exact.fd >= 0 else None  # no page marked: every read with the readahead
             if self._exact is not None:  # the marked pages without the readahead
                 fds[self._exact.mask] = self._exact.fd
@@ -399,8 +397,10 @@ class _WindowSource:
         return w, slot
 
     def close(self) -> None:
-        if self._exact is not None:
-            self._exact.close()
+        self._exact = None
+        if self._fd2 >= 0:
+            os.close(self._fd2)
+            self._fd2 = -1
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1

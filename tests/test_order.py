@@ -312,3 +312,28 @@ def test_a_ranks_stretches_are_its_first_windows_then_the_rest(balanced, shard, 
         assert [len(p) for p in parts] == [STRETCH_FIRST, len(whole) - STRETCH_FIRST]
     for name in FIELDS:
         np.testing.assert_array_equal(getattr(Windows.of(parts), name), getattr(whole, name))
+
+
+def test_a_rank_cuts_the_lanes_no_further_than_its_last_position(monkeypatch):
+    """Rank 0 of 4 stops cutting pages after its last window (the rest of the epoch is another rank's);
+    the last rank cuts to the end; a rank with nothing to serve cuts nothing."""
+    row, valid = table([700, 33, 260, 512, 90, 401] * 40, 64, 20)
+    table_row, table_valid, page_rows, longest, counts = _checked(row, valid, 600, None, None)
+    cut_windows = []
+    real = memstore.order._Lanes.cut
+
+    def counting(self, n):
+        pages = real(self, n)
+        cut_windows.append(0 if pages is None else int(pages[3].max()) + 1)
+        return pages
+
+    monkeypatch.setattr(memstore.order._Lanes, "cut", counting)
+    seen = {}
+    for shard in ((0, 4), (3, 4), (0, 10**9)):
+        cut_windows.clear()
+        ws = _dealt_windows(table_row, table_valid, 600, page_rows, longest, counts,
+                            np.random.default_rng((1, 0)), shard, None, stretch=4)
+        seen[shard] = (sum(cut_windows), len(ws))
+    total = seen[(3, 4)][0]
+    assert seen[(0, 4)][0] < total / 2 and seen[(0, 4)][0] >= seen[(0, 4)][1]
+    assert seen[(0, 10**9)] == (0, 0)

@@ -218,8 +218,9 @@ def test_a_ranks_reader_of_stretches_returns_the_file_rows_and_closes_each_stret
         with WindowReader(path, 77, 64, np.float32, stretches(), 1000, prefetch=prefetch,
                           served=served_rows(rows, valid)) as reader:
             assert_windows_hold_rows(reader, Windows.of(parts), data)
+            assert len(open_fds() - before_fds) <= 2  # one second descriptor for both stretches
         np.testing.assert_array_equal(Windows.of(parts).blocks, windows.blocks)
-        assert seen[0] == 1 and seen[1] <= 2  # the reader's own; then at most one stretch's second one too
+        assert seen[0] == 1 and seen[1] <= 2  # the reader's own; then at most the first stretch's second one too
         assert open_fds() <= before_fds  # every descriptor closed
     assert not [t for t in set(threading.enumerate()) - before_threads if t.is_alive()]
 
