@@ -197,9 +197,11 @@ def _runs(windows, offset: int, row_bytes: int, gap: int, served=None):
     step = np.diff(w)
     apart = (step < 0) | (step > 1)
     if served is not None and len(served[0]):  # a hole with rows that other ranks read ends a run
-        lo, hi = offset + served[0] * row_bytes, offset + served[1] * row_bytes
-        first = np.searchsorted(hi, e[:-1], side="right")  # the first served stretch ending after the hole starts
-        apart |= (first < len(lo)) & (lo[np.minimum(first, len(lo) - 1)] < s[1:])
+        # in rows, not bytes (pages start and stop on whole rows): nothing done per served stretch of the split
+        lo, hi = served
+        hole_start, hole_stop = (e[:-1] - offset) // row_bytes, (s[1:] - offset) // row_bytes
+        first = np.searchsorted(hi, hole_start, side="right")  # the first served stretch ending after the hole starts
+        apart |= (first < len(lo)) & (lo[np.minimum(first, len(lo) - 1)] < hole_stop)
     new = np.r_[True, (s[1:] > e[:-1] + gap) & apart]
     run = np.empty(total, np.int64)
     run[by_pos] = np.cumsum(new) - 1
