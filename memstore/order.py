@@ -253,10 +253,10 @@ def class_members(block_class: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.n
     by_class = np.argsort(key, kind="stable")
     ordered = key[by_class]
     edges = np.flatnonzero(ordered[1:] != ordered[:-1]) + 1  # where each class's run starts, the first aside
-    starts = np.r_[np.zeros(min(n, 1), np.int64), edges]
-    values = ordered[starts].astype(np.int64)
+    heads = np.r_[np.zeros(min(n, 1), np.int64), edges]  # named apart from stats.starts, imported here
+    values = ordered[heads].astype(np.int64)
     keep = values >= 0
-    return values[keep], by_class, starts[keep], np.r_[edges, np.full(min(n, 1), n, np.int64)][keep]
+    return values[keep], by_class, heads[keep], np.r_[edges, np.full(min(n, 1), n, np.int64)][keep]
 
 
 def balanced_counts(block_class: np.ndarray, n_draw: int, *, seed: int, epoch: int, _classes=None) -> np.ndarray:
