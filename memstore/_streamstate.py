@@ -9,7 +9,10 @@ any world size (elastic resume). Format 2 (a global position ``P``: the prefix
 consumed under the earlier round-robin dealing) loads as the unserved set
 ``[(P, n)]``. Format 1 (no ``"format"`` key, from before elastic resume) had
 the shard in its fingerprint and loads only at that shard (its steps were
-taken under round-robin dealing, so it too loads as a consumed prefix).
+taken under round-robin dealing, so it too loads as a consumed prefix). A
+balanced stream's fingerprint names its draw (``"class/select"``): a balanced
+state saved before the draw became selection sampling names ``"class"`` and is
+refused with that reason, since its epochs were other multisets of blocks.
 """
 
 from __future__ import annotations
@@ -23,12 +26,18 @@ __all__ = ["STATE_FORMAT", "fingerprint", "fingerprint_v1", "state_of", "resume_
 
 #: version of ``state_dict()``; a state without ``"format"`` is format 1 (same shard only)
 STATE_FORMAT = 3
+#: what a balanced stream's fingerprint names its draw: ``"class"`` alone was the draw before selection
+#: sampling (``rng.choice`` per class), whose epochs are other multisets of blocks
+BALANCE_DRAW = {"class": "class/select"}
+#: where the fingerprint holds the balance
+_BALANCE_AT = 10
 
 
 def fingerprint(s) -> list:
     """What fixes the epochs' global sequences of stream ``s`` (the shard does not)."""
     return [len(s.block_file), s.batch_size, s.time_context, s.step, s.split, s.valid_fraction, s.shuffle,
-            s.drop_last, s.out_of_core, s._window_rows, s.balance, str(s.store.path), s.store.generation]
+            s.drop_last, s.out_of_core, s._window_rows, BALANCE_DRAW.get(s.balance, s.balance), str(s.store.path),
+            s.store.generation]
 
 
 def fingerprint_v1(s) -> list:
@@ -70,7 +79,14 @@ def resume_point(s, state) -> tuple[int, np.ndarray | None, int]:
     if state.get("format") not in (2, STATE_FORMAT):
         raise ParameterError(f"state_dict format {state.get('format')!r} is not supported "
                              f"(this memstore reads formats 1 to {STATE_FORMAT})")
-    if state.get("fingerprint") != fingerprint(s) or state.get("seed") != s.seed:
+    saved, mine = state.get("fingerprint"), fingerprint(s)
+    if (s.balance is not None and isinstance(saved, list) and len(saved) == len(mine)
+            and saved[_BALANCE_AT] == s.balance  # a balanced state saved before the draw was named
+            and saved[:_BALANCE_AT] + saved[_BALANCE_AT + 1:] == mine[:_BALANCE_AT] + mine[_BALANCE_AT + 1:]):
+        raise ParameterError(f"this state_dict was saved by an earlier memstore, whose balance={s.balance!r} drew "
+                             "other blocks for each epoch: this one cannot resume that epoch's draw (no block "
+                             "twice, none lost); start the stream afresh")
+    if saved != mine or state.get("seed") != s.seed:
         raise ParameterError("this state_dict belongs to a stream with other settings or another store")
     epoch, position = state.get("epoch"), state.get("position")
     n = len(s.block_file)

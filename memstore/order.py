@@ -56,9 +56,13 @@ random. A class of ``m`` blocks with quota ``q`` serves every block
 ``q // m`` times and ``q % m`` distinct blocks once more, drawn without
 replacement: a minority class's blocks are repeated as evenly as possible, a
 majority class is sampled down, and the class shares of an epoch are equal
-within one block. The draw is a pure function of ``(seed, epoch)``; it
-returns per-block multiplicities (``counts``), which either path turns into an
-order as above.
+within one block. The distinct blocks are drawn by selection sampling (Knuth's
+Algorithm S, :func:`_select`): one pass over the class's blocks in block
+order, one raw 64-bit draw each, integer arithmetic only -- every subset of
+that size equally likely (to 2**-32 per step), the same on every machine, and
+at 1 TB 0.14 s where ``rng.choice`` per class took 0.7 s. The draw is a pure
+function of ``(seed, epoch)``; it returns per-block multiplicities
+(``counts``), which either path turns into an order as above.
 
 Dealing to ranks by pages (elastic)
 -----------------------------------
@@ -277,13 +281,49 @@ def balanced_counts(block_class: np.ndarray, n_draw: int, *, seed: int, epoch: i
     k = len(present)
     quota = np.full(k, n_draw // k, np.int64)
     quota[rng.permutation(k)[: n_draw % k]] += 1
-    for q, a, b in zip(quota.tolist(), first.tolist(), last.tolist(), strict=True):
-        members = by_class[a:b]
-        counts[members] = q // len(members)
-        extra = q % len(members)
-        if extra:
-            counts[rng.choice(members, extra, replace=False)] += 1
+    size = last - first
+    if size.max() >= _SELECT_MAX:
+        raise ParameterError(f"a balancing class of {int(size.max())} blocks is too large to draw from "
+                             f"(at most {_SELECT_MAX - 1})")
+    _fill_counts(by_class, first, last, quota // size, counts)
+    for c in np.flatnonzero(quota % size).tolist():  # these classes serve some blocks once more: which?
+        need, a, b = int(quota[c] % size[c]), int(first[c]), int(last[c])
+        for lo in range(a, b, _SELECT_CHUNK):  # every member's draw is made, in member order
+            hi = min(b, lo + _SELECT_CHUNK)
+            need = _select(by_class[lo:hi], b - lo, need, rng.bit_generator.random_raw(hi - lo), counts)
     return counts
+
+
+#: members of a class drawn for at once (32 MB of draws)
+_SELECT_CHUNK = 1 << 22
+#: :func:`_select` multiplies a 32-bit draw by the members left: fewer than 2**31, so no product overflows
+_SELECT_MAX = 1 << 31
+
+
+@njit(nogil=True, cache=True)
+def _fill_counts(by_class, first, last, each, counts):  # pragma: no cover - jitted
+    """``counts[by_class[first[c]:last[c]]] = each[c]`` for every class ``c``."""
+    for c in range(len(first)):
+        for i in range(first[c], last[c]):
+            counts[by_class[i]] = each[c]
+
+
+@njit(nogil=True, cache=True)
+def _select(members, left, need, draws, counts):  # pragma: no cover - jitted
+    """Selection sampling (Knuth's Algorithm S): of ``left`` members still to consider, the first
+    ``len(members)`` of which are given, take each with probability ``need / left`` (its draw's upper
+    32 bits below ``need / left`` of 2**32) and serve it once more. Returns the ``need`` still left.
+    Every subset of the size asked for is equally likely (to within 2**-32 per step), and exactly
+    ``need`` are taken by the last member: at ``need == left`` every draw takes. Integer arithmetic only."""
+    for i in range(len(members)):
+        if need == 0:
+            break
+        u = np.int64(draws[i] >> np.uint64(32))
+        if u * left < need << 32:
+            counts[members[i]] += 1
+            need -= 1
+        left -= 1
+    return need
 
 
 def plan_pages(block_row: np.ndarray, block_valid: np.ndarray, page_rows: int):
@@ -402,9 +442,9 @@ def _stretches(block_row, block_valid, window_rows, page_rows, longest, counts, 
     """:func:`plan_stretches` once its arguments are checked (a generator: nothing runs before the first ``next``)."""
     if not shuffle:
         yield _windows(*_store_order_windows(block_row, block_valid, window_rows, page_rows, counts),
-                       _Served(len(block_row), counts, drop=False), block_row, None)
+                       _Served(block_row, block_valid, counts, drop=False), block_row, None)
         return
-    served = _Served(len(block_row), counts, drop=True)
+    served = _Served(block_row, block_valid, counts, drop=True)
     lanes = _lanes_of(served, block_row, block_valid, window_rows, page_rows, longest, rng, ends)
     n, any_yet = first, False
     while (pages := lanes.cut(n)) is not None:
@@ -438,7 +478,7 @@ def _dealt_parts(block_row, block_valid, window_rows, page_rows, longest, counts
     some (a :class:`Windows` each), made when asked for. The lanes are cut no further than the rank's last
     position."""
     rank, world = shard or (0, 1)
-    served = _Served(len(block_row), counts, drop=True)
+    served = _Served(block_row, block_valid, counts, drop=True)
     n_total = served.n if served.cum is None else int(served.cum[-1])
     mine = dealt(intervals(unserved, n_total), rank, world)  # this rank's positions, as intervals
     end = int(mine[-1, 1]) if len(mine) else 0  # past the rank's last position: nothing to cut after it
@@ -511,24 +551,32 @@ def _lanes_of(served, block_row, block_valid, window_rows, page_rows, longest, r
     if served.ids is None:
         return _Lanes(block_row, lane_ends(block_row, block_valid) if ends is None else ends, window_rows,
                       page_rows, longest, rng)
-    row = block_row[served.ids]
-    return _Lanes(row, lane_ends(row, block_valid[served.ids]), window_rows, page_rows, longest, rng)
+    return _Lanes(served.row, served.ends, window_rows, page_rows, longest, rng)
 
 
 class _Served:
     """The blocks an epoch's pages are cut from, in row order, and how often each is served.
 
     ``ids`` (None: every block, ``0..n_blocks - 1``) are the blocks; with ``counts``, ``drop``
-    leaves out the blocks drawn zero times. Made once per epoch: a stretch then touches only its
-    own blocks, whatever the size of the store.
+    leaves out the blocks drawn zero times, and then ``row`` and ``ends`` are the rows and
+    :func:`lane_ends` of those left (made with ``ids`` in one pass: :func:`_drawn`). Made once per
+    epoch: a stretch then touches only its own blocks, whatever the size of the store.
     """
 
-    def __init__(self, n_blocks: int, counts, *, drop: bool):
-        ids = np.flatnonzero(counts > 0) if counts is not None and drop else None
-        self.ids = None if ids is not None and len(ids) == n_blocks else ids  # every block drawn: all of them
-        self.n = n_blocks if self.ids is None else len(self.ids)
-        self.reps = None if counts is None else counts if self.ids is None else counts[self.ids]
-        self.cum = None if self.reps is None else offsets(self.reps)
+    def __init__(self, block_row, block_valid, counts, *, drop: bool):
+        n_blocks = len(block_row)
+        self.ids = self.row = self.ends = None
+        self.n = n_blocks
+        self.reps = self.cum = None
+        if counts is None:
+            return
+        if drop:
+            ids, reps, cum, row, ends = _drawn(counts, block_row, block_valid)
+            if len(ids) < n_blocks:  # else every block is drawn: all of them, in the whole table's lanes
+                self.ids, self.n, self.reps, self.cum, self.row, self.ends = ids, len(ids), reps, cum, row, ends
+                return
+        self.reps = counts
+        self.cum = offsets(counts)
 
     def block(self, i: np.ndarray) -> np.ndarray:
         """The block ids at positions ``i``."""
@@ -537,6 +585,37 @@ class _Served:
     def served(self, first: np.ndarray, last: np.ndarray) -> np.ndarray:
         """Blocks served (repeats counted) by the positions ``first[k]:last[k]``, for each ``k``."""
         return last - first if self.cum is None else self.cum[last] - self.cum[first]
+
+
+def _drawn(counts, block_row, block_valid):
+    """The blocks drawn at least once: ``(ids, reps, cum, row, ends)`` -- their ids, their counts, the
+    counts' offsets with the total, their rows and :func:`lane_ends` -- in one pass over the table
+    (at 1 TB six array steps over 30 million blocks took 0.24 s). The arrays are numpy's, which
+    asks for huge pages for large ones: made inside the kernel, 4 KB page faults cost twice that."""
+    m = int(np.count_nonzero(counts))
+    ids, reps, row, ends = (np.empty(m, np.int64) for _ in range(4))
+    cum = np.empty(m + 1, np.int64)
+    _fill_drawn(counts, block_row, block_valid, ids, reps, cum, row, ends)
+    return ids, reps, cum, row, ends
+
+
+@njit(nogil=True, cache=True)
+def _fill_drawn(counts, block_row, block_valid, ids, reps, cum, row, ends):  # pragma: no cover - jitted
+    """:func:`_drawn`'s pass, into arrays of ``count_nonzero(counts)`` (``cum`` one more)."""
+    cum[0] = 0
+    k = 0
+    hi = np.iinfo(np.int64).min
+    for i in range(len(counts)):
+        c = counts[i]
+        if c > 0:
+            ids[k] = i
+            reps[k] = c
+            cum[k + 1] = cum[k] + c
+            r = block_row[i]
+            row[k] = r
+            hi = max(hi, r + block_valid[i])
+            ends[k] = hi
+            k += 1
 
 
 def _windows(first, last, stop, window, served: _Served, block_row, rng) -> Windows:

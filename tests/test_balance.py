@@ -9,11 +9,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import memstore.order
 from memstore.audio import write_wav
 from memstore.batches import BatchStream
 from memstore.build import build_store
 from memstore.errors import ParameterError
-from memstore.order import balanced_counts, class_members
+from memstore.order import balanced_counts, class_members, lane_ends
 from memstore.pager import plan_epoch
 from memstore.store import open_store
 
@@ -214,6 +215,84 @@ def test_balanced_counts_split_the_draw_evenly():
         assert per.max() - per.min() <= 1
         assert set(c[:10].tolist()) <= {0, 1} and set(c[10:13].tolist()) <= {2, 3} and c[13] in (6, 7)
     assert not np.array_equal(balanced_counts(cls, 19, seed=1, epoch=0), balanced_counts(cls, 19, seed=1, epoch=1))
+
+
+@settings(max_examples=80, deadline=None)
+@given(classes=st.lists(st.integers(-1, 6), min_size=0, max_size=300), n_draw=st.integers(0, 900),
+       seed=st.integers(0, 99), epoch=st.integers(0, 5))
+def test_every_class_gets_its_quota_spread_as_evenly_as_it_can(classes, n_draw, seed, epoch):
+    """Each class present gets n_draw // K blocks, n_draw % K of them one more; inside a class of m
+    blocks with quota q, every block is served q // m or q // m + 1 times (exactly q % m the latter)."""
+    block_class = np.array(classes, np.int64)
+    counts = balanced_counts(block_class, n_draw, seed=seed, epoch=epoch)
+    assert counts.dtype == np.int64 and counts.shape == block_class.shape
+    present = np.unique(block_class[block_class >= 0])
+    if not len(present) or n_draw <= 0:
+        assert not counts.any()
+        return
+    assert counts.sum() == n_draw and not counts[block_class < 0].any()
+    k = len(present)
+    quotas = []
+    for c in present:
+        mine = counts[block_class == c]
+        q, m = int(mine.sum()), len(mine)
+        quotas.append(q)
+        assert set(mine.tolist()) <= {q // m, q // m + 1} and int((mine == q // m + 1).sum()) == q % m
+    assert sorted(quotas) == sorted([n_draw // k + 1] * (n_draw % k) + [n_draw // k] * (k - n_draw % k))
+
+
+def test_the_drawn_blocks_are_a_uniform_sample_of_their_class():
+    """Selection sampling draws every subset of a class equally often: over 6,000 epochs, 3 of a class
+    of 10 and 1 of a class of 4, each block's and each pair's share is as the uniform draw gives it.
+    (The draws are fixed by the seeds, so this holds or fails the same way on every machine.)"""
+    block_class = np.array([0] * 10 + [1] * 4 + [2] * 7)  # quota 7: 10 -> 7 drawn, 4 -> 1 each + 3, 7 -> all
+    runs = 6000
+    once_more = np.zeros((runs, 14), bool)
+    for epoch in range(runs):
+        counts = balanced_counts(block_class, 21, seed=3, epoch=epoch)
+        assert np.all(counts[14:] == 1)
+        once_more[epoch] = counts[:14] - np.r_[np.zeros(10, np.int64), np.ones(4, np.int64)] == 1
+    for members, take in ((np.arange(10), 7), (np.arange(10, 14), 3)):
+        m = len(members)
+        share = once_more[:, members].mean(axis=0)
+        p = take / m
+        assert np.all(np.abs(share - p) < 4 * np.sqrt(p * (1 - p) / runs))  # each block: four sigma
+        pairs = (once_more[:, members, None] & once_more[:, None, members]).mean(axis=0)[np.triu_indices(m, 1)]
+        pp = take * (take - 1) / (m * (m - 1))
+        assert np.all(np.abs(pairs - pp) < 4 * np.sqrt(pp * (1 - pp) / runs))  # each pair: four sigma
+
+
+def test_the_draw_is_the_same_whatever_the_chunk_it_is_made_in(monkeypatch):
+    """A class larger than the chunk of draws made at once draws the same blocks as it would in one chunk."""
+    block_class = np.repeat(np.arange(3), [5000, 1234, 77])
+    want = balanced_counts(block_class, 6000, seed=5, epoch=2)
+    for chunk in (1, 7, 1000):
+        monkeypatch.setattr(memstore.order, "_SELECT_CHUNK", chunk)
+        np.testing.assert_array_equal(balanced_counts(block_class, 6000, seed=5, epoch=2), want)
+
+
+def test_a_class_too_large_to_draw_from_is_refused(monkeypatch):
+    monkeypatch.setattr(memstore.order, "_SELECT_MAX", 100)
+    with pytest.raises(ParameterError, match="too large to draw from"):
+        balanced_counts(np.zeros(150, np.int64), 10, seed=0, epoch=0)
+    assert balanced_counts(np.zeros(99, np.int64), 10, seed=0, epoch=0).sum() == 10
+
+
+@settings(max_examples=60, deadline=None)
+@given(lengths=st.lists(st.integers(1, 50), min_size=0, max_size=40), seed=st.integers(0, 99))
+def test_the_drawn_blocks_table_is_the_one_numpy_spells(lengths, seed):
+    """_drawn gives, in one pass, the drawn blocks' ids, counts, offsets, rows and lane ends."""
+    rng = np.random.default_rng(seed)
+    row = np.r_[0, np.cumsum(lengths)[:-1]].astype(np.int64) if lengths else np.zeros(0, np.int64)
+    valid = np.minimum(np.asarray(lengths, np.int64), 20) if lengths else np.zeros(0, np.int64)
+    counts = rng.integers(0, 3, len(row)).astype(np.int64)
+    ids, reps, cum, drawn_row, ends = memstore.order._drawn(counts, row, valid)
+    want = np.flatnonzero(counts > 0)
+    np.testing.assert_array_equal(ids, want)
+    np.testing.assert_array_equal(reps, counts[want])
+    np.testing.assert_array_equal(cum, np.r_[0, np.cumsum(counts[want])])
+    np.testing.assert_array_equal(drawn_row, row[want])
+    np.testing.assert_array_equal(ends, lane_ends(row[want], valid[want]))
 
 
 @settings(max_examples=40, deadline=None)

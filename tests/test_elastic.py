@@ -185,6 +185,21 @@ def test_bad_states_are_refused(store):
         stream(store, "memory", (0, 2), "class").load_state_dict(good)
 
 
+def test_a_balanced_state_from_before_selection_sampling_is_refused_with_the_reason(store):
+    """A balanced state saved before the draw became selection sampling names its balance "class": its
+    epoch was another multiset, so it is refused (saying why), never resumed with other blocks."""
+    s = stream(store, "memory", (0, 2), "class")
+    next(iter(s))
+    state = s.state_dict()
+    assert state["fingerprint"][10] == "class/select"
+    s.load_state_dict(state)  # today's state loads
+    old = {**state, "fingerprint": state["fingerprint"][:10] + ["class"] + state["fingerprint"][11:]}
+    with pytest.raises(ParameterError, match="earlier memstore, whose balance='class' drew other blocks"):
+        stream(store, "memory", (0, 2), "class").load_state_dict(old)
+    with pytest.raises(ParameterError, match="other settings"):  # into an unbalanced stream: other settings
+        stream(store, "memory", (0, 2)).load_state_dict(old)
+
+
 def dataset(store, rank, world, balance=None, **kw):
     from memstore.torch import BlockDataset
 

@@ -89,7 +89,7 @@ def test_windows_built_at_once_equal_windows_built_one_by_one(lengths, t, step, 
         served, rng = np.arange(len(row)), None
         pages = _store_order_windows(row, valid, window_rows, page_rows, counts)
     state = rng.bit_generator.state if rng is not None else None
-    got = _windows(*pages, _Served(len(row), counts, drop=shuffle), row, rng)
+    got = _windows(*pages, _Served(row, valid, counts, drop=shuffle), row, rng)
     ref_rng = None
     if state is not None:
         ref_rng = np.random.default_rng()
@@ -181,15 +181,16 @@ def test_a_draw_that_serves_every_block_plans_as_one_that_names_them_all(lengths
     row, valid = table(lengths, 20, 7)
     counts = np.random.default_rng(seed).integers(1, 4, len(row))
     kw = dict(window_rows=2 * int(valid.max()) + 100, seed=seed, epoch=1, counts=counts, first=first)
-    assert memstore.order._Served(len(row), counts, drop=True).ids is None
+    assert memstore.order._Served(row, valid, counts, drop=True).ids is None
     got = Windows.of(list(plan_stretches(row, valid, **kw)))
 
     class Listed(memstore.order._Served):
-        def __init__(self, n_blocks, counts, *, drop):
-            super().__init__(n_blocks, counts, drop=drop)
+        def __init__(self, block_row, block_valid, counts, *, drop):
+            super().__init__(block_row, block_valid, counts, drop=drop)
             if counts is not None and drop:  # the list every block's id, as before the shortcut
-                self.ids = np.arange(n_blocks, dtype=np.int64)
+                self.ids = np.arange(len(block_row), dtype=np.int64)
                 self.reps = counts[self.ids]
+                self.row, self.ends = block_row[self.ids], lane_ends(block_row, block_valid)
 
     with pytest.MonkeyPatch.context() as m:
         m.setattr(memstore.order, "_Served", Listed)
