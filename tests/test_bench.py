@@ -130,8 +130,9 @@ def test_bench_plan_tool_plans_each_size_and_refuses_a_bad_one():
     assert len(rows) == 2
     blocks, windows = [int(r[1]) for r in rows], [int(r[2]) for r in rows]
     assert blocks[0] < blocks[1] and 0 < windows[0] < windows[1]
-    assert all(" ".join(r).count("(") == 4 for r in rows)  # first stretch, all stretches, whole plan, rank
-    assert "rank 1 of 2" in out.stdout
+    # first stretch, all stretches, whole plan, rank, balanced epochs 0 and 1
+    assert all(" ".join(r).count("(") == 6 for r in rows)
+    assert "rank 1 of 2" in out.stdout and "balanced ep 0 s" in out.stdout and "balanced ep 1 s" in out.stdout
     for flag, bad in [("--sizes", "1x"), ("--limit", "1KB"), ("--reps", "0"), ("--world", "0")]:
         r = subprocess.run([sys.executable, str(tool), flag, bad], capture_output=True, text=True, timeout=60)
         assert r.returncode == 2 and "error" in r.stderr, (flag, bad, r.stderr)
