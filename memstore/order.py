@@ -423,6 +423,9 @@ def _checked(block_row, block_valid, window_rows: int, page_rows: int | None, co
     block, and ``counts`` checked; :class:`ParameterError` when a window cannot hold a page."""
     block_row = np.asarray(block_row, dtype=np.int64)
     block_valid = np.asarray(block_valid, dtype=np.int64)
+    if block_row.ndim != 1 or block_valid.shape != block_row.shape:  # the kernels index one by the other
+        raise ParameterError(f"block_row and block_valid must be 1-D arrays of one length; got shapes "
+                             f"{block_row.shape} and {block_valid.shape}")
     longest = int(block_valid.max()) if len(block_valid) else 1
     if page_rows is None:
         page_rows = max(longest, window_rows // MIN_PAGES_PER_WINDOW)
@@ -591,8 +594,9 @@ def _drawn(counts, block_row, block_valid):
     """The blocks drawn at least once: ``(ids, reps, cum, row, ends)`` -- their ids, their counts, the
     counts' offsets with the total, their rows and :func:`lane_ends` -- in one pass over the table
     (at 1 TB six array steps over 30 million blocks took 0.24 s). The arrays are numpy's, which
-    asks for huge pages for large ones: made inside the kernel, 4 KB page faults cost twice that."""
-    m = int(np.count_nonzero(counts))
+    asks for huge pages for large ones: made inside the kernel, 4 KB page faults cost twice that.
+    The three arrays are of one length (:func:`_checked` sees to it; the kernel trusts it)."""
+    m = int(np.count_nonzero(counts > 0))  # what the kernel writes, whatever it is given
     ids, reps, row, ends = (np.empty(m, np.int64) for _ in range(4))
     cum = np.empty(m + 1, np.int64)
     _fill_drawn(counts, block_row, block_valid, ids, reps, cum, row, ends)

@@ -215,6 +215,19 @@ def test_a_stretch_size_that_is_not_a_whole_number_of_windows_is_refused(first):
         plan_stretches(row, valid, window_rows=200, seed=0, epoch=0, first=first)
 
 
+def test_a_block_table_of_two_lengths_is_refused_before_any_kernel_reads_it():
+    """The kernels index the rows and the valid rows by one index: a table whose two arrays differ in
+    length (or in shape: a single valid count that numpy would broadcast) is an error, on every paged path."""
+    row, valid = table([300, 41, 520, 77], 32, 16)
+    counts = np.ones(len(row), np.int64)
+    kw = dict(window_rows=200, seed=0, epoch=0, counts=counts)
+    for bad in (valid[:-1], valid[:1], valid[None]):
+        for call in (lambda b=bad: list(plan_stretches(row, b, **kw)), lambda b=bad: plan_epoch(row, b, **kw),
+                     lambda b=bad: plan_epoch(row, b, shard=(0, 2), **kw)):
+            with pytest.raises(ParameterError, match="one length"):
+                call()
+
+
 def test_a_numpy_stretch_size_plans_the_same_stretches_as_an_int():
     row, valid = table([300, 41, 520, 77, 260, 9, 400], 32, 16)
     kw = dict(window_rows=200, seed=1, epoch=0)
