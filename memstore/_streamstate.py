@@ -12,7 +12,9 @@ the shard in its fingerprint and loads only at that shard (its steps were
 taken under round-robin dealing, so it too loads as a consumed prefix). A
 balanced stream's fingerprint names its draw (``"class/select"``): a balanced
 state saved before the draw became selection sampling names ``"class"`` and is
-refused with that reason, since its epochs were other multisets of blocks.
+refused with that reason part way through an epoch, since its epochs were other
+multisets of blocks; at an epoch's start (position 0) it loads, and that epoch
+is drawn anew.
 """
 
 from __future__ import annotations
@@ -82,10 +84,13 @@ def resume_point(s, state) -> tuple[int, np.ndarray | None, int]:
     saved, mine = state.get("fingerprint"), fingerprint(s)
     if (s.balance is not None and isinstance(saved, list) and len(saved) == len(mine)
             and saved[_BALANCE_AT] == s.balance  # a balanced state saved before the draw was named
-            and saved[:_BALANCE_AT] + saved[_BALANCE_AT + 1:] == mine[:_BALANCE_AT] + mine[_BALANCE_AT + 1:]):
-        raise ParameterError(f"this state_dict was saved by an earlier memstore, whose balance={s.balance!r} drew "
-                             "other blocks for each epoch: this one cannot resume that epoch's draw (no block "
-                             "twice, none lost); start the stream afresh")
+            and saved[:_BALANCE_AT] + saved[_BALANCE_AT + 1:] == mine[:_BALANCE_AT] + mine[_BALANCE_AT + 1:]
+            and state.get("seed") == s.seed):
+        if state.get("position") != 0:
+            raise ParameterError(f"this state_dict was saved by an earlier memstore, whose balance={s.balance!r} "
+                                 "drew other blocks for each epoch: this one cannot resume that epoch's draw part "
+                                 "way (no block twice, none lost); start the stream afresh")
+        saved = mine  # at an epoch's start nothing of the old draw was served: the epoch starts with this one
     if saved != mine or state.get("seed") != s.seed:
         raise ParameterError("this state_dict belongs to a stream with other settings or another store")
     epoch, position = state.get("epoch"), state.get("position")

@@ -277,19 +277,26 @@ def balanced_counts(block_class: np.ndarray, n_draw: int, *, seed: int, epoch: i
     present, by_class, first, last = _classes if _classes is not None else class_members(block_class)
     if n_draw <= 0 or not len(present):
         return counts
+    if not len(present) == len(first) == len(last):
+        raise ParameterError("_classes must be class_members of the same block_class")
     rng = np.random.default_rng((int(seed), int(epoch), _BALANCE_TAG))
     k = len(present)
     quota = np.full(k, n_draw // k, np.int64)
     quota[rng.permutation(k)[: n_draw % k]] += 1
     size = last - first
+    if size.min() <= 0:
+        raise ParameterError("_classes must be class_members of the same block_class")
     if size.max() >= _SELECT_MAX:
         raise ParameterError(f"a balancing class of {int(size.max())} blocks is too large to draw from "
                              f"(at most {_SELECT_MAX - 1})")
-    _fill_counts(by_class, first, last, quota // size, counts)
+    # the kernels check every index they write by (_classes may come from elsewhere): -1 when one is not a block
+    if _fill_counts(by_class, first, last, quota // size, counts) < 0:
+        raise ParameterError("_classes must be class_members of the same block_class")
     for c in np.flatnonzero(quota % size).tolist():  # these classes serve some blocks once more: which?
         need, a, b = int(quota[c] % size[c]), int(first[c]), int(last[c])
         for lo in range(a, b, _SELECT_CHUNK):  # every member's draw is made, in member order
             hi = min(b, lo + _SELECT_CHUNK)
+            # members checked by _fill_counts: every id of by_class[a:b] is a block
             need = _select(by_class[lo:hi], b - lo, need, rng.bit_generator.random_raw(hi - lo), counts)
     return counts
 
@@ -302,10 +309,18 @@ _SELECT_MAX = 1 << 31
 
 @njit(nogil=True, cache=True)
 def _fill_counts(by_class, first, last, each, counts):  # pragma: no cover - jitted
-    """``counts[by_class[first[c]:last[c]]] = each[c]`` for every class ``c``."""
+    """``counts[by_class[first[c]:last[c]]] = each[c]`` for every class ``c``; 0, or -1 (nothing written
+    past it) at a run outside ``by_class`` or an id outside ``counts``: every index is checked."""
+    n = len(counts)
     for c in range(len(first)):
+        if first[c] < 0 or last[c] > len(by_class) or last[c] < first[c]:
+            return -1
         for i in range(first[c], last[c]):
-            counts[by_class[i]] = each[c]
+            b = by_class[i]
+            if b < 0 or b >= n:
+                return -1
+            counts[b] = each[c]
+    return 0
 
 
 @njit(nogil=True, cache=True)
@@ -605,7 +620,7 @@ def _drawn(counts, block_row, block_valid):
 
 @njit(nogil=True, cache=True)
 def _fill_drawn(counts, block_row, block_valid, ids, reps, cum, row, ends):  # pragma: no cover - jitted
-    """:func:`_drawn`'s pass, into arrays of ``count_nonzero(counts)`` (``cum`` one more)."""
+    """:func:`_drawn`'s pass, into arrays as long as there are counts above zero (``cum`` one more)."""
     cum[0] = 0
     k = 0
     hi = np.iinfo(np.int64).min

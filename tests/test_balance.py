@@ -242,8 +242,8 @@ def test_every_class_gets_its_quota_spread_as_evenly_as_it_can(classes, n_draw, 
 
 
 def test_the_drawn_blocks_are_a_uniform_sample_of_their_class():
-    """Selection sampling draws every subset of a class equally often: over 6,000 epochs, 3 of a class
-    of 10 and 1 of a class of 4, each block's and each pair's share is as the uniform draw gives it.
+    """Selection sampling draws every subset of a class equally often: over 6,000 epochs, 7 of a class
+    of 10 and 3 of a class of 4 (once more), each block's and each pair's share is as the uniform draw gives it.
     (The draws are fixed by the seeds, so this holds or fails the same way on every machine.)"""
     block_class = np.array([0] * 10 + [1] * 4 + [2] * 7)  # quota 7: 10 -> 7 drawn, 4 -> 1 each + 3, 7 -> all
     runs = 6000
@@ -276,6 +276,18 @@ def test_a_class_too_large_to_draw_from_is_refused(monkeypatch):
     with pytest.raises(ParameterError, match="too large to draw from"):
         balanced_counts(np.zeros(150, np.int64), 10, seed=0, epoch=0)
     assert balanced_counts(np.zeros(99, np.int64), 10, seed=0, epoch=0).sum() == 10
+
+
+def test_a_class_sort_of_another_table_is_refused_not_written_past():
+    """balanced_counts writes by the ids of the class sort it is given: one of another table (longer,
+    shorter, or with runs outside it) is a ParameterError, and nothing is written outside the counts."""
+    block_class = np.repeat(np.arange(3), [50, 7, 20])
+    longer = class_members(np.repeat(np.arange(3), [500, 70, 200]))
+    present, by_class, first, last = class_members(block_class)
+    for bad in (longer, (present, by_class, first, last + 5), (present, by_class, first[:2], last),
+                (present, by_class[::-1] + 1, first, last), (present, by_class, last, first)):
+        with pytest.raises(ParameterError, match="_classes must be"):
+            balanced_counts(block_class, 90, seed=0, epoch=0, _classes=bad)
 
 
 @settings(max_examples=60, deadline=None)

@@ -186,18 +186,32 @@ def test_bad_states_are_refused(store):
 
 
 def test_a_balanced_state_from_before_selection_sampling_is_refused_with_the_reason(store):
-    """A balanced state saved before the draw became selection sampling names its balance "class": its
-    epoch was another multiset, so it is refused (saying why), never resumed with other blocks."""
+    """A balanced state saved before the draw became selection sampling names its balance "class": part way
+    through an epoch it was another multiset, so it is refused (saying why), never resumed with other blocks;
+    at an epoch's start it loads, and that epoch is drawn anew."""
     s = stream(store, "memory", (0, 2), "class")
     next(iter(s))
     state = s.state_dict()
-    assert state["fingerprint"][10] == "class/select"
+    assert state["fingerprint"][10] == "class/select" and state["position"] > 0
     s.load_state_dict(state)  # today's state loads
-    old = {**state, "fingerprint": state["fingerprint"][:10] + ["class"] + state["fingerprint"][11:]}
+
+    def before(st):
+        return {**st, "fingerprint": st["fingerprint"][:10] + ["class"] + st["fingerprint"][11:]}
+
     with pytest.raises(ParameterError, match="earlier memstore, whose balance='class' drew other blocks"):
-        stream(store, "memory", (0, 2), "class").load_state_dict(old)
+        stream(store, "memory", (0, 2), "class").load_state_dict(before(state))
     with pytest.raises(ParameterError, match="other settings"):  # into an unbalanced stream: other settings
-        stream(store, "memory", (0, 2)).load_state_dict(old)
+        stream(store, "memory", (0, 2)).load_state_dict(before(state))
+    with pytest.raises(ParameterError, match="other settings"):  # another seed: other settings, not the draw
+        stream(store, "memory", (0, 2), "class").load_state_dict({**before(state), "seed": 6})
+    for _ in s:  # the rest of epoch 0: the state points at epoch 1, nothing of it served
+        pass
+    fresh = s.state_dict()
+    assert fresh["epoch"] == 1 and fresh["position"] == 0
+    again = stream(store, "memory", (0, 2), "class")
+    again.load_state_dict(before(fresh))
+    assert again.epoch == 1 and again.iteration_step == 0
+    np.testing.assert_array_equal(again.order(), stream(store, "memory", (0, 2), "class").order(1))
 
 
 def dataset(store, rank, world, balance=None, **kw):
