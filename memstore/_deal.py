@@ -13,7 +13,7 @@ import numpy as np
 
 from ._window import Window, Windows
 from .errors import ParameterError
-from .stats import offsets, starts
+from .stats import offsets
 
 __all__ = ["intervals", "deal", "dealt", "remaining", "deal_windows"]
 
@@ -125,9 +125,9 @@ def _cut(w: Window, keep: np.ndarray) -> Window:
         return replace(w, blocks=blocks, src_row=src)
     page = np.searchsorted(w.buf_start, src, side="right") - 1
     used = np.unique(page)
-    rows = w.row_stop[used] - w.row_start[used]
-    buf = starts(rows)
+    rows_at = offsets(w.row_stop[used] - w.row_start[used])  # where each kept page lands, and the rows in all
+    buf = rows_at[:-1]
     where = np.zeros(len(w.buf_start), np.int64)
     where[used] = buf
     return replace(w, row_start=w.row_start[used], row_stop=w.row_stop[used], buf_start=buf,
-                   n_rows=int(rows.sum()), blocks=blocks, src_row=src - w.buf_start[page] + where[page])
+                   n_rows=int(rows_at[-1]), blocks=blocks, src_row=src - w.buf_start[page] + where[page])

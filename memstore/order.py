@@ -100,7 +100,7 @@ from ._deal import deal, deal_windows, dealt, intervals, remaining
 from ._jit import njit
 from ._window import Window, Windows
 from .errors import ParameterError
-from .stats import offsets, starts
+from .stats import offsets
 
 __all__ = ["EpochOrder", "Window", "Windows", "balance_classes", "balanced_counts", "class_members", "deal",
            "deal_windows", "intervals", "remaining", "plan_pages", "plan_epoch", "plan_stretches", "lane_ends",
@@ -257,7 +257,7 @@ def class_members(block_class: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.n
     by_class = np.argsort(key, kind="stable")
     ordered = key[by_class]
     edges = np.flatnonzero(ordered[1:] != ordered[:-1]) + 1  # where each class's run starts, the first aside
-    heads = np.r_[np.zeros(min(n, 1), np.int64), edges]  # named apart from stats.starts, imported here
+    heads = np.r_[np.zeros(min(n, 1), np.int64), edges]  # named apart from stats.starts
     values = ordered[heads].astype(np.int64)
     keep = values >= 0
     return values[keep], by_class, heads[keep], np.r_[edges, np.full(min(n, 1), n, np.int64)][keep]
@@ -590,9 +590,11 @@ class _Served:
             return
         if drop:
             ids, reps, cum, row, ends = _drawn(counts, block_row, block_valid)
-            if len(ids) < n_blocks:  # else every block is drawn: all of them, in the whole table's lanes
+            if len(ids) < n_blocks:
                 self.ids, self.n, self.reps, self.cum, self.row, self.ends = ids, len(ids), reps, cum, row, ends
-                return
+            else:  # every block drawn: all of them, in the whole table's lanes; cum is the counts' offsets
+                self.reps, self.cum = counts, cum
+            return
         self.reps = counts
         self.cum = offsets(counts)
 
@@ -660,9 +662,9 @@ def _windows(first, last, stop, window, served: _Served, block_row, rng) -> Wind
         raise RuntimeError("memstore bug: a page's blocks lie outside the epoch's served blocks")
     row_start = block_row[served.block(first)]
     rows = stop - row_start
-    rows_before = starts(rows)
-    buf = rows_before - rows_before[page_at[window]]  # where each page lands in its window's buffer
-    n_rows = np.diff(offsets(rows)[page_at])
+    rows_at = offsets(rows)  # one running sum: where each page starts, and each window's rows
+    buf = rows_at[:-1] - rows_at[page_at[window]]  # where each page lands in its window's buffer
+    n_rows = np.diff(rows_at[page_at])
     block_at = offsets(served.served(first, last))[page_at]
     idx = np.empty(int(block_at[-1]), np.int64)
     src = np.empty(len(idx), np.int64)

@@ -132,11 +132,9 @@ def _triangles(n: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def starts(counts) -> np.ndarray:
-    """Start offset of each run of ``counts`` rows laid end to end (int64, ``starts[0] == 0``)."""
-    counts = np.asarray(counts, dtype=np.int64)
-    out = np.zeros(len(counts), dtype=np.int64)
-    np.cumsum(counts[:-1], out=out[1:])
-    return out
+    """Start offset of each run of ``counts`` rows laid end to end (int64, ``starts[0] == 0``):
+    :func:`offsets` without where the last run ends."""
+    return offsets(counts)[:-1]
 
 
 def offsets(counts, base: int = 0) -> np.ndarray:
