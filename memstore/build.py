@@ -48,7 +48,7 @@ from .features import MelSpectrogram, Spectrogram
 from .labels import check_classes, label_index
 from .labeltable import LabelTable, as_label_table
 from .plan import BuildPlan, make_plan, read_base
-from .stats import RunningStats, merge, starts
+from .stats import Fold, RunningStats, merge, starts
 from .writer import StoreContents, StoreWriter
 
 __all__ = ["BuildReport", "build_store"]
@@ -261,17 +261,18 @@ class _StatsFold:
     """
 
     def __init__(self, stats, new: np.ndarray, open_features, done: np.ndarray, pending: list[int]):
-        self.stats = stats
+        self.stats = Fold(stats)
         self.new = new
         self.open_features = open_features  # the partial file's features, mapped when a resumed file needs them
         self.feats = None
         self.done = done
         self.pending = set(pending)
-        self.early: dict[int, RunningStats | None] = {}
+        self.early: dict[int, RunningStats | tuple | None] = {}  # a worker's statistics stay packed until merged
         self.next = 0
 
-    def add(self, i: int, file_stats: RunningStats | None) -> None:
-        """File ``i`` of this run finished: its statistics, or None when it was skipped."""
+    def add(self, i: int, file_stats: RunningStats | tuple | None) -> None:
+        """File ``i`` of this run finished: its statistics (or :meth:`RunningStats.packed
+        <memstore.stats.RunningStats.packed>`), or None when it was skipped."""
         self.early[i] = file_stats
         self.advance()
 
@@ -289,14 +290,14 @@ class _StatsFold:
                     if self.feats is None:
                         self.feats = self.open_features()
                     file_stats = RunningStats.of_rows(np.asarray(self.feats[o:o + n]))
-            self.stats = merge(self.stats, file_stats)
+            self.stats.add(file_stats)
             self.next += 1
 
     def result(self):
         self.feats = None
         if self.next != len(self.new):
             raise BuildError(f"bug: statistics merged for {self.next} of {len(self.new)} files")
-        return self.stats
+        return self.stats.result()
 
 
 def write_store_from_arrays(store_path, features: list[np.ndarray], paths: list[str], classes: list[str],

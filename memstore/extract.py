@@ -140,9 +140,10 @@ def extract_task(partial: str, data_offset: int, n_bins: int, dtype: str, config
     reason)`` per skipped one. The statistics are
     :meth:`RunningStats.packed <memstore.stats.RunningStats.packed>` for the
     trip from a worker, or with ``packed=False`` (a task this process runs
-    itself) the :class:`~memstore.stats.RunningStats` as they are: packing and
-    unpacking cost 40 us per file, for nothing, in the process that also
-    records every worker's results. The rows go in through :class:`_Rows`.
+    itself) the :class:`~memstore.stats.RunningStats` as they are: packing
+    costs 10-20 us per file, for nothing, in the process that also records
+    every worker's results (whose :class:`~memstore.stats.Fold` merges a
+    packed triangle as it is). The rows go in through :class:`_Rows`.
     """
     results = []
     with _Rows(partial, data_offset, n_bins * np.dtype(dtype).itemsize) as out:
@@ -317,8 +318,7 @@ def extract_files(files, pending, root, partial, data_offset, n_bins, dtype, con
             else:
                 checksum[i] = crc
                 done[i] = 1
-                fold.add(i, packed_or_reason if isinstance(packed_or_reason, RunningStats)
-                         else RunningStats.unpacked(packed_or_reason))
+                fold.add(i, packed_or_reason)  # RunningStats, or a worker's packed tuple: the fold reads both
         bar.update(len(results))
 
     if isinstance(executor, WorkerPool) and executor.with_parent and \

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from memstore.stats import RunningStats, merge, offsets, standardiser, starts, whitener
+from memstore.stats import Fold, RunningStats, merge, offsets, standardiser, starts, whitener
 
 
 def _rows(seed, n, bins=7):
@@ -78,3 +78,84 @@ def test_standardiser_and_whitener_give_unit_statistics():
     np.testing.assert_allclose(np.cov(w, rowvar=False), np.eye(7), atol=1e-4)
     _, scale = standardiser(np.zeros(2), np.zeros(2))
     assert np.isfinite(scale).all() and scale[0] == np.float32(1e8)
+
+
+def _chain(parts):
+    out = None
+    for p in parts:
+        out = merge(out, p if p is None or isinstance(p, RunningStats) else RunningStats.unpacked(p))
+    return out
+
+
+def _same_bytes(a, b):
+    assert a.count == b.count
+    assert a.mean.dtype == b.mean.dtype and a.mean.tobytes() == b.mean.tobytes()
+    assert a.m2.shape == b.m2.shape and a.m2.dtype == b.m2.dtype and a.m2.tobytes() == b.m2.tobytes()
+
+
+@pytest.mark.parametrize("bins", [1, 2, 7, 96])
+def test_fold_gives_merges_bytes_from_packed_and_plain_statistics(bins):
+    # the build's statistics are merged by Fold; a store's bytes must not change, so every step is exact
+    rng = np.random.default_rng(bins)
+    parts = []
+    for k in range(40):
+        n = int(rng.integers(1, 400))
+        x = (rng.standard_normal((n, bins)) * rng.uniform(0.01, 300) + rng.uniform(-80, 80)).astype(np.float32)
+        s = RunningStats.of_rows(x)
+        parts.append(None if k % 11 == 5 else s.packed() if k % 3 else s)
+    asym = RunningStats.of_rows(_rows(9, 30, bins))
+    m2 = asym.m2.copy()
+    if bins > 1:
+        m2[0, 1] = np.nextafter(m2[0, 1], np.inf)  # not symmetric: packed() sends the whole matrix
+    parts.insert(7, RunningStats(asym.count, asym.mean, m2).packed())
+    assert len(parts[7]) == (3 if bins > 1 else 4)
+    fold = Fold()
+    for p in parts:
+        fold.add(p)
+    _same_bytes(fold.result(), _chain(parts))
+
+
+def test_fold_starts_from_base_statistics_and_never_writes_to_its_inputs():
+    base = RunningStats.of_rows(_rows(4, 90))
+    for arr in (base.mean, base.m2):
+        arr.flags.writeable = False  # a store's statistics may be read-only maps
+    parts = [RunningStats.of_rows(_rows(5 + k, 20 + k)) for k in range(5)]
+    kept = [(p.mean.copy(), p.m2.copy()) for p in parts]
+    packed = [p.packed() for p in parts]
+    kept_tri = [t[3].copy() for t in packed]
+    fold = Fold(base)
+    for k, p in enumerate(packed):
+        fold.add(p if k % 2 else parts[k])
+    _same_bytes(fold.result(), _chain([base] + parts))
+    for p, (mean, m2) in zip(parts, kept, strict=True):
+        assert p.mean.tobytes() == mean.tobytes() and p.m2.tobytes() == m2.tobytes()
+    for t, tri in zip(packed, kept_tri, strict=True):
+        assert t[3].tobytes() == tri.tobytes()
+
+
+def test_fold_result_is_a_copy_and_an_empty_fold_is_none():
+    assert Fold().result() is None
+    fold = Fold()
+    fold.add(None)
+    assert fold.result() is None
+    a, b = RunningStats.of_rows(_rows(6, 40)), RunningStats.of_rows(_rows(7, 50))
+    fold.add(a)
+    first = fold.result()
+    fold.add(b)
+    _same_bytes(first, a)
+    _same_bytes(fold.result(), merge(a, b))
+
+
+def test_fold_takes_merges_own_way_for_what_its_kernels_do_not_cover():
+    # diagonal statistics, and a co-moment in another dtype, are merged by merge() itself: same bytes
+    d = [RunningStats.of_rows(_rows(8 + k, 30), diagonal=True) for k in range(3)]
+    fold = Fold()
+    for p in d:
+        fold.add(p.packed())
+    _same_bytes(fold.result(), _chain(d))
+    full = [RunningStats.of_rows(_rows(12 + k, 30)) for k in range(3)]
+    low = RunningStats(full[1].count, full[1].mean, full[1].m2.astype(np.float32))
+    fold = Fold(full[0])
+    fold.add(low)
+    fold.add(full[2])
+    _same_bytes(fold.result(), _chain([full[0], low, full[2]]))
