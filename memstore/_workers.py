@@ -202,6 +202,7 @@ class WorkerPool(cf.ProcessPoolExecutor):
         self.n_workers = n_workers
         #: whether the process that submits runs tasks too (a build's own pool: ``extract.local_executor``)
         self.with_parent = with_parent
+        widen_pipe(getattr(getattr(self, "_result_queue", None), "_reader", None), RESULT_PIPE_BYTES)
         try:
             self._startup = [self.submit(os.getpid) for _ in range(n_workers)]
             if warm is not None:
@@ -256,6 +257,34 @@ class WorkerPool(cf.ProcessPoolExecutor):
         reader = getattr(getattr(self, "_call_queue", None), "_reader", None)
         if reader is not None and not reader.closed:
             reader.close()
+
+
+#: the buffer a pool asks for its result pipe, in bytes (Linux gives 64 KiB; unprivileged processes may ask
+#: for up to ``/proc/sys/fs/pipe-max-size``, 1 MiB by default): a build's task returns 0.5-1.5 MB of
+#: statistics, and with 64 KiB a worker waits in its write until the building process, busy extracting, has
+#: read most of it
+RESULT_PIPE_BYTES = 1 << 20
+
+
+def widen_pipe(conn, nbytes: int) -> int:
+    """Ask for a buffer of ``nbytes`` for the pipe under the connection ``conn``; its size after, 0 if unknown.
+
+    Linux only (``F_SETPIPE_SZ``); capped at ``/proc/sys/fs/pipe-max-size``.
+    Anything the system refuses (another platform, a user's pipe quota) leaves
+    the pipe as it was: a larger buffer only saves a writer some waiting.
+    """
+    try:
+        import fcntl
+
+        fd = conn.fileno()
+        with contextlib.suppress(OSError, ValueError):
+            with open("/proc/sys/fs/pipe-max-size") as f:
+                nbytes = min(nbytes, int(f.read()))
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, nbytes)
+        return fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ)
+    except (ImportError, AttributeError, OSError, ValueError):
+        return 0
 
 
 #: seconds a dead worker may go unnoticed by the pool before the build breaks the pool itself

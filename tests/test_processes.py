@@ -21,7 +21,7 @@ from conftest import descendants
 from test_build import _done_count, same_store
 
 import memstore
-from memstore._workers import THREAD_VARS, WorkerPool, wait_any
+from memstore._workers import RESULT_PIPE_BYTES, THREAD_VARS, WorkerPool, wait_any, widen_pipe
 from memstore.build import build_store
 from memstore.demo import make_demo_folder
 from memstore.store import open_store
@@ -422,3 +422,33 @@ def test_a_worker_killed_mid_reply_breaks_the_pool_instead_of_hanging():
     closer.start()
     closer.join(timeout=60)
     assert not closer.is_alive(), "shutdown hung after the pool was broken down"
+
+
+def _big_reply(n):
+    return bytes(range(256)) * (n // 256)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="pipe buffer sizes are Linux's F_SETPIPE_SZ")
+def test_a_pools_result_pipe_holds_a_tasks_reply_and_larger_ones_still_arrive():
+    # a build task returns 0.5-1.5 MB of statistics: with Linux's 64 KiB pipe the worker waited in its write
+    try:
+        with open("/proc/sys/fs/pipe-max-size") as f:
+            cap = int(f.read())
+    except OSError:
+        cap = RESULT_PIPE_BYTES
+    import fcntl
+
+    pool = WorkerPool(1)
+    try:
+        size = fcntl.fcntl(pool._result_queue._reader.fileno(), fcntl.F_GETPIPE_SZ)
+        assert size >= min(RESULT_PIPE_BYTES, cap)
+        for n in (1 << 10, 3 * RESULT_PIPE_BYTES):  # one that fits, one that takes several reads
+            assert pool.submit(_big_reply, n).result(timeout=120) == _big_reply(n)
+    finally:
+        pool.shutdown(wait=True)
+
+
+def test_widen_pipe_leaves_what_it_cannot_widen_alone(tmp_path):
+    assert widen_pipe(None, RESULT_PIPE_BYTES) == 0  # a pool without the private queue it looks for
+    with open(tmp_path / "not-a-pipe", "wb") as f:  # a file, not a pipe: the system refuses, nothing raises
+        assert widen_pipe(f, RESULT_PIPE_BYTES) == 0
