@@ -269,7 +269,8 @@ RESULT_PIPE_BYTES = 1 << 20
 def widen_pipe(conn, nbytes: int) -> int:
     """Ask for a buffer of ``nbytes`` for the pipe under the connection ``conn``; its size after, 0 if unknown.
 
-    Linux only (``F_SETPIPE_SZ``); capped at ``/proc/sys/fs/pipe-max-size``.
+    Linux only (``F_SETPIPE_SZ``); capped at ``/proc/sys/fs/pipe-max-size``, and
+    never made smaller than it is.
     Anything the system refuses (another platform, a user's pipe quota) leaves
     the pipe as it was: a larger buffer only saves a writer some waiting.
     """
@@ -280,8 +281,10 @@ def widen_pipe(conn, nbytes: int) -> int:
         with contextlib.suppress(OSError, ValueError):
             with open("/proc/sys/fs/pipe-max-size") as f:
                 nbytes = min(nbytes, int(f.read()))
-        with contextlib.suppress(OSError):
-            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, nbytes)
+        size = fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ)
+        if nbytes > size:  # never smaller: a system whose maximum is below the default keeps its default
+            with contextlib.suppress(OSError):
+                fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, nbytes)
         return fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ)
     except (ImportError, AttributeError, OSError, ValueError):
         return 0

@@ -452,3 +452,14 @@ def test_widen_pipe_leaves_what_it_cannot_widen_alone(tmp_path):
     assert widen_pipe(None, RESULT_PIPE_BYTES) == 0  # a pool without the private queue it looks for
     with open(tmp_path / "not-a-pipe", "wb") as f:  # a file, not a pipe: the system refuses, nothing raises
         assert widen_pipe(f, RESULT_PIPE_BYTES) == 0
+    if sys.platform.startswith("linux"):
+        import fcntl
+
+        r, w = os.pipe()
+        try:
+            with open(r, closefd=False) as conn:
+                before = fcntl.fcntl(r, fcntl.F_GETPIPE_SZ)
+                assert widen_pipe(conn, 4096) == before  # asking for less than it has never shrinks it
+        finally:
+            os.close(r)
+            os.close(w)
