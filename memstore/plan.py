@@ -157,6 +157,11 @@ def read_base(store_path, *, sample_rate: int | None, dtype: str, classes) -> St
     if classes is not None and classes != old.classes:
         raise BuildError(f"classes={classes} differs from the store's {old.classes}; "
                          "an append with classes= must give the store's list (in its order)")
+    m2 = old.stats.get("m2")
+    if old.stats.get("count") and m2 is not None and np.shape(m2) != (old.n_bins, old.n_bins):
+        raise BuildError(f"cannot append: the statistics of {store_path} are damaged (stats/m2 has shape "
+                         f"{np.shape(m2)}, not ({old.n_bins}, {old.n_bins}) for its {old.n_bins} bins); nothing "
+                         "was written. Rebuild the store with mode='create'")
     return old
 
 

@@ -137,8 +137,11 @@ class Fold:
     from the same Python expression), so the result is the same bytes: a
     store's statistics do not change.
 
-    Diagonal-only statistics, and matrices that are not float64 of the same
-    shape, go through :func:`merge` as they are.
+    Anything else -- diagonal-only statistics, means or matrices that are not
+    float64, shapes that are not those of the held bins (a damaged store's
+    statistics) -- goes through :func:`merge` as it is, with its promotions,
+    its broadcasting or its error; the kernels only ever see arrays whose
+    shapes :meth:`_fits` checked.
     """
 
     def __init__(self, stats: RunningStats | None = None):
@@ -164,12 +167,7 @@ class Fold:
         if self._mean is None:
             self._own(count, mean, m2 if triangle is None else RunningStats.unpacked(other).m2)
             return
-        n_bins = len(self._mean)
-        fast = (self._m2.ndim == 2 and self._m2.dtype == np.float64 and np.shape(mean) == (n_bins,)
-                and (m2 is None or (m2.shape == (n_bins, n_bins) and m2.dtype == np.float64))
-                and (triangle is None or (triangle.shape == (n_bins * (n_bins + 1) // 2,)
-                                          and triangle.dtype == np.float64)))
-        if not fast:
+        if not self._fits(mean, m2, triangle):
             if m2 is None:
                 m2 = RunningStats.unpacked(other).m2
             merged = RunningStats(self._count, self._mean, self._m2).merge(RunningStats(count, mean, m2))
@@ -177,14 +175,29 @@ class Fold:
             return
         na, nb = self._count, count
         n = na + nb
-        delta = mean - self._mean
-        self._mean = self._mean + delta * (nb / n)
+        delta = np.ascontiguousarray(mean - self._mean)
+        new_mean = self._mean + delta * (nb / n)
         c = na * nb / n
         if triangle is not None:
-            _fold_triangle(self._m2, np.ascontiguousarray(triangle), np.ascontiguousarray(delta), c)
+            _fold_triangle(self._m2, np.ascontiguousarray(triangle), delta, c)
         else:
-            _fold_full(self._m2, np.ascontiguousarray(m2), np.ascontiguousarray(delta), c)
-        self._count = n
+            _fold_full(self._m2, np.ascontiguousarray(m2), delta, c)
+        self._count, self._mean = n, new_mean
+
+    def _fits(self, mean, m2, triangle) -> bool:
+        """Whether the kernels take this step: float64 throughout, every shape that of the held ``n`` bins.
+
+        Anything else is :func:`merge`'s (its dtype promotions, its broadcasting or its error): a
+        float32 difference of means, for one, is squared in float32 by numpy and in float64 by numba.
+        """
+        n = self._mean.shape[0] if self._mean.ndim == 1 else -1
+        f8 = np.dtype(np.float64)
+        return (self._mean.dtype == f8 and self._mean.shape == (n,) and self._m2.dtype == f8
+                and self._m2.shape == (n, n) and isinstance(mean, np.ndarray) and mean.dtype == f8
+                and mean.shape == (n,)
+                and (m2 is None or (isinstance(m2, np.ndarray) and m2.dtype == f8 and m2.shape == (n, n)))
+                and (triangle is None or (isinstance(triangle, np.ndarray) and triangle.dtype == f8
+                                          and triangle.shape == (n * (n + 1) // 2,))))
 
     def result(self) -> RunningStats | None:
         """The statistics of everything added (None if nothing with rows was); a copy, so adding may go on."""
@@ -197,7 +210,7 @@ class Fold:
 def _fold_full(acc, m2, delta, c):  # pragma: no cover - jitted
     """``acc[i, j] = (acc[i, j] + m2[i, j]) + (delta[i] * delta[j]) * c``: merge's matrix step, in place.
 
-    The caller checks the shapes: ``acc`` and ``m2`` (n, n), ``delta`` (n,).
+    The caller (:meth:`Fold.add`) checks the shapes: ``acc`` and ``m2`` (n, n), ``delta`` (n,).
     """
     n = delta.shape[0]
     for i in range(n):
@@ -211,8 +224,8 @@ def _fold_triangle(acc, triangle, delta, c):  # pragma: no cover - jitted
     """:func:`_fold_full` with ``m2`` given as its upper triangle, row by row (``RunningStats.packed``).
 
     Each value goes to ``(i, j)`` and its mirror ``(j, i)``, each updated
-    from its own ``acc`` element. The caller checks the shapes: ``acc``
-    (n, n), ``triangle`` (n (n + 1) / 2,), ``delta`` (n,).
+    from its own ``acc`` element. The caller (:meth:`Fold.add`) checks the
+    shapes: ``acc`` (n, n), ``triangle`` (n (n + 1) / 2,), ``delta`` (n,).
     """
     n = delta.shape[0]
     k = 0

@@ -159,3 +159,64 @@ def test_fold_takes_merges_own_way_for_what_its_kernels_do_not_cover():
     fold.add(low)
     fold.add(full[2])
     _same_bytes(fold.result(), _chain([full[0], low, full[2]]))
+
+
+def _fold_or_error(base, parts):
+    fold = Fold(base)
+    try:
+        for p in parts:
+            fold.add(p)
+    except Exception as err:  # noqa: BLE001 - compared with merge's own outcome below
+        return type(err)
+    return fold.result()
+
+
+@pytest.mark.parametrize("m2_shape", [(7, 1), (1, 7), (3, 3), (8, 8)])
+def test_fold_with_held_statistics_of_another_shape_does_what_merge_does(m2_shape):
+    # a damaged store's co-moment (appends refuse it first): never handed to a kernel, which would write out
+    # of bounds; merge's own broadcasting, or its error
+    good = RunningStats.of_rows(_rows(20, 40))
+    rng = np.random.default_rng(21)
+    base = RunningStats(good.count, good.mean, rng.standard_normal(m2_shape))
+    parts = [RunningStats.of_rows(_rows(22 + k, 30)) for k in range(2)]
+    parts = [parts[0].packed(), parts[1]]
+    got = _fold_or_error(base, parts)
+    try:
+        want = _chain([base] + parts)
+    except Exception as err:  # noqa: BLE001
+        assert got is type(err)
+        return
+    _same_bytes(got, want)
+
+
+def test_fold_of_float32_means_gives_merges_float32_arithmetic():
+    # numpy squares a float32 difference of means in float32, a numba kernel would in float64
+    parts = []
+    for k in range(4):
+        s = RunningStats.of_rows(_rows(30 + k, 25 + k))
+        parts.append(RunningStats(s.count, s.mean.astype(np.float32), s.m2))
+    fold = Fold()
+    for p in parts:
+        fold.add(p)
+    _same_bytes(fold.result(), _chain(parts))
+    half = [RunningStats(p.count, p.mean.astype(np.float16), p.m2) for p in parts]
+    fold = Fold()
+    for p in half:
+        fold.add(p)
+    _same_bytes(fold.result(), _chain(half))
+
+
+def test_fold_updates_each_half_of_an_asymmetric_matrix_from_its_own_values():
+    # a packed triangle goes to (i, j) and (j, i); each must be added to its own element, not copied across
+    a = RunningStats.of_rows(_rows(40, 60))
+    m2 = a.m2.copy()
+    m2[0, 1] += 0.5
+    m2[5, 2] -= 0.25
+    base = RunningStats(a.count, a.mean, m2)
+    b = RunningStats.of_rows(_rows(41, 50))
+    assert len(b.packed()) == 4
+    fold = Fold(base)
+    fold.add(b.packed())
+    result = fold.result()
+    _same_bytes(result, merge(base, b))
+    assert result.m2[0, 1] != result.m2[1, 0]

@@ -312,6 +312,25 @@ def test_an_append_that_fails_validation_leaves_the_old_store(demo_store, tmp_pa
     assert verify_store(store).ok
 
 
+def test_an_append_to_a_store_with_damaged_statistics_is_refused_before_anything_is_written(demo_store, tmp_path):
+    # the build's statistics fold merges the old store's co-moment first: one of another shape must be named,
+    # not broadcast by numpy (the old merge) nor handed to a kernel
+    extra = make_demo_folder(tmp_path / "extra", n_per_class=1, seed=6)
+    store = tmp_path / "s.h5"
+    shutil.copy(demo_store, store)
+    with h5py.File(store, "r+") as f:
+        g = f["stats"]
+        m2 = g["m2"][()]
+        del g["m2"]
+        g.create_dataset("m2", data=np.ascontiguousarray(m2[:, :1]))
+    before = store.read_bytes()
+    with pytest.raises(BuildError, match=r"statistics of .* are damaged \(stats/m2 has shape \(96, 1\), not "
+                                         r"\(96, 96\).*nothing was written"):
+        build_store(extra, store, mode="append", workers=1, progress=False)
+    assert store.read_bytes() == before
+    assert not list(tmp_path.glob("s.h5.*")), "no partial file was started"
+
+
 def test_a_create_that_fails_validation_writes_no_store(demo_root, tmp_path, monkeypatch):
     store = tmp_path / "s.h5"
     _bad_label_finalize(monkeypatch)
