@@ -87,6 +87,13 @@ def _chain(parts):
     return out
 
 
+def _folded(parts, base=None):
+    fold = Fold(base)
+    for p in parts:
+        fold.add(p)
+    return fold.result()
+
+
 def _same_bytes(a, b):
     assert a.count == b.count
     assert a.mean.dtype == b.mean.dtype and a.mean.tobytes() == b.mean.tobytes()
@@ -109,10 +116,7 @@ def test_fold_gives_merges_bytes_from_packed_and_plain_statistics(bins):
         m2[0, 1] = np.nextafter(m2[0, 1], np.inf)  # not symmetric: packed() sends the whole matrix
     parts.insert(7, RunningStats(asym.count, asym.mean, m2).packed())
     assert len(parts[7]) == (3 if bins > 1 else 4)
-    fold = Fold()
-    for p in parts:
-        fold.add(p)
-    _same_bytes(fold.result(), _chain(parts))
+    _same_bytes(_folded(parts), _chain(parts))
 
 
 def test_fold_starts_from_base_statistics_and_never_writes_to_its_inputs():
@@ -149,26 +153,17 @@ def test_fold_result_is_a_copy_and_an_empty_fold_is_none():
 def test_fold_takes_merges_own_way_for_what_its_kernels_do_not_cover():
     # diagonal statistics, and a co-moment in another dtype, are merged by merge() itself: same bytes
     d = [RunningStats.of_rows(_rows(8 + k, 30), diagonal=True) for k in range(3)]
-    fold = Fold()
-    for p in d:
-        fold.add(p.packed())
-    _same_bytes(fold.result(), _chain(d))
+    _same_bytes(_folded([p.packed() for p in d]), _chain(d))
     full = [RunningStats.of_rows(_rows(12 + k, 30)) for k in range(3)]
     low = RunningStats(full[1].count, full[1].mean, full[1].m2.astype(np.float32))
-    fold = Fold(full[0])
-    fold.add(low)
-    fold.add(full[2])
-    _same_bytes(fold.result(), _chain([full[0], low, full[2]]))
+    _same_bytes(_folded([low, full[2]], base=full[0]), _chain([full[0], low, full[2]]))
 
 
 def _fold_or_error(base, parts):
-    fold = Fold(base)
     try:
-        for p in parts:
-            fold.add(p)
+        return _folded(parts, base)
     except Exception as err:  # noqa: BLE001 - compared with merge's own outcome below
         return type(err)
-    return fold.result()
 
 
 @pytest.mark.parametrize("m2_shape", [(7, 1), (1, 7), (3, 3), (8, 8)])
@@ -195,15 +190,9 @@ def test_fold_of_float32_means_gives_merges_float32_arithmetic():
     for k in range(4):
         s = RunningStats.of_rows(_rows(30 + k, 25 + k))
         parts.append(RunningStats(s.count, s.mean.astype(np.float32), s.m2))
-    fold = Fold()
-    for p in parts:
-        fold.add(p)
-    _same_bytes(fold.result(), _chain(parts))
+    _same_bytes(_folded(parts), _chain(parts))
     half = [RunningStats(p.count, p.mean.astype(np.float16), p.m2) for p in parts]
-    fold = Fold()
-    for p in half:
-        fold.add(p)
-    _same_bytes(fold.result(), _chain(half))
+    _same_bytes(_folded(half), _chain(half))
 
 
 def test_fold_updates_each_half_of_an_asymmetric_matrix_from_its_own_values():
