@@ -190,9 +190,11 @@ class Fold:
         Anything else is :func:`merge`'s (its dtype promotions, its broadcasting or its error): a
         float32 difference of means, for one, is squared in float32 by numpy and in float64 by numba.
         """
-        n = self._mean.shape[0] if self._mean.ndim == 1 else -1
+        if self._mean.ndim != 1:
+            return False
+        n = len(self._mean)
         f8 = np.dtype(np.float64)
-        return (self._mean.dtype == f8 and self._mean.shape == (n,) and self._m2.dtype == f8
+        return (self._mean.dtype == f8 and self._m2.dtype == f8
                 and self._m2.shape == (n, n) and isinstance(mean, np.ndarray) and mean.dtype == f8
                 and mean.shape == (n,)
                 and (m2 is None or (isinstance(m2, np.ndarray) and m2.dtype == f8 and m2.shape == (n, n)))
