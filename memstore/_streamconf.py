@@ -17,7 +17,7 @@ from ._validate import choice, flag, int_at_least
 from .blocks import block_table
 from .errors import ParameterError
 from .pager import parse_memory, window_budget
-from .stats import standardiser, whitener
+from .stats import damaged, standardiser, whitener
 
 __all__ = ["Settings", "check_settings", "Blocks", "split_blocks", "split_mask", "label_matrix", "normaliser", "budget",
            "LAYOUTS", "LABEL_KINDS", "NORMALIZE", "SPLITS", "BALANCE", "PREFETCH"]
@@ -157,6 +157,13 @@ def normaliser(store, normalize) -> dict:
     st = store.stats
     if "mean" not in st:
         raise ParameterError(f"{store.path} has no statistics to normalise with")
+    needs = ("mean", "std") if normalize == "standard" else ("mean", "cov")
+    bad = {key: why for key, why in damaged(st, store.n_bins).items() if key in needs}
+    bad.update({key: "is missing" for key in needs if key not in st})
+    if bad:
+        what = "; ".join(f"stats/{key} {why}" for key, why in bad.items())
+        raise ParameterError(f"cannot normalize={normalize!r}: the statistics of {store.path} are damaged ({what}); "
+                             "`memstore verify` checks the whole store")
     if normalize == "standard":
         mean, scale = standardiser(st["mean"], st["std"])
         return {"mean": mean, "scale": scale}

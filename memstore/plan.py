@@ -37,7 +37,7 @@ from .errors import AudioDecodeError, BuildError, MissingDependencyError, Parame
 from .features import MelSpectrogram, Spectrogram
 from .labels import assign_labels, fix_classes, label_index, scan_audio
 from .labeltable import LabelTable
-from .stats import RunningStats, starts
+from .stats import RunningStats, damaged, starts
 from .store import StoreMeta, read_metadata
 from .writer import StoreContents
 
@@ -157,11 +157,13 @@ def read_base(store_path, *, sample_rate: int | None, dtype: str, classes) -> St
     if classes is not None and classes != old.classes:
         raise BuildError(f"classes={classes} differs from the store's {old.classes}; "
                          "an append with classes= must give the store's list (in its order)")
-    m2 = old.stats.get("m2")
-    if old.stats.get("count") and m2 is not None and np.shape(m2) != (old.n_bins, old.n_bins):
-        raise BuildError(f"cannot append: the statistics of {store_path} are damaged (stats/m2 has shape "
-                         f"{np.shape(m2)}, not ({old.n_bins}, {old.n_bins}) for its {old.n_bins} bins); nothing "
-                         "was written. Rebuild the store with mode='create'")
+    bad = {key: why for key, why in damaged(old.stats, old.n_bins).items() if key in ("count", "mean", "m2")}
+    if not bad and old.stats.get("count") and "m2" not in old.stats:
+        bad = {"m2": "is missing"}
+    if bad:  # the append merges the new files' statistics into these three
+        what = "; ".join(f"stats/{key} {why}" for key, why in bad.items())
+        raise BuildError(f"cannot append: the statistics of {store_path} are damaged ({what}); nothing was "
+                         "written. Rebuild the store with mode='create'")
     return old
 
 

@@ -22,7 +22,8 @@ import numpy as np
 
 from ._jit import njit
 
-__all__ = ["RunningStats", "Fold", "merge", "starts", "offsets", "standardiser", "whitener", "CHUNK_ROWS", "STD_FLOOR"]
+__all__ = ["RunningStats", "Fold", "merge", "starts", "offsets", "standardiser", "whitener", "damaged", "CHUNK_ROWS",
+           "STD_FLOOR"]
 
 CHUNK_ROWS = 1 << 16  # rows converted to float64 at a time: bounds the temporary at 64 Ki rows
 STD_FLOOR = 1e-8  # a bin with a smaller standard deviation is scaled as if it had this one
@@ -269,6 +270,36 @@ def offsets(counts, base: int = 0) -> np.ndarray:
     if base:
         out[1:] += base
     return out
+
+
+#: the shape of each statistic a store saves, ``"F"`` standing for its number of bins
+SAVED_SHAPES = {"count": (), "mean": ("F",), "std": ("F",), "cov": ("F", "F"), "m2": ("F", "F")}
+
+
+def damaged(stats: dict, n_bins: int) -> dict[str, str]:
+    """What makes a store's saved statistics unusable, by name; ``{}`` when every one present is usable.
+
+    A statistic is usable when it holds real numbers in the shape its name
+    says (:data:`SAVED_SHAPES`): ``count`` one non-negative integer, ``mean``
+    and ``std`` ``(n_bins,)``, ``cov`` and ``m2`` ``(n_bins, n_bins)``. A
+    damaged file can hold anything there (text, another shape); whoever reads
+    the statistics asks this first, so that a kernel never gets a vector of
+    the wrong length and a report says what is wrong instead of failing.
+    Whether the numbers are finite, or right, is ``verify``'s question.
+    """
+    found = {}
+    for key, dims in SAVED_SHAPES.items():
+        if key not in stats:
+            continue
+        value = np.asarray(stats[key])
+        want = tuple(n_bins if d == "F" else d for d in dims)
+        if not (np.issubdtype(value.dtype, np.integer) or np.issubdtype(value.dtype, np.floating)):
+            found[key] = f"holds {value.dtype} values, not numbers"
+        elif value.shape != want:
+            found[key] = f"has shape {value.shape}, not {want}"
+        elif key == "count" and not (np.issubdtype(value.dtype, np.integer) and int(value) >= 0):
+            found[key] = f"is {value.item()!r}, not a count of frames"
+    return found
 
 
 def standardiser(mean, std, *, floor: float = STD_FLOOR) -> tuple[np.ndarray, np.ndarray]:

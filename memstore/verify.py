@@ -34,7 +34,7 @@ import numpy as np
 
 from . import _progress
 from ._validate import positive_int
-from .stats import RunningStats, merge, starts
+from .stats import RunningStats, damaged, merge, starts
 from .store import open_store
 
 __all__ = ["VerifyReport", "verify_store"]
@@ -235,6 +235,9 @@ def _check_stats(store, sums, problems: list) -> None:
         if store.n_frames_total:
             problems.append(("stats", "statistics are missing"))
         return
+    bad = damaged(st, store.n_bins)
+    problems.extend(("stats", f"{key} {why}") for key, why in bad.items())
+    st = {key: value for key, value in st.items() if key not in bad}
     for key in ("mean", "std", "cov", "m2"):
         if key in st and not np.isfinite(st[key]).all():
             problems.append(("stats", f"{key} is not finite"))

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
 import threading
 
+import h5py
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -156,6 +158,25 @@ def test_labels_and_normalisation(store):
     xs = np.concatenate([x for x, _ in pca]).reshape(-1, 96)
     cov = np.cov(xs[np.abs(xs).sum(1) > 0].T)
     assert np.abs(np.diag(cov)).mean() > 0.3  # whitened: roughly unit variance
+
+
+@pytest.mark.parametrize("normalize, key, value, why", [
+    ("standard", "std", np.ones(3), r"stats/std has shape \(3,\), not \(96,\)"),
+    ("standard", "mean", np.array([b"x"] * 96), "stats/mean holds .S1 values, not numbers"),
+    ("pca", "cov", np.ones(96), r"stats/cov has shape \(96,\), not \(96, 96\)"),
+    ("pca", "cov", None, "stats/cov is missing"),
+])
+def test_normalisation_by_damaged_statistics_is_refused_by_name(demo_store, tmp_path, normalize, key, value, why):
+    copy = tmp_path / "s.h5"
+    shutil.copy(demo_store, copy)
+    with h5py.File(copy, "r+") as f:
+        del f["stats"][key]
+        if value is not None:
+            f["stats"].create_dataset(key, data=value)
+    with pytest.raises(ParameterError, match=f"cannot normalize={normalize!r}: the statistics of .* are damaged "
+                                             rf"\({why}\); `memstore verify`"):
+        BatchStream(copy, batch_size=4, normalize=normalize)
+    BatchStream(copy, batch_size=4)  # the features themselves are served
 
 
 def test_get_data_and_validation(store):

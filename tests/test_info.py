@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import shutil
 
+import h5py
 import numpy as np
 import pytest
 
@@ -69,3 +71,22 @@ def test_bad_store_is_an_error(tmp_path, capsys):
     (tmp_path / "x.h5").write_bytes(b"nope")
     assert cli.main(["info", str(tmp_path / "x.h5")]) == 1
     assert "memstore info: error:" in capsys.readouterr().err
+
+
+def test_damaged_statistics_are_shown_as_damaged(demo_store, tmp_path, capsys):
+    store = tmp_path / "s.h5"
+    shutil.copy(demo_store, store)
+    with h5py.File(store, "r+") as f:
+        for key, value in (("count", b"many"), ("std", np.ones(3))):
+            del f["stats"][key]
+            f["stats"].create_dataset(key, data=value)
+    assert cli.main(["info", str(store), "--json"]) == 0
+    st = json.loads(capsys.readouterr().out)["stats"]
+    assert st["count"] is None and st["std_range"] is None and st["mean_range"][0] <= st["mean_range"][1]
+    assert st["damaged"] == {"count": "holds |S4 values, not numbers", "std": "has shape (3,), not (96,)"}
+    assert cli.main(["info", str(store)]) == 0
+    out = capsys.readouterr().out
+    assert "statistics: mean in [" in out and "std in" not in out
+    assert "damaged statistics (memstore verify checks the whole store): count holds |S4 values" in out
+    assert cli.main(["info", str(demo_store), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["stats"]["damaged"] == {}

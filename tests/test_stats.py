@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from memstore.stats import Fold, RunningStats, merge, offsets, standardiser, starts, whitener
+from memstore.stats import Fold, RunningStats, damaged, merge, offsets, standardiser, starts, whitener
 
 
 def _rows(seed, n, bins=7):
@@ -209,3 +209,24 @@ def test_fold_updates_each_half_of_an_asymmetric_matrix_from_its_own_values():
     result = fold.result()
     _same_bytes(result, merge(base, b))
     assert result.m2[0, 1] != result.m2[1, 0]
+
+
+def test_damaged_names_every_saved_statistic_that_is_unusable():
+    f = 4
+    good = {"count": np.int64(10), "mean": np.zeros(f), "std": np.ones(f), "cov": np.eye(f), "m2": np.eye(f)}
+    assert damaged(good, f) == {}
+    assert damaged({}, f) == {}  # a store of no frames saves none
+    assert damaged({"m2": np.eye(f, dtype=np.float32)}, f) == {}  # any real numbers of the right shape
+    bad = {"count": np.ones(3), "mean": np.zeros(f + 1), "std": np.array([b"x"] * f), "cov": np.zeros(f),
+           "m2": np.zeros((f, f), complex)}
+    found = damaged(bad, f)
+    assert set(found) == set(bad)
+    assert found["count"] == "has shape (3,), not ()"
+    assert found["mean"] == "has shape (5,), not (4,)"
+    assert found["std"] == "holds |S1 values, not numbers"
+    assert found["cov"] == "has shape (4,), not (4, 4)"
+    assert found["m2"] == "holds complex128 values, not numbers"
+    assert damaged({"count": np.float64(10.0)}, f) == {"count": "is 10.0, not a count of frames"}
+    assert damaged({"count": np.int64(-1)}, f) == {"count": "is -1, not a count of frames"}
+    assert damaged({"count": np.array(b"many")}, f) == {"count": "holds |S4 values, not numbers"}
+    assert damaged({"mean": np.zeros((f, f))}, f) == {"mean": "has shape (4, 4), not (4,)"}

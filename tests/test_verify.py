@@ -158,3 +158,26 @@ def test_chunk_bytes_must_be_a_positive_integer_and_not_a_bool(copy):
     for bad in (True, 0, -1, 1.5, "64"):
         with pytest.raises(ParameterError, match=re.escape(f"chunk_bytes={bad!r} must be a positive integer")):
             verify_store(copy, chunk_bytes=bad)
+
+
+def replace_stat(path, key, value):
+    with h5py.File(path, "r+") as f:
+        del f["stats"][key]
+        f["stats"].create_dataset(key, data=value)
+
+
+@pytest.mark.parametrize("key, value, why", [
+    ("m2", np.zeros((5, 5)), "m2 has shape (5, 5), not (96, 96)"),
+    ("cov", np.zeros(96), "cov has shape (96,), not (96, 96)"),
+    ("std", np.ones(3), "std has shape (3,), not (96,)"),  # was a numpy broadcasting error
+    ("std", np.ones((96, 96)), "std has shape (96, 96), not (96,)"),  # was broadcast, "differs by up to 1"
+    ("std", np.array([b"x"] * 96), "std holds |S1 values, not numbers"),  # was a TypeError from isfinite
+    ("count", np.ones(3), "count has shape (3,), not ()"),  # was a TypeError from int()
+    ("count", b"many", "count holds |S4 values, not numbers"),
+])
+def test_damaged_statistics_are_reported_not_raised(copy, key, value, why, capsys):
+    replace_stat(copy, key, value)
+    report = verify_store(copy)
+    assert report.problems == [("stats", why)]  # the other statistics still agree with the features
+    assert cli.main(["verify", str(copy), "--quiet"]) == 1
+    assert why in capsys.readouterr().out

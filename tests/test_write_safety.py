@@ -312,20 +312,27 @@ def test_an_append_that_fails_validation_leaves_the_old_store(demo_store, tmp_pa
     assert verify_store(store).ok
 
 
-def test_an_append_to_a_store_with_damaged_statistics_is_refused_before_anything_is_written(demo_store, tmp_path):
-    # the build's statistics fold merges the old store's co-moment first: one of another shape must be named,
-    # not broadcast by numpy (the old merge) nor handed to a kernel
+@pytest.mark.parametrize("key, damage, why", [
+    ("m2", lambda m2: np.ascontiguousarray(m2[:, :1]), r"stats/m2 has shape \(96, 1\), not \(96, 96\)"),
+    ("m2", None, "stats/m2 is missing"),
+    ("count", lambda _: b"many", "stats/count holds .S4 values, not numbers"),
+    ("mean", lambda mean: mean.astype(bytes), "stats/mean holds .S32 values, not numbers"),
+])
+def test_an_append_to_a_store_with_damaged_statistics_is_refused_before_anything_is_written(demo_store, tmp_path,
+                                                                                          key, damage, why):
+    # the build's statistics fold merges the old store's count, mean and co-moment first: one of another shape
+    # or kind must be named, not broadcast by numpy (the old merge), handed to a kernel or fail inside int()
     extra = make_demo_folder(tmp_path / "extra", n_per_class=1, seed=6)
     store = tmp_path / "s.h5"
     shutil.copy(demo_store, store)
     with h5py.File(store, "r+") as f:
         g = f["stats"]
-        m2 = g["m2"][()]
-        del g["m2"]
-        g.create_dataset("m2", data=np.ascontiguousarray(m2[:, :1]))
+        value = g[key][()]
+        del g[key]
+        if damage is not None:
+            g.create_dataset(key, data=damage(value))
     before = store.read_bytes()
-    with pytest.raises(BuildError, match=r"statistics of .* are damaged \(stats/m2 has shape \(96, 1\), not "
-                                         r"\(96, 96\).*nothing was written"):
+    with pytest.raises(BuildError, match=rf"statistics of .* are damaged \({why}\); nothing was written"):
         build_store(extra, store, mode="append", workers=1, progress=False)
     assert store.read_bytes() == before
     assert not list(tmp_path.glob("s.h5.*")), "no partial file was started"

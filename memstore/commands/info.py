@@ -19,6 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
 
 def summary(store) -> dict:
     """Everything ``memstore info`` prints, as JSON-ready Python values."""
+    from ..stats import damaged
+
     idx = store.index
     known = (idx["n_samples"] > 0) & (idx["source_rate"] > 0)
     seconds = float((idx["n_samples"][known] / idx["source_rate"][known]).sum())
@@ -28,6 +30,8 @@ def summary(store) -> dict:
     counts = store.labels.sum(axis=0).tolist() if store.labels.size else [0] * len(store.classes)
     skipped = [tuple(s) for r in store.report for s in r.get("skipped", [])]
     st = store.stats
+    bad = damaged(st, store.n_bins)
+    ok = {key: value for key, value in st.items() if key not in bad}
     return {
         "path": str(store.path), "files": len(store), "frames": int(store.n_frames_total),
         "hours": seconds / 3600, "classes": dict(zip(store.classes, map(int, counts), strict=True)),
@@ -35,9 +39,10 @@ def summary(store) -> dict:
         "multi_label": int((store.labels.sum(axis=1) > 1).sum()), "dtype": str(store.dtype),
         "n_bins": store.n_bins, "config": store.config.to_dict(), "bytes_on_disk": os.path.getsize(store.path),
         "segments": len(store.segments), "generation": store.generation, "skipped": skipped,
-        "stats": {"count": int(st["count"]) if "count" in st else 0,
-                  "mean_range": [float(st["mean"].min()), float(st["mean"].max())] if "mean" in st else None,
-                  "std_range": [float(st["std"].min()), float(st["std"].max())] if "std" in st else None},
+        "stats": {"count": int(ok["count"]) if "count" in ok else None if "count" in bad else 0,
+                  "mean_range": [float(ok["mean"].min()), float(ok["mean"].max())] if "mean" in ok else None,
+                  "std_range": [float(ok["std"].min()), float(ok["std"].max())] if "std" in ok else None,
+                  "damaged": bad},
     }
 
 
@@ -65,9 +70,14 @@ def run(args: argparse.Namespace) -> int:
           + (f"; {s['unlabelled']} unlabelled" if s["unlabelled"] else "")
           + (f"; {s['multi_label']} with several labels" if s["multi_label"] else ""))
     st = s["stats"]
-    if st["mean_range"]:
-        print(f"statistics over {st['count']} frames: mean in [{st['mean_range'][0]:.4g}, {st['mean_range'][1]:.4g}], "
-              f"std in [{st['std_range'][0]:.4g}, {st['std_range'][1]:.4g}]")
+    ranges = [f"{name} in [{st[name + '_range'][0]:.4g}, {st[name + '_range'][1]:.4g}]"
+              for name in ("mean", "std") if st[name + "_range"]]
+    if ranges:
+        over = "" if st["count"] is None else f" over {st['count']} frames"
+        print(f"statistics{over}: " + ", ".join(ranges))
+    if st["damaged"]:
+        print("damaged statistics (memstore verify checks the whole store): "
+              + "; ".join(f"{key} {why}" for key, why in st["damaged"].items()))
     shown = s["skipped"] if args.all_skipped else s["skipped"][:10]
     print(f"skipped at build: {len(s['skipped'])}")
     for path, why in shown:
