@@ -7,26 +7,32 @@ and threads):
 build and :mod:`memstore.extract` runs the tasks on it. Three things about
 those processes live here, apart from the build and its tasks:
 
-**The main guard.** A spawned worker imports the caller's main script again
-(as ``__mp_main__``) before it does any work. A script that calls
-``build_store`` at module level, outside ``if __name__ == "__main__":``,
-would have every worker start the build again; multiprocessing refuses, the
-worker dies, and the build used to stop with "a worker process died ... run
-the same build again", which never helps. :func:`check_main_guard` finds that
-case before any worker starts: it walks the stack (and the main thread's) to
-the module-level frame of a file-backed ``__main__`` and asks :mod:`ast`
-whether the line running there sits inside an ``if __name__ == "__main__":``
-block. Code without a file (a notebook, ``python -c``, the interactive
-prompt) and ``python -m pkg`` (a package's ``__main__``, which spawn never
-re-runs) are not re-imported by workers and always pass. A script piped to
-``python -`` has the file name ``<stdin>``, which spawn tries to import and
-cannot: that is refused up front too, with the ways out. When the check
-cannot decide (no source, a thread started by module-level code), a worker
-that calls ``build_store`` while it is still starting raises the same
-advice, and the parent, seeing workers die before they did any work, says
-so too. A build in any process that multiprocessing is still starting is
-refused, even with ``workers=1`` (a child of another library re-running an
-unguarded serial build would write the same files as its siblings).
+**No main module in a worker, and the main guard where there must be one.**
+``multiprocessing``'s spawn makes every child import the caller's main
+script again (as ``__mp_main__``) before it does any work: a script's own
+imports (torch: 1 s and a few hundred MB per worker) and module-level code
+ran in every worker, and a script that calls ``build_store`` at module
+level, outside ``if __name__ == "__main__":``, had every worker start the
+build again. A :class:`WorkerPool` starts its workers with spawn's own
+launch minus the main module (:func:`_launch_without_main`: CPython's
+function, given a private ``spawn`` whose preparation data name no main
+module), so neither happens and a build needs no guard. Where that launch
+is not available (:data:`STARTS_WITHOUT_MAIN` is False: no
+``popen_spawn_posix``, as on Windows, or a Python that launches otherwise),
+workers import the main script again and the guard is checked:
+:func:`check_main_guard` walks the stack (and the main thread's) to the
+module-level frame of a file-backed ``__main__`` and asks :mod:`ast` whether
+the line running there sits inside an ``if __name__ == "__main__":`` block,
+before any worker starts. Code without a file (a notebook, ``python -c``,
+the interactive prompt) and ``python -m pkg`` (a package's ``__main__``,
+which spawn never re-runs) always pass; a script piped to ``python -`` (file
+name ``<stdin>``, which spawn cannot import) is refused up front; when the
+check cannot decide, a worker that calls ``build_store`` while it is still
+starting raises the same advice, and the parent, seeing workers die before
+they did any work, says so too. Whatever the start, a build in any process
+that multiprocessing is still starting is refused, even with ``workers=1``
+(a child of another library re-running an unguarded serial build would
+write the same files as its siblings).
 
 **Single-threaded workers, without touching the caller's environment.**
 N workers on N cores must not each run a BLAS thread pool (measured: two
@@ -34,9 +40,9 @@ workers with two OpenBLAS threads each were 3x slower than one process).
 The workers used to inherit ``OMP_NUM_THREADS=1`` and friends from a
 temporary change of the parent's ``os.environ``, which raced between two
 builds in two threads and flickered the user's environment. Now each worker
-sets the variables in its *own* environment (for libraries it loads later)
-and, since numpy's BLAS is already loaded by then, limits every loaded
-BLAS/OpenMP library at run time through its own ``*_set_num_threads``
+sets the variables in its *own* environment before it imports numpy (so its
+BLAS starts one thread), and, for a worker that imported the main script
+and with it numpy first, limits every loaded BLAS/OpenMP library at run time through its own ``*_set_num_threads``
 function (the libraries are found in ``/proc/self/maps``). memstore's numba
 kernels are not parallel, so numba's thread pool is never started.
 
@@ -62,6 +68,7 @@ import concurrent.futures as cf
 import contextlib
 import ctypes
 import multiprocessing
+import multiprocessing.context
 import os
 import re
 import signal
@@ -69,6 +76,7 @@ import sys
 import threading
 import time
 import tokenize
+import types
 
 from .errors import BuildError
 
@@ -106,7 +114,7 @@ def check_main_guard(*, spawns: bool) -> None:
     if getattr(multiprocessing.current_process(), "_inheriting", False):
         raise BuildError("build_store was called while a worker process was starting, that is, by the "
                          f"module-level code of the main script, which every worker runs again: {GUARD_ADVICE}")
-    if not spawns:
+    if not spawns or STARTS_WITHOUT_MAIN:
         return
     main = sys.modules.get("__main__")
     path = _reimported_path(main)
@@ -180,6 +188,78 @@ def _is_main_test(test: ast.expr) -> bool:
             and any(isinstance(s, ast.Constant) and s.value == "__main__" for s in sides))
 
 
+# --- a worker's start, without the caller's main module ------------------------------------
+
+class _SpawnWithoutMain:
+    """``multiprocessing.spawn`` as a worker's start sees it: its preparation data name no main module.
+
+    Everything else is the real module's. Without the two entries, the child
+    never runs the caller's main script (``init_main_from_path``) or module
+    (``init_main_from_name``) again as ``__mp_main__``.
+    """
+
+    def __init__(self, spawn):
+        self._spawn = spawn
+
+    def __getattr__(self, name):
+        return getattr(self._spawn, name)
+
+    def get_preparation_data(self, name):
+        data = self._spawn.get_preparation_data(name)
+        data.pop("init_main_from_path", None)
+        data.pop("init_main_from_name", None)
+        return data
+
+
+def _launch_without_main():
+    """Spawn's own launch (``popen_spawn_posix.Popen._launch``) reading ``spawn`` from a private namespace.
+
+    The function is CPython's, byte code and all, given a copy of its module's
+    globals in which ``spawn`` is :class:`_SpawnWithoutMain`: nothing of
+    ``multiprocessing`` is changed for anyone else, and whatever else a
+    version's launch does, it still does. None where this Python does not
+    launch that way (no ``popen_spawn_posix``, as on Windows, or a launch that
+    does not take its preparation data from ``spawn``): the pool then spawns
+    as ``multiprocessing`` does, main module and all, and the main guard is
+    checked (:func:`check_main_guard`).
+    """
+    try:
+        from multiprocessing import popen_spawn_posix, spawn
+    except ImportError:
+        return None
+    launch = getattr(popen_spawn_posix.Popen, "_launch", None)
+    if not (isinstance(launch, types.FunctionType) and launch.__globals__.get("spawn") is spawn
+            and "get_preparation_data" in launch.__code__.co_names and callable(spawn.get_preparation_data)):
+        return None
+    namespace = dict(launch.__globals__, spawn=_SpawnWithoutMain(spawn))
+    copy = types.FunctionType(launch.__code__, namespace, launch.__name__, launch.__defaults__, launch.__closure__)
+    copy.__kwdefaults__, copy.__qualname__ = launch.__kwdefaults__, launch.__qualname__
+    return copy
+
+
+_LAUNCH = _launch_without_main()
+#: whether a :class:`WorkerPool`'s workers start without importing the caller's main module again (the pool's
+#: own spawn start, :func:`_launch_without_main`); False where only ``multiprocessing``'s spawn is available,
+#: and then a script must keep its build under ``if __name__ == "__main__":`` (:func:`check_main_guard`)
+STARTS_WITHOUT_MAIN = _LAUNCH is not None
+
+if STARTS_WITHOUT_MAIN:
+    from multiprocessing import popen_spawn_posix as _popen_spawn_posix
+
+    class _WorkerPopen(_popen_spawn_posix.Popen):
+        _launch = _LAUNCH
+
+    class _WorkerProcess(multiprocessing.context.SpawnProcess):
+        @staticmethod
+        def _Popen(process_obj):
+            return _WorkerPopen(process_obj)
+
+    class _WorkerContext(multiprocessing.context.SpawnContext):
+        """The spawn context, whose processes start without the caller's main module."""
+
+        Process = _WorkerProcess
+
+
 # --- the pool ------------------------------------------------------------------------------
 
 class WorkerPool(cf.ProcessPoolExecutor):
@@ -193,10 +273,20 @@ class WorkerPool(cf.ProcessPoolExecutor):
     still scans the folder). It is only a head start: what it returns, or
     raises, is never looked at, and which worker runs which copy is up to the
     pool.
+
+    Workers start without the caller's main module where this Python allows
+    (:data:`STARTS_WITHOUT_MAIN`): a script's own imports (torch, ...) and
+    module-level code stay out of them, and a build needs no main guard. Its
+    tasks are memstore's functions; ``main=True`` starts workers as
+    ``multiprocessing``'s spawn does, main module and all, for functions
+    defined there.
     """
 
-    def __init__(self, n_workers: int, *, with_parent: bool = False, warm=None):
-        super().__init__(n_workers, mp_context=multiprocessing.get_context("spawn"),
+    def __init__(self, n_workers: int, *, with_parent: bool = False, warm=None, main: bool = False):
+        #: whether the workers import the caller's main module again (``multiprocessing``'s own spawn)
+        self.imports_main = main or not STARTS_WITHOUT_MAIN
+        super().__init__(n_workers, mp_context=multiprocessing.get_context("spawn") if self.imports_main else
+                         _WorkerContext(),
                          initializer=_init_worker, initargs=(os.getpid(),))
         #: how many processes the pool started
         self.n_workers = n_workers

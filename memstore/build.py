@@ -164,7 +164,8 @@ def build_store(audio_root, store_path, *, transform: Spectrogram = MelSpectrogr
         classes = check_classes(classes)
         if isinstance(labels, str) and labels == "none":
             raise ParameterError("classes= needs labels; labels='none' gives every file none")
-    # the main guard is checked and the workers spawned now, so their start-up overlaps the scan
+    # the workers are spawned now (the main guard checked where they import the main script), so their
+    # start-up overlaps the scan
     with local_executor(workers, executor) as runner:
         return _build_store(t0, audio_root, store_path, transform=transform, labels=labels, workers=workers,
                             sample_rate=sample_rate, dtype=dtype, strict=strict, resume=resume, mode=mode,

@@ -33,8 +33,9 @@ lost time; a build of at most :data:`POOL_MIN_AUDIO_SECONDS` of audio stops the
 pool unused and runs here alone); on a caller's ``concurrent.futures``
 executor; or on a Dask cluster
 (:mod:`memstore.distributed`, imported only then). The pool machinery itself
-(main guard, thread limits, workers that die with their parent, a pool that
-cannot hang on a dead worker) is :mod:`memstore._workers`.
+(workers started without the caller's main module, the main guard where
+that cannot be, thread limits, workers that die with their parent, a pool
+that cannot hang on a dead worker) is :mod:`memstore._workers`.
 
 Imports: audio, features (the transform from its JSON), stats, errors,
 ``_workers`` and ``_progress``; never the store or build modules.
@@ -52,7 +53,7 @@ import zlib
 
 import numpy as np
 
-from . import _progress
+from . import _progress, _workers
 from ._workers import GUARD_ADVICE, WorkerPool, check_main_guard, wait_any
 from .audio import decodes_lazily, open_signal, read_audio
 from .errors import AudioDecodeError, BuildError
@@ -270,6 +271,7 @@ def local_executor(workers: int | None, executor):
     on, while the others are still starting. The pool is the build's own,
     killed if the build fails (a broken pool's queues may never drain) and shut
     down when it ends. Before any worker starts, the main guard is checked
+    where workers import the main script again
     (:func:`~memstore._workers.check_main_guard`).
     """
     n_workers = workers or os.cpu_count() or 1
@@ -280,8 +282,9 @@ def local_executor(workers: int | None, executor):
     try:
         pool = WorkerPool(n_workers - 1, with_parent=True, warm=warm_up)
     except cf.process.BrokenProcessPool as err:
-        raise BuildError(f"a worker process died while starting ({err}); nothing was written. If the "
-                         f"script has no main guard: {GUARD_ADVICE}; otherwise run the same build again") from err
+        guard = "" if _workers.STARTS_WITHOUT_MAIN else f"If the script has no main guard: {GUARD_ADVICE}; otherwise "
+        raise BuildError(f"a worker process died while starting ({err}); nothing was written. {guard}run the same "
+                         "build again") from err
     try:
         yield pool
     except BaseException:
@@ -411,8 +414,8 @@ def _extract_on_executor(pool, n_workers, args, run, record, partial, task_secon
             finished, running = wait_any(pool, running)
             settle(finished)
         if with_parent:
-            # a small build may be done before the pool has started; a worker that could not start (a
-            # script without a main guard, run again in it) must still fail it, whatever the folder's size
+            # a small build may be done before the pool has started; a worker that could not start (where
+            # workers import the main script: one without a guard, run again in it) must still fail it
             pool.wait_started()
             if pool.died_at_startup():
                 raise cf.process.BrokenProcessPool("a worker process died while starting")
@@ -478,7 +481,7 @@ def _parent_takes(items, task_seconds: float) -> bool:
 
 def _broken_pool_error(pool, err: BaseException, partial) -> BuildError:
     """The error for a broken local pool: the main guard if workers died starting, else resume."""
-    if isinstance(pool, WorkerPool) and pool.died_at_startup():
+    if isinstance(pool, WorkerPool) and pool.died_at_startup() and pool.imports_main:
         return BuildError(f"a worker process died while starting ({err}). If the script that calls "
                           f"build_store has no main guard, every worker runs it again and fails: {GUARD_ADVICE}. "
                           f"If a worker was killed, run the same build again to resume from {partial}")

@@ -194,7 +194,7 @@ def shout():
     return 1
 
 if __name__ == "__main__":
-    pool = WorkerPool(1)
+    pool = WorkerPool(1, main=True)  # shout is this script's: the workers import it
     assert pool.submit(shout).result() == 1
     pool.shutdown(wait=True)
     print(" | parent done")

@@ -21,7 +21,7 @@ from conftest import descendants
 from test_build import _done_count, same_store
 
 import memstore
-from memstore._workers import RESULT_PIPE_BYTES, THREAD_VARS, WorkerPool, wait_any, widen_pipe
+from memstore._workers import RESULT_PIPE_BYTES, STARTS_WITHOUT_MAIN, THREAD_VARS, WorkerPool, wait_any, widen_pipe
 from memstore.build import build_store
 from memstore.demo import make_demo_folder
 from memstore.store import open_store
@@ -52,14 +52,53 @@ def stored(path) -> int:
         return len(s)
 
 
-# --- 1. the main guard ---------------------------------------------------------------------
+# --- 1. no main module in a worker; the main guard where workers import it -------------------
 
-UNGUARDED = """import sys
+ONCE = """import os
+import sys
+import memstore.extract
+from memstore import build_store
+memstore.extract.POOL_MIN_AUDIO_SECONDS = 0.0  # a small folder, built with the pool all the same
+with open(sys.argv[3], "a") as log:
+    log.write(f"{os.getpid()} {__name__}\\n")
+build_store(sys.argv[1], sys.argv[2], workers=3, progress=False)
+"""
+
+
+@pytest.mark.skipif(not STARTS_WITHOUT_MAIN, reason="this Python's workers import the main module again")
+@pytest.mark.parametrize("how", ["script", "module", "stdin"])
+def test_an_unguarded_script_builds_once_and_its_workers_never_run_it(tiny_root, tmp_path, how):
+    # workers start without the caller's main module: its module-level code runs once, in the caller
+    log, store = tmp_path / "ran.log", tmp_path / "s.h5"
+    args = [str(tiny_root), str(store), str(log)]
+    if how == "script":
+        done = run_python([str(write(tmp_path / "once.py", ONCE)), *args], cwd=tmp_path)
+    elif how == "module":
+        write(tmp_path / "pkg" / "__init__.py", "")
+        write(tmp_path / "pkg" / "once.py", ONCE)
+        done = run_python(["-m", "pkg.once", *args], cwd=tmp_path)
+    else:
+        done = run_python(["-", *args], cwd=tmp_path, stdin=ONCE)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ran = log.read_text().splitlines()  # with multiprocessing's spawn, each worker adds a line "<pid> __mp_main__"
+    assert len(ran) == 1 and ran[0].endswith(" __main__"), ran
+    assert stored(store) == 6 and not (tmp_path / "s.h5.partial").exists()
+    build_store(tiny_root, tmp_path / "serial.h5", workers=1, progress=False)
+    same_store(store, tmp_path / "serial.h5")
+
+
+#: prepended to the scripts below: a pool then starts its workers with ``multiprocessing``'s own spawn, which
+#: imports the main script again (as where ``STARTS_WITHOUT_MAIN`` is False), and the main guard is checked
+PLAIN_SPAWN = """import memstore._workers
+memstore._workers.STARTS_WITHOUT_MAIN = False
+"""
+
+UNGUARDED = PLAIN_SPAWN + """import sys
 from memstore import build_store
 build_store(sys.argv[1], sys.argv[2], workers=2, progress=False)
 """
 
-UNGUARDED_IN_FUNCTION = """import sys
+UNGUARDED_IN_FUNCTION = PLAIN_SPAWN + """import sys
 from memstore import build_store
 
 def main():
@@ -68,7 +107,7 @@ def main():
 main()
 """
 
-UNGUARDED_IN_THREAD = """import sys
+UNGUARDED_IN_THREAD = PLAIN_SPAWN + """import sys
 import threading
 from memstore import build_store
 
@@ -87,7 +126,7 @@ if errors:
     raise errors[0]
 """
 
-GUARDED = """import sys
+GUARDED = PLAIN_SPAWN + """import sys
 from memstore import build_store
 
 def main():
@@ -155,7 +194,7 @@ def test_script_from_stdin_with_workers_fails_at_once(tiny_root, tmp_path):
     assert not (tmp_path / "s.h5.partial").exists()
 
 
-WORKER_REBUILDS = """import sys
+WORKER_REBUILDS = PLAIN_SPAWN + """import sys
 from memstore import build_store
 
 if __name__ == "__mp_main__":
@@ -329,7 +368,7 @@ def probe():
 
 
 if __name__ == "__main__":
-    pool = WorkerPool(2)
+    pool = WorkerPool(2, main=True)  # multiprocessing's own spawn: each worker imports this script, numpy first
     results = [f.result(timeout=120) for f in [pool.submit(probe) for _ in range(4)]]
     pool.shutdown()
     print(json.dumps({"workers": results, "parent": {k: os.environ.get(k) for k in THREAD_VARS}}))
