@@ -136,3 +136,28 @@ def test_bench_plan_tool_plans_each_size_and_refuses_a_bad_one():
     for flag, bad in [("--sizes", "1x"), ("--limit", "1KB"), ("--reps", "0"), ("--world", "0")]:
         r = subprocess.run([sys.executable, str(tool), flag, bad], capture_output=True, text=True, timeout=60)
         assert r.returncode == 2 and "error" in r.stderr, (flag, bad, r.stderr)
+
+
+def test_bench_spawn_tool_builds_with_both_starts_and_skips_what_is_not_installed(tmp_path):
+    """``tools/bench_spawn.py`` on a tiny folder: both starts build, each prints its line and the ratios; an
+    import list that cannot be imported is skipped with a note; a malformed one is refused."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tool = Path(__file__).resolve().parents[1] / "tools" / "bench_spawn.py"
+    work = tmp_path / "w"
+    out = subprocess.run([sys.executable, str(tool), "--files", "6", "--reps", "1", "--imports", "numpy",
+                          "--imports", "numpy,no_such_module_here", "--dir", str(work)],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert "skipped --imports numpy,no_such_module_here: no_such_module_here not installed" in lines
+    for start in ("memstore", "spawn"):
+        line = next(x for x in lines if x.startswith(f"script imports numpy, {start} start: first build "))
+        assert "warm build" in line and "peak worker RSS" in line
+    assert any(x.startswith("script imports numpy: spawn / memstore: warm build ") for x in lines)
+    assert not work.exists()  # the scratch folder is removed
+    bad = subprocess.run([sys.executable, str(tool), "--imports", "numpy;rm", "--dir", str(work)],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "must be comma-separated module names" in bad.stderr
