@@ -17,8 +17,8 @@ every worker start the build again. A :class:`WorkerPool` starts its workers wit
 launch minus the main module (:func:`_launch_without_main`: CPython's
 function, given a private ``spawn`` whose preparation data name no main
 module), so neither happens and a build needs no guard. Where that launch
-is not available (:data:`STARTS_WITHOUT_MAIN` is False: no
-``popen_spawn_posix``, as on Windows, or a Python that launches otherwise),
+is not available (:data:`STARTS_WITHOUT_MAIN` is False: not POSIX, or a
+Python whose spawn launches otherwise),
 workers import the main script again and the guard is checked:
 :func:`check_main_guard` walks the stack (and the main thread's) to the
 module-level frame of a file-backed ``__main__`` and asks :mod:`ast` whether
@@ -107,8 +107,9 @@ def check_main_guard(*, spawns: bool) -> None:
     Called by every build; ``spawns`` says whether it is about to start a local
     pool. In a process that multiprocessing is still starting, any build is
     the re-run of a main script's module-level code (a sibling process would
-    run the same build on the same files), and is refused. Otherwise, with
-    ``spawns``: passes when spawn does not re-import ``__main__`` (no file, or
+    run the same build on the same files), and is refused. Otherwise it passes
+    when :data:`STARTS_WITHOUT_MAIN` (workers never import the main module);
+    else, with ``spawns``: passes when spawn does not re-import ``__main__`` (no file, or
     a package's ``__main__``), when the module-level line that led here is
     inside ``if __name__ == "__main__":``, and when that cannot be decided.
     """
@@ -194,9 +195,9 @@ def _is_main_test(test: ast.expr) -> bool:
 class _SpawnWithoutMain:
     """``multiprocessing.spawn`` as a worker's start sees it: its preparation data name no main module.
 
-    Everything else is the real module's. Without the two entries, the child
-    never runs the caller's main script (``init_main_from_path``) or module
-    (``init_main_from_name``) again as ``__mp_main__``.
+    Everything else is the real module's. Without the ``init_main*`` entries
+    (3.11-3.13: ``init_main_from_path``, ``init_main_from_name``), the child
+    never runs the caller's main script or module again as ``__mp_main__``.
     """
 
     def __init__(self, spawn):
@@ -207,8 +208,8 @@ class _SpawnWithoutMain:
 
     def get_preparation_data(self, name):
         data = self._spawn.get_preparation_data(name)
-        data.pop("init_main_from_path", None)
-        data.pop("init_main_from_name", None)
+        for key in [k for k in data if k.startswith("init_main")]:  # any way a version may have to name it
+            del data[key]
         return data
 
 
@@ -219,11 +220,13 @@ def _launch_without_main():
     globals in which ``spawn`` is :class:`_SpawnWithoutMain`: nothing of
     ``multiprocessing`` is changed for anyone else, and whatever else a
     version's launch does, it still does. None where this Python does not
-    launch that way (no ``popen_spawn_posix``, as on Windows, or a launch that
+    launch that way (not POSIX, no ``popen_spawn_posix``, or a launch that
     does not take its preparation data from ``spawn``): the pool then spawns
     as ``multiprocessing`` does, main module and all, and the main guard is
     checked (:func:`check_main_guard`).
     """
+    if os.name != "posix":  # popen_spawn_posix may import on Windows, but its launch cannot run there
+        return None
     try:
         from multiprocessing import popen_spawn_posix, spawn
     except ImportError:
@@ -280,7 +283,10 @@ class WorkerPool(cf.ProcessPoolExecutor):
     module-level code stay out of them, and a build needs no main guard. Its
     tasks are memstore's functions; ``main=True`` starts workers as
     ``multiprocessing``'s spawn does, main module and all, for functions
-    defined there.
+    defined there (without it, such a task cannot be unpickled and the worker
+    dies: ``BrokenProcessPool``). The script's module-level settings (warning
+    filters, logging) do not reach such workers either; the environment,
+    ``sys.path``, ``sys.argv`` and the working directory do.
     """
 
     def __init__(self, n_workers: int, *, with_parent: bool = False, warm=None, main: bool = False):

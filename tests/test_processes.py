@@ -87,6 +87,18 @@ def test_an_unguarded_script_builds_once_and_its_workers_never_run_it(tiny_root,
     same_store(store, tmp_path / "serial.h5")
 
 
+def test_the_spawn_proxy_leaves_out_every_way_of_naming_the_main_module():
+    from multiprocessing import spawn
+
+    from memstore._workers import _SpawnWithoutMain
+
+    real = spawn.get_preparation_data("w")
+    mine = _SpawnWithoutMain(spawn).get_preparation_data("w")
+    assert mine == {k: v for k, v in real.items() if not k.startswith("init_main")}
+    assert set(real) - set(mine) <= {"init_main_from_path", "init_main_from_name"}  # what 3.11-3.13 send
+    assert _SpawnWithoutMain(spawn).get_command_line is spawn.get_command_line  # the rest is spawn's own
+
+
 #: prepended to the scripts below: a pool then starts its workers with ``multiprocessing``'s own spawn, which
 #: imports the main script again (as where ``STARTS_WITHOUT_MAIN`` is False), and the main guard is checked
 PLAIN_SPAWN = """import memstore._workers
