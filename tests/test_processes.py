@@ -21,7 +21,15 @@ from conftest import descendants
 from test_build import _done_count, same_store
 
 import memstore
-from memstore._workers import RESULT_PIPE_BYTES, STARTS_WITHOUT_MAIN, THREAD_VARS, WorkerPool, wait_any, widen_pipe
+from memstore._workers import (
+    RESULT_PIPE_BYTES,
+    STARTS_WITHOUT_MAIN,
+    THREAD_VARS,
+    WORKER_GC_THRESHOLDS,
+    WorkerPool,
+    wait_any,
+    widen_pipe,
+)
 from memstore.build import build_store
 from memstore.demo import make_demo_folder
 from memstore.store import open_store
@@ -344,6 +352,18 @@ def worker_threads():
     from threadpoolctl import threadpool_info
 
     return {k: os.environ.get(k) for k in THREAD_VARS}, threadpool_info()
+
+
+def test_workers_collect_garbage_less_often_and_the_caller_keeps_its_thresholds():
+    import gc
+
+    before = gc.get_threshold()
+    pool = WorkerPool(1)
+    try:
+        assert pool.submit(gc.get_threshold).result(timeout=120) == WORKER_GC_THRESHOLDS
+    finally:
+        pool.shutdown(wait=True)
+    assert gc.get_threshold() == before
 
 
 def test_workers_run_one_blas_thread(monkeypatch):
