@@ -13,13 +13,14 @@ script again (as ``__mp_main__``) before it does any work: a script's own
 imports (torch: 0.6 s of CPU and 200 MB per worker, measured) and
 module-level code ran in every worker, and a script that calls
 ``build_store`` at module level, outside ``if __name__ == "__main__":``, had
-every worker start the build again. A :class:`WorkerPool` starts its workers with spawn's own
-launch minus the main module (:func:`_launch_without_main`: CPython's
-function, given a private ``spawn`` whose preparation data name no main
-module), so neither happens and a build needs no guard. Where that launch
-is not available (:data:`STARTS_WITHOUT_MAIN` is False: not POSIX, or a
-Python whose spawn launches otherwise),
-workers import the main script again and the guard is checked:
+every worker start the build again. A :class:`WorkerPool` starts its
+workers with spawn's own launch minus the main module
+(:func:`_launch_without_main`: CPython's function, given a private
+``spawn`` whose preparation data name no main module), so neither happens
+and a build needs no guard. Where that launch is not available
+(:data:`STARTS_WITHOUT_MAIN` is False: not POSIX, or a Python whose spawn
+launches otherwise), workers import the main script again and the guard is
+checked:
 :func:`check_main_guard` walks the stack (and the main thread's) to the
 module-level frame of a file-backed ``__main__`` and asks :mod:`ast` whether
 the line running there sits inside an ``if __name__ == "__main__":`` block,
