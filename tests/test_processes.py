@@ -345,6 +345,82 @@ def test_sigkill_of_the_build_leaves_no_process_behind(long_root, tmp_path):
     assert report.resumed >= 1 and report.stored == 24
 
 
+# --- 2b. the command line starts its workers before it imports the feature code ---------------
+
+EARLY_CLI = """import json
+import sys
+import memstore._workers as w
+HEAVY = ("numpy", "scipy", "numba", "h5py", "memstore.build", "memstore.extract")
+seen, pids, used = [], [], []
+class Recorded(w.WorkerPool):
+    def __init__(self, *args, **kwargs):
+        seen.append(sorted(m for m in HEAVY if m in sys.modules))
+        super().__init__(*args, **kwargs)
+        pids.extend(self._processes)
+        import memstore.extract as extract
+        extract.POOL_MIN_AUDIO_SECONDS = 0.0  # a small folder, built with the pool all the same
+        run = extract._extract_on_executor
+        def recorded(pool, *rest, **kw):
+            used.append(pool is self)
+            return run(pool, *rest, **kw)
+        extract._extract_on_executor = recorded
+w.WorkerPool = Recorded
+from memstore.cli import main
+rc = main(sys.argv[1:])
+print(json.dumps({"rc": rc, "seen": seen, "used": used, "pids": pids}))
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="needs /proc")
+def test_the_command_line_starts_its_workers_before_its_heavy_imports_and_builds_on_them(tiny_root, tmp_path):
+    script = write(tmp_path / "cli.py", EARLY_CLI)
+    store = tmp_path / "s.h5"
+    done = run_python([str(script), "build", str(tiny_root), str(store), "--workers", "3", "--quiet"],
+                      cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["rc"] == 0
+    assert out["seen"] == [[]]  # one pool, started before numpy or any feature code was imported
+    assert out["used"] == [True]  # and the build ran its tasks on that pool, not on one of its own
+    assert len(out["pids"]) == 2 and not any(running(pid) for pid in out["pids"])  # both shut down
+    build_store(tiny_root, tmp_path / "serial.h5", workers=1, progress=False)
+    same_store(store, tmp_path / "serial.h5")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="needs /proc")
+def test_a_command_line_build_that_fails_kills_its_early_workers(tmp_path):
+    script = write(tmp_path / "cli.py", EARLY_CLI)
+    missing = tmp_path / "no such folder"
+    done = run_python([str(script), "build", str(missing), str(tmp_path / "s.h5"), "--workers", "2"],
+                      cwd=tmp_path)
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["rc"] == 1 and "memstore build: error:" in done.stderr and "no such folder" in done.stderr
+    assert out["seen"] == [[]] and out["used"] == []
+    assert len(out["pids"]) == 1 and not any(running(pid) for pid in out["pids"])
+    assert not (tmp_path / "s.h5").exists() and not (tmp_path / "s.h5.partial").exists()
+
+
+@pytest.mark.parametrize("extra", [["--workers", "1"], ["--workers", "0"], ["--workers", "-2"]])
+def test_the_command_line_starts_no_early_worker_for_one_worker_or_a_refused_count(tiny_root, tmp_path, extra):
+    script = write(tmp_path / "cli.py", EARLY_CLI)
+    done = run_python([str(script), "build", str(tiny_root), str(tmp_path / "s.h5"), *extra, "--quiet"],
+                      cwd=tmp_path)
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["seen"] == [] and out["pids"] == []
+    if extra[1] == "1":
+        assert out["rc"] == 0 and stored(tmp_path / "s.h5") == 6
+    else:  # build_store refuses the count itself, with its usual message
+        assert out["rc"] == 1 and "workers" in done.stderr, done.stderr[-2000:]
+
+
+def test_call_named_runs_a_function_given_by_name_in_a_worker():
+    import functools
+
+    with WorkerPool(1) as pool:
+        pid = pool.submit(functools.partial(memstore._workers.call_named, "os", "getpid")).result(timeout=60)
+    assert pid == pool._startup[0].result() != os.getpid()  # the worker's pid, as its start-up task gave it
+
+
 # --- 3. the caller's environment -----------------------------------------------------------
 
 def worker_threads():
