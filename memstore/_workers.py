@@ -3,11 +3,9 @@
 ``build_store(..., workers=N)`` extracts in the building process and ``N - 1``
 processes started with the ``spawn`` method (fork is unsafe with HDF5 handles
 and threads):
-:func:`build_pool` starts one :class:`WorkerPool` per build (called by
-:func:`memstore.extract.local_executor`, or by ``memstore build`` before it
-imports numpy and the feature code, so the workers start while it imports)
-and :mod:`memstore.extract` runs the tasks on it. Three things about those
-processes live here, apart from the build and its tasks:
+:func:`memstore.extract.local_executor` starts one :class:`WorkerPool` per
+build and :mod:`memstore.extract` runs the tasks on it. Three things about
+those processes live here, apart from the build and its tasks:
 
 **No main module in a worker, and the main guard where there must be one.**
 ``multiprocessing``'s spawn makes every child import the caller's main
@@ -61,8 +59,7 @@ parent dies (``prctl(PR_SET_PDEATHSIG)``) and runs a watchdog thread on
 child exits: the pool belongs to one ``build_store`` call and every worker is
 started by the thread running that call (``ProcessPoolExecutor`` starts
 spawn-context workers on ``submit``, in the submitting thread, and only the
-build's thread submits), which outlives the pool; the command line's pool is
-started and used by its main thread.
+build's thread submits), which outlives the pool.
 """
 
 from __future__ import annotations
@@ -73,7 +70,6 @@ import concurrent.futures as cf
 import contextlib
 import ctypes
 import gc
-import importlib
 import multiprocessing
 import multiprocessing.context
 import os
@@ -363,47 +359,6 @@ class WorkerPool(cf.ProcessPoolExecutor):
         if reader is not None and not reader.closed:
             reader.close()
 
-
-
-@contextlib.contextmanager
-def build_pool(workers: int | None, warm=None):
-    """A build's own pool of ``workers - 1`` processes (the building process is the last worker), or None.
-
-    None for one worker (``workers=1``, or a machine with one core). The pool
-    is killed if the block raises (a broken pool's queues may never drain) and
-    shut down when it ends. A worker that dies while the pool starts is a
-    :class:`~memstore.errors.BuildError`. Only this module is imported here,
-    so a caller can start the pool before it imports numpy and the feature
-    code itself: the command line's ``memstore build`` does, and its workers
-    start while it imports (:mod:`memstore.commands.build`).
-    """
-    n_workers = workers or os.cpu_count() or 1
-    if n_workers <= 1:
-        yield None
-        return
-    try:
-        pool = WorkerPool(n_workers - 1, with_parent=True, warm=warm)
-    except cf.process.BrokenProcessPool as err:
-        guard = "" if STARTS_WITHOUT_MAIN else f"If the script has no main guard: {GUARD_ADVICE}; otherwise "
-        raise BuildError(f"a worker process died while starting ({err}); nothing was written. {guard}run the same "
-                         "build again") from err
-    try:
-        yield pool
-    except BaseException:
-        pool.break_down()
-        raise
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
-def call_named(module: str, name: str):
-    """Import ``module`` and call its function ``name``: a task that names its function instead of holding it.
-
-    ``functools.partial(call_named, "memstore.extract", "warm_up")`` pickles
-    as two strings, so the process that submits it need not import the
-    function's module (and its numpy, scipy and numba) first.
-    """
-    return getattr(importlib.import_module(module), name)()
 
 #: the buffer a pool asks for its result pipe, in bytes (Linux gives 64 KiB; unprivileged processes may ask
 #: for up to ``/proc/sys/fs/pipe-max-size``, 1 MiB by default): a build's task returns 0.5-1.5 MB of

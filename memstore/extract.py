@@ -265,22 +265,33 @@ def local_executor(workers: int | None, executor):
 
     None means this process alone (``workers=1``, or one core). Otherwise a
     :class:`~memstore._workers.WorkerPool` of ``workers - 1`` spawned
-    processes starts now (:func:`~memstore._workers.build_pool`), so their
-    start-up (interpreters, numpy, numba, 0.5-0.9 s of CPU each) overlaps the
-    build's scan and plan, and this process is the last worker
-    (:func:`extract_files`): it extracts from the first task on, while the
-    others are still starting. The pool is the build's own, killed if the
-    build fails (a broken pool's queues may never drain) and shut down when it
-    ends. Before any worker starts, the main guard is checked where workers
-    import the main script again (:func:`~memstore._workers.check_main_guard`).
+    processes starts now, so their start-up (interpreters, numpy, numba, about
+    1 s of CPU each) overlaps the build's scan and plan, and this process is
+    the last worker (:func:`extract_files`): it extracts from the first task
+    on, while the others are still starting. The pool is the build's own,
+    killed if the build fails (a broken pool's queues may never drain) and shut
+    down when it ends. Before any worker starts, the main guard is checked
+    where workers import the main script again
+    (:func:`~memstore._workers.check_main_guard`).
     """
     n_workers = workers or os.cpu_count() or 1
     check_main_guard(spawns=executor is None and n_workers > 1)
-    if executor is not None:
+    if executor is not None or n_workers == 1:
         yield executor
         return
-    with _workers.build_pool(n_workers, warm=warm_up) as pool:
+    try:
+        pool = WorkerPool(n_workers - 1, with_parent=True, warm=warm_up)
+    except cf.process.BrokenProcessPool as err:
+        guard = "" if _workers.STARTS_WITHOUT_MAIN else f"If the script has no main guard: {GUARD_ADVICE}; otherwise "
+        raise BuildError(f"a worker process died while starting ({err}); nothing was written. {guard}run the same "
+                         "build again") from err
+    try:
         yield pool
+    except BaseException:
+        pool.break_down()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def extract_files(files, pending, root, partial, data_offset, n_bins, dtype, config_json, rate, new,

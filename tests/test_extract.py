@@ -21,7 +21,6 @@ import numpy as np
 import pytest
 import wavs
 
-import memstore._workers as _workers
 import memstore.audio as audio
 import memstore.build as build
 import memstore.extract as extract
@@ -380,7 +379,7 @@ def test_a_small_build_does_not_wait_for_workers_it_would_not_need(tmp_path, mon
             super().__init__(*args, **kwargs)
             pools.append(self)
 
-    monkeypatch.setattr(_workers, "WorkerPool", Kept)  # the build's pool starts in _workers.build_pool
+    monkeypatch.setattr(extract, "WorkerPool", Kept)
     monkeypatch.setattr(extract, "POOL_MIN_AUDIO_SECONDS", 18.0)  # the folder holds exactly 18 s
     build.build_store(tmp_path / "audio", tmp_path / "s.h5", workers=2, progress=False)
     assert sorted(mine) == [f"{k}.wav" for k in range(6)]

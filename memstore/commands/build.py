@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import functools
 import sys
 
 DESCRIPTIONS = {
@@ -116,37 +115,28 @@ def _classes(args):
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import _workers
+    from ..build import build_store
 
-    # The workers start first, while this process imports numpy, h5py, scipy and numba (about 0.5 s):
-    # a worker's own start-up (its imports and kernels, 0.5-0.9 s of CPU) then overlaps them instead of
-    # the build. Only for a worker count build_store accepts; it validates every other value itself.
-    own = args.dask is None and (args.workers is None or args.workers > 1)
-    warm = functools.partial(_workers.call_named, "memstore.extract", "warm_up")
-    with _workers.build_pool(args.workers if own else 1, warm=warm) as pool:
-        from ..build import build_store
+    transform = _transform(args)
+    labels = _labels(args)
+    classes = _classes(args)
+    client = cluster = None
+    if args.dask:
+        from ..distributed import connect
 
-        transform = _transform(args)
-        labels = _labels(args)
-        classes = _classes(args)
-        client = cluster = None
-        if args.dask:
-            from ..distributed import connect
-
-            client, cluster = connect(args.dask)
-        try:
-            report = build_store(
-                args.audio_root, args.store, transform=transform, labels=labels, workers=args.workers,
-                sample_rate=args.sample_rate, dtype=args.dtype, strict=args.strict,
-                resume=not args.no_resume, mode="append" if args.append else "create",
-                executor=client if client is not None else pool, progress=False if args.quiet else None,
-                classes=classes,
-            )
-        finally:
-            if client is not None:
-                client.close()
-            if cluster is not None:
-                cluster.close()
+        client, cluster = connect(args.dask)
+    try:
+        report = build_store(
+            args.audio_root, args.store, transform=transform, labels=labels, workers=args.workers,
+            sample_rate=args.sample_rate, dtype=args.dtype, strict=args.strict,
+            resume=not args.no_resume, mode="append" if args.append else "create",
+            executor=client, progress=False if args.quiet else None, classes=classes,
+        )
+    finally:
+        if client is not None:
+            client.close()
+        if cluster is not None:
+            cluster.close()
     speed = report.audio_seconds / max(report.wall_seconds, 1e-9)
     print(f"{args.store}: {report.stored} file(s) stored, {len(report.skipped)} skipped; "
           f"{report.audio_seconds / 3600:.2f} h of audio at {report.target_rate} Hz, {report.frames} frames, "
