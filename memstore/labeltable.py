@@ -16,7 +16,9 @@ that has no row as skipped (``no row in esc50.csv``), and a row whose file is
 not among the audio files found as skipped too (``listed in esc50.csv but not
 found``), so ``strict=True`` stops on either; a table none of whose rows
 names a scanned file is an error (almost always a wrong ``relative_to``). A file named in two rows, a
-missing column, or a line that is not valid JSON raises
+missing or repeated column, a row with more or fewer cells than the header, a
+quote left open, a line that is not a valid JSON object, or a label that
+holds a line break or is not Unicode text raises
 :class:`~memstore.errors.BuildError` naming the table and the line.
 """
 
@@ -57,8 +59,9 @@ class LabelTable:
     ParameterError
         For a suffix that is not .csv/.tsv/.jsonl, or empty column names.
     BuildError
-        For a table that cannot be read, lacks a column, names a file twice,
-        or has a bad JSON line or label value.
+        For a table that cannot be read, lacks a column or repeats one, names
+        a file twice, has a row of the wrong length, a quote left open, a bad
+        JSON line or a bad label value.
 
     Example
     -------
@@ -121,19 +124,51 @@ class LabelTable:
     def _read_delimited(self, delimiter: str):
         with self._open() as f:
             try:
-                reader = csv.DictReader(f, delimiter=delimiter)
-                present = reader.fieldnames or []
-                if self.file_column not in present or self.label_column not in present:
-                    raise self._columns_missing(present)
+                # strict: an unclosed quote is an error, not a cell that swallows the rest of the table
+                reader = csv.reader(f, delimiter=delimiter, strict=True)
+                header = next(reader, [])
+                self._check_header(header)
+                at_file, at_label = header.index(self.file_column), header.index(self.label_column)
                 rows = []
-                for row in reader:
-                    name = (row.get(self.file_column) or "").strip()
+                for cells in reader:
+                    if not cells:  # a blank line
+                        continue
+                    if len(cells) != len(header):
+                        raise BuildError(
+                            f"{self.path}: line {reader.line_num} has {len(cells)} cell(s), the header "
+                            f"{len(header)}; quote a cell that holds {delimiter!r}"
+                            + (f", and separate several labels with {self.sep!r}" if self.sep else ""))
+                    name = cells[at_file].strip()
                     if not name:
                         raise BuildError(f"{self.path}: line {reader.line_num} has an empty {self.file_column!r}")
-                    rows.append((reader.line_num, name, self._split(row.get(self.label_column) or "")))
+                    labels = self._split(cells[at_label])
+                    self._check_text(reader.line_num, name, labels)
+                    rows.append((reader.line_num, name, labels))
             except (csv.Error, UnicodeDecodeError) as err:
-                raise BuildError(f"{self.path}: not a readable table ({err})") from err
+                where = f" at line {reader.line_num}" if isinstance(err, csv.Error) else ""
+                hint = " (a quote left open?)" if isinstance(err, csv.Error) and "end of data" in str(err) else ""
+                raise BuildError(f"{self.path}: not a readable table{where} ({err}){hint}") from err
         return rows
+
+    def _check_header(self, header: list[str]) -> None:
+        """Both columns present, each once: a repeated name would leave all but one of its columns unread."""
+        if self.file_column not in header or self.label_column not in header:
+            raise self._columns_missing(header)
+        for column in dict.fromkeys((self.file_column, self.label_column)):
+            at = [i + 1 for i, c in enumerate(header) if c == column]
+            if len(at) > 1:
+                raise BuildError(f"{self.path}: the column {column!r} appears {len(at)} times "
+                                 f"(columns {', '.join(map(str, at))}); which one is meant?")
+
+    def _check_text(self, line: int, name: str, labels: list[str], hint: str = " (a quote left open?)") -> None:
+        """Names and labels that are Unicode text, and labels of one line each (a class name is shown on one)."""
+        for what, text in [(self.file_column, name)] + [("label", label) for label in labels]:
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as err:  # a lone surrogate, which a JSON escape can give
+                raise BuildError(f"{self.path}: line {line}: {what} {text!r} is not valid Unicode text") from err
+            if what == "label" and ("\n" in text or "\r" in text):
+                raise BuildError(f"{self.path}: line {line}: label {text!r} holds a line break{hint}")
 
     def _read_jsonl(self):
         rows = []
@@ -147,14 +182,23 @@ class LabelTable:
                 continue
             try:
                 obj = json.loads(text)
-            except json.JSONDecodeError as err:
-                raise BuildError(f"{self.path}: line {i} is not valid JSON ({err.msg})") from err
-            if not isinstance(obj, dict) or self.file_column not in obj or self.label_column not in obj:
-                raise self._columns_missing(obj if isinstance(obj, dict) else {})
+            except ValueError as err:  # JSONDecodeError, or an integer past Python's digit limit
+                raise BuildError(f"{self.path}: line {i} is not valid JSON "
+                                 f"({getattr(err, 'msg', None) or err})") from err
+            if not isinstance(obj, dict):
+                raise BuildError(f"{self.path}: line {i} is a JSON {type(obj).__name__}, not an object with "
+                                 f"{self.file_column!r} and {self.label_column!r}")
+            want = [c for c in (self.file_column, self.label_column) if c not in obj]
+            if want:
+                raise BuildError(f"{self.path}: line {i} has no {' or '.join(map(repr, want))} "
+                                 f"(it has {sorted(obj)}; name them with LabelTable(path, file_column=..., "
+                                 "label_column=...))")
             name, value = obj[self.file_column], obj[self.label_column]
             if not isinstance(name, str) or not name.strip():
                 raise BuildError(f"{self.path}: line {i}: {self.file_column!r} must be a non-empty string")
-            rows.append((i, name.strip(), self._json_labels(value, i)))
+            labels = self._json_labels(value, i)
+            self._check_text(i, name.strip(), labels, hint="")
+            rows.append((i, name.strip(), labels))
         return rows
 
     def _json_labels(self, value, line: int) -> list[str]:

@@ -93,13 +93,40 @@ def test_sep_option(tmp_path):
     assert next(iter(LabelTable(tmp_path / "t.csv", sep="").labels.values())) == ["x|y"]
 
 
+def test_quoted_cells_blank_lines_and_repeated_other_columns_are_read(tmp_path):
+    # only the file and label columns must be unique; a quoted cell may hold the delimiter; blank lines are skipped
+    (tmp_path / "t.csv").write_text('file_name,note,note,label\na.wav,n1,n2,x\n\nb.wav,"q,r",n,"y;z"\n')
+    table = LabelTable(tmp_path / "t.csv")
+    assert sorted(table.labels.values()) == [["x"], ["y", "z"]]
+
+
 BAD_TABLES = {
     "no column": ("t.csv", "name,label\na.wav,x\n", r"no column 'file_name'; it has \['label', 'name'\]"),
     "twice": ("t.csv", "file_name,label\na.wav,x\n./a.wav,y\n", "line 3 names './a.wav' again"),
     "empty name": ("t.csv", "file_name,label\n,x\n", "line 2 has an empty 'file_name'"),
     "bad json": ("t.jsonl", '{"file_name": "a.wav", "label": "x"}\n{oops\n', "line 2 is not valid JSON"),
     "json label": ("t.jsonl", '{"file_name": "a.wav", "label": {"a": 1}}\n', "must be a string or an integer"),
-    "json no col": ("t.jsonl", '{"file": "a.wav", "label": "x"}\n', "no column 'file_name'"),
+    "json no col": ("t.jsonl", '{"file": "a.wav", "label": "x"}\n', r"line 1 has no 'file_name' \(it has \['file'"),
+    "json no label on line 3": ("t.jsonl", '{"file_name": "a.wav", "label": "x"}\n\n{"file_name": "b.wav"}\n',
+                                "line 3 has no 'label'"),
+    "json array line": ("t.jsonl", '{"file_name": "a.wav", "label": "x"}\n["b.wav", "y"]\n',
+                        "line 2 is a JSON list, not an object"),
+    "json huge integer": ("t.jsonl", '{"file_name": "a.wav", "label": ' + "9" * 5000 + "}\n",
+                          "line 1 is not valid JSON"),
+    "json lone surrogate": ("t.jsonl", '{"file_name": "a.wav", "label": "x\\ud800"}\n',
+                            "line 1: label 'x\\\\ud800' is not valid Unicode text"),
+    "repeated file column": ("t.csv", "file_name,file_name,label\na.wav,b.wav,x\n",
+                             r"the column 'file_name' appears 2 times \(columns 1, 2\)"),
+    "repeated label column": ("t.tsv", "label\tfile_name\tlabel\nx\ta.wav\ty\n",
+                              r"the column 'label' appears 2 times \(columns 1, 3\)"),
+    "extra cell": ("t.csv", "file_name,label\na.wav,cat,dog\n",
+                   r"line 2 has 3 cell\(s\), the header 2; quote a cell that holds ',', and separate several labels "
+                   "with ';'"),
+    "missing cell": ("t.csv", "file_name,label\na.wav,x\nb.wav\n", r"line 3 has 1 cell\(s\), the header 2"),
+    "quote left open": ("t.tsv", 'file_name\tlabel\na.wav\t"x\nb.wav\ty\n',
+                        r"not a readable table at line 3 \(unexpected end of data\) \(a quote left open\?\)"),
+    "label over two lines": ("t.csv", 'file_name,label\na.wav,"x\nb.wav,y"\nc.wav,z\n',
+                             r"line 3: label 'x\\nb.wav,y' holds a line break \(a quote left open\?\)"),
     "not utf8": ("t.csv", b"file_name,label\n\xff\xfe\xfa,x\n", "not a readable table"),
 }
 
