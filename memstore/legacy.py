@@ -13,7 +13,9 @@ refused unless ``allow_rounding=True`` (then a warning says how many).
 
 from __future__ import annotations
 
+import math
 import os
+import stat
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -25,6 +27,9 @@ from .errors import ParameterError, StoreFormatError
 from .features import MelSpectrogram, Spectrogram
 
 __all__ = ["read_tensor", "write_tensor", "import_legacy", "export_legacy"]
+
+#: the largest class index a label file may hold: classes 0..max all go into the store, one column each
+MAX_CLASS = 65_535
 
 
 def read_tensor(data_path) -> np.ndarray:
@@ -43,16 +48,15 @@ def read_tensor(data_path) -> np.ndarray:
     ------
     ParameterError
         Naming the file, if the shape file is missing or its first line is not
-        ``#d0<TAB>d1...``, or the data file does not hold exactly that many
-        float64 values.
+        ``#d0<TAB>d1...``, if either file is not a regular file (a folder, or a
+        FIFO, which would block), or if the data file does not hold exactly
+        that many float64 values.
     """
     data_path = Path(data_path)
     shape_path = data_path.with_suffix(".shape")
-    try:
-        lines = shape_path.read_text(encoding="ascii", errors="replace").splitlines()
-    except OSError as err:
-        raise ParameterError(f"{shape_path}: cannot read the shape file ({err.strerror or err})") from err
-    line = lines[0].strip() if lines else ""
+    f, _ = _open_regular(shape_path, "shape file")
+    with f:
+        line = f.readline(1 << 16).decode("ascii", errors="replace").strip()
     try:
         if not line.startswith("#"):
             raise ValueError("no leading '#'")
@@ -61,14 +65,29 @@ def read_tensor(data_path) -> np.ndarray:
             raise ValueError("empty or negative shape")
     except ValueError as err:
         raise ParameterError(f"{shape_path}: bad shape line {line!r} ({err}); expected '#d0<TAB>d1'") from err
+    count = math.prod(shape)  # Python integers: a product past 2**63 must not wrap to the file's size
+    f, size = _open_regular(data_path, "data file")
+    with f:
+        if size != 8 * count:
+            raise ParameterError(f"{data_path}: {size} bytes do not hold a float64 array of shape {shape} "
+                                 f"({8 * count} bytes)")
+        x = np.fromfile(f, dtype="<f8", count=count)
+    if x.size != count:
+        raise ParameterError(f"{data_path}: the file changed while it was read ({8 * x.size} of {size} bytes)")
+    return x.reshape(shape)
+
+
+def _open_regular(path: Path, what: str):
+    """``(binary file, size)`` for a regular file; a folder, FIFO or device is refused (opening a FIFO would block)."""
     try:
-        size = data_path.stat().st_size
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except OSError as err:
-        raise ParameterError(f"{data_path}: cannot read the data file ({err.strerror or err})") from err
-    if size != 8 * int(np.prod(shape)):
-        raise ParameterError(f"{data_path}: {size} bytes do not hold a float64 array of shape {shape} "
-                             f"({8 * int(np.prod(shape))} bytes)")
-    return np.fromfile(data_path, dtype="<f8").reshape(shape)
+        raise ParameterError(f"{path}: cannot read the {what} ({err.strerror or err})") from err
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise ParameterError(f"{path}: the {what} is not a regular file")
+    return os.fdopen(fd, "rb"), st.st_size
 
 
 def write_tensor(x: np.ndarray, data_path) -> None:
@@ -111,13 +130,17 @@ def import_legacy(feature_dir, store_path, *, suffix_in: str = "_mel_", suffix_o
     Raises
     ------
     ParameterError
-        Naming the file: missing or malformed ``.shape``, size mismatch,
-        non-finite or non-float32 values, a bad label, differing bin counts.
+        Naming the file: missing or malformed ``.shape``, a ``.shape`` whose
+        ``.data`` is missing, a file that is not a regular file, size
+        mismatch, non-finite or non-float32 values, a bad label or one above
+        :data:`MAX_CLASS`, differing bin counts.
 
     Notes
     -----
     Class ``k`` of the tutorial (its label value) is stored as class index
-    ``k`` named ``str(k)`` zero-padded, so sorted names keep numeric order.
+    ``k`` named ``str(k)`` zero-padded, so sorted names keep numeric order;
+    every index up to the largest gets a class, so a label may be at most
+    :data:`MAX_CLASS` (65,535).
     The features are held in memory while the store is written.
     """
     from .build import write_store_from_arrays
@@ -128,9 +151,14 @@ def import_legacy(feature_dir, store_path, *, suffix_in: str = "_mel_", suffix_o
     if not feature_dir.is_dir():
         raise ParameterError(f"{feature_dir} is not a folder")
     ending = suffix_in + ".data"
-    names = sorted(f for f in os.listdir(feature_dir) if f.endswith(ending))
+    listed = os.listdir(feature_dir)
+    names = sorted(f for f in listed if f.endswith(ending))
     if not names:
         raise ParameterError(f"no '*{ending}' files in {feature_dir}")
+    present = set(listed)
+    for shape in sorted(f for f in listed if f.endswith((suffix_in + ".shape", suffix_out + ".shape"))):
+        if shape.removesuffix(".shape") + ".data" not in present:  # its file was lost, or never written
+            raise ParameterError(f"{feature_dir / shape}: a shape file without its .data file")
     feats, bases, labels = [], [], []
     rounded = 0
     for name in _progress.track(names, desc="importing", unit="file", progress=progress):
@@ -148,10 +176,13 @@ def import_legacy(feature_dir, store_path, *, suffix_in: str = "_mel_", suffix_o
                                  "float32; pass allow_rounding=True (--allow-rounding) to accept rounding")
         rounded += bad
         label_file = feature_dir / (base + suffix_out + ".data")
-        if label_file.exists():
+        if os.path.lexists(label_file):  # a dangling link or a FIFO is an error in read_tensor, not "no label"
             lab = read_tensor(label_file).ravel()
             if lab.size != 1 or not np.isfinite(lab[0]) or lab[0] != int(lab[0]) or lab[0] < 0:
                 raise ParameterError(f"{label_file}: a label must be one non-negative integer class index")
+            if lab[0] > MAX_CLASS:
+                raise ParameterError(f"{label_file}: class index {int(lab[0])} is above {MAX_CLASS}, the largest "
+                                     "the import takes (a store gets a class for every index up to the largest)")
             labels.append(str(int(lab[0])))
         else:
             labels.append(None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import h5py
@@ -10,7 +11,7 @@ import pytest
 
 from memstore import cli
 from memstore.errors import ParameterError, StoreFormatError
-from memstore.legacy import export_legacy, import_legacy, read_tensor, write_tensor
+from memstore.legacy import MAX_CLASS, export_legacy, import_legacy, read_tensor, write_tensor
 from memstore.store import open_store
 from memstore.verify import verify_store
 
@@ -105,6 +106,14 @@ def bad_file(src, name, x, shape_line):
     ("not_float32", r"z_mel_\.data: 288 value\(s\) are not exactly representable in float32"),
     ("other_bins", "feature files have different numbers of bins"),
     ("zero_frames", r"features of shape \(0, 96\) must be"),
+    # 4 x (2**62 + 3) wraps to 12 in int64: the size check must use the true product
+    ("wrapping_shape", r"z_mel_\.data: 96 bytes do not hold a float64 array of shape \(4, 4611686018427387907\) "
+                       r"\(147573952589676413024 bytes\)"),
+    ("folder_data", r"z_mel_\.data: the data file is not a regular file"),
+    ("fifo_shape", r"z_mel_\.shape: the shape file is not a regular file"),
+    ("orphan_shape", r"z_mel_\.shape: a shape file without its \.data file"),
+    ("orphan_label_shape", r"z_label_\.shape: a shape file without its \.data file"),
+    ("fifo_label", r"z_label_\.data: the data file is not a regular file"),
 ])
 def test_bad_feature_files_name_the_file(good, tmp_path, case, match):
     x = np.ones((3, 96))
@@ -129,6 +138,26 @@ def test_bad_feature_files_name_the_file(good, tmp_path, case, match):
         bad_file(good, "z_mel_", np.ones((3, 40)), "#3\t40\n")
     elif case == "zero_frames":
         bad_file(good, "z_mel_", np.ones((0, 96)), "#0\t96\n")
+    elif case == "wrapping_shape":
+        bad_file(good, "z_mel_", np.ones((3, 4)), "#4\t4611686018427387907\n")
+    elif case == "folder_data":
+        (good / "z_mel_.data").mkdir()
+        (good / "z_mel_.shape").write_text(f"#{(good / 'z_mel_.data').stat().st_size // 8}\t1\n")  # sizes agree
+    elif case in ("fifo_shape", "fifo_label"):
+        if not hasattr(os, "mkfifo"):
+            pytest.skip("no FIFOs here")
+        if case == "fifo_shape":  # opening a FIFO for reading blocks until a writer comes: never opened so
+            x.tofile(good / "z_mel_.data")
+            os.mkfifo(good / "z_mel_.shape")
+        else:
+            save_tensor(x, str(good / "z.data"), suffix="_mel_")
+            os.mkfifo(good / "z_label_.data")
+            (good / "z_label_.shape").write_text("#1\n")
+    elif case == "orphan_shape":
+        (good / "z_mel_.shape").write_text("#3\t96\n")  # its .data lost
+    elif case == "orphan_label_shape":
+        save_tensor(x, str(good / "z.data"), suffix="_mel_")
+        (good / "z_label_.shape").write_text("#1\n")  # was stored unlabelled, without a word
     with pytest.raises(ParameterError, match=match):
         import_legacy(good, tmp_path / "x.h5")
     assert not (tmp_path / "x.h5").exists()
@@ -140,6 +169,18 @@ def test_bad_label_files(good, tmp_path, value):
     save_tensor(np.array(value), str(good / "z.data"), suffix="_label_")
     with pytest.raises(ParameterError, match=r"z_label_\.data: a label must be one non-negative integer"):
         import_legacy(good, tmp_path / "x.h5")
+
+
+def test_label_values_are_capped_so_the_class_list_stays_bounded(good, tmp_path):
+    # classes 0..max all go into the store: 1e12 used to build a list of a trillion names
+    save_tensor(np.ones((3, 96)), str(good / "z.data"), suffix="_mel_")
+    save_tensor(np.array([1e12]), str(good / "z.data"), suffix="_label_")
+    with pytest.raises(ParameterError, match=r"z_label_\.data: class index 1000000000000 is above 65535"):
+        import_legacy(good, tmp_path / "x.h5")
+    save_tensor(np.array([float(MAX_CLASS)]), str(good / "z.data"), suffix="_label_")
+    import_legacy(good, tmp_path / "x.h5")
+    with open_store(tmp_path / "x.h5") as store:
+        assert len(store.classes) == MAX_CLASS + 1 and int(store.label_index[2]) == MAX_CLASS
 
 
 def test_rounding_is_refused_unless_allowed(good, tmp_path):

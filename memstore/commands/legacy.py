@@ -8,8 +8,10 @@ DESCRIPTIONS = {
     "import-legacy": (
         "Read a folder of the tutorial's feature files into a store: NAME<suffix-in>.data\n"
         "(raw float64 from np.tofile) with NAME<suffix-in>.shape ('#d0<TAB>d1'), and the\n"
-        "class index in NAME<suffix-out>.data. The features are recorded as made with the\n"
-        "tutorial's settings (96-band mel; 513 bins = magnitude spectrogram)."),
+        "class index (0 to 65535) in NAME<suffix-out>.data; a file without a label file is\n"
+        "stored unlabelled, and a .shape without its .data is an error. The features are\n"
+        "recorded as made with the tutorial's settings (96-band mel; 513 bins = magnitude\n"
+        "spectrogram)."),
     "export-legacy": (
         "Write a store back out as the tutorial's .data/.shape files, one pair per file,\n"
         "plus a label file per labelled file. export(import(dir)) gives equal bytes."),
