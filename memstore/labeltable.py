@@ -133,6 +133,8 @@ class LabelTable:
                 for cells in reader:
                     if not cells:  # a blank line
                         continue
+                    if len(cells) > len(header) and not "".join(cells[len(header):]).strip():
+                        cells = cells[: len(header)]  # trailing empty cells (a spreadsheet's export): nothing lost
                     if len(cells) != len(header):
                         raise BuildError(
                             f"{self.path}: line {reader.line_num} has {len(cells)} cell(s), the header "

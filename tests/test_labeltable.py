@@ -94,8 +94,9 @@ def test_sep_option(tmp_path):
 
 
 def test_quoted_cells_blank_lines_and_repeated_other_columns_are_read(tmp_path):
-    # only the file and label columns must be unique; a quoted cell may hold the delimiter; blank lines are skipped
-    (tmp_path / "t.csv").write_text('file_name,note,note,label\na.wav,n1,n2,x\n\nb.wav,"q,r",n,"y;z"\n')
+    # only the file and label columns must be unique; a quoted cell may hold the delimiter; blank lines are
+    # skipped, and so are empty cells past the header's (nothing is lost)
+    (tmp_path / "t.csv").write_text('file_name,note,note,label\na.wav,n1,n2,x,,\n\nb.wav,"q,r",n,"y;z"\n')
     table = LabelTable(tmp_path / "t.csv")
     assert sorted(table.labels.values()) == [["x"], ["y", "z"]]
 
@@ -123,6 +124,8 @@ BAD_TABLES = {
                    r"line 2 has 3 cell\(s\), the header 2; quote a cell that holds ',', and separate several labels "
                    "with ';'"),
     "missing cell": ("t.csv", "file_name,label\na.wav,x\nb.wav\n", r"line 3 has 1 cell\(s\), the header 2"),
+    "extra cell after an empty one": ("t.csv", "file_name,label\na.wav,x,,y\n",
+                                      r"line 2 has 4 cell\(s\), the header 2"),
     "quote left open": ("t.tsv", 'file_name\tlabel\na.wav\t"x\nb.wav\ty\n',
                         r"not a readable table at line 3 \(unexpected end of data\) \(a quote left open\?\)"),
     "label over two lines": ("t.csv", 'file_name,label\na.wav,"x\nb.wav,y"\nc.wav,z\n',
