@@ -14,12 +14,13 @@ A build given a table's path (``labels="metadata.csv"``) looks for it in the
 audio root first, then relative to the working directory. It lists a file
 that has no row as skipped (``no row in esc50.csv``), and a row whose file is
 not among the audio files found as skipped too (``listed in esc50.csv but not
-found``), so ``strict=True`` stops on either; a table none of whose rows
-names a scanned file is an error (almost always a wrong ``relative_to``). A file named in two rows, a
-missing or repeated column, a row with more or fewer cells than the header
-(empty trailing cells aside), a quote left open, a line that is not a valid JSON object, or a label that
-holds a line break or is not Unicode text raises
-:class:`~memstore.errors.BuildError` naming the table and the line.
+found``), so ``strict=True`` stops on either; a table none of whose rows names
+a scanned file is an error (almost always a wrong ``relative_to``). A file
+named in two rows, a missing or repeated column, a row with more or fewer
+cells than the header (empty trailing cells aside), a quote left open, a line
+that is not a valid JSON object, or a label that holds a line break or is not
+Unicode text raises :class:`~memstore.errors.BuildError` naming the table and
+the line.
 """
 
 from __future__ import annotations
