@@ -131,6 +131,7 @@ class BatchStream:
 
         self._own = not isinstance(store, Store)
         self.store = s = open_store(store) if self._own else store
+        s.require_open()  # a closed store fails here, not at the first batch
         c = check_settings(batch_size=batch_size, time_context=time_context, step=step, split=split,
                            valid_fraction=valid_fraction, seed=seed, shuffle=shuffle, drop_last=drop_last,
                            layout=layout, labels=labels, normalize=normalize, memory_limit=memory_limit,

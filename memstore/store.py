@@ -378,8 +378,29 @@ class Store:
         # never mixes this metadata with other bytes; elsewhere the path itself is read.
         fd = meta.fd
         self._fd_closer = weakref.finalize(self, os.close, fd) if fd is not None else None
-        self.source: str = (f"/proc/self/fd/{fd}" if fd is not None and os.path.isdir("/proc/self/fd")
-                            else os.fspath(self.path))
+        self._source: str = (f"/proc/self/fd/{fd}" if fd is not None and os.path.isdir("/proc/self/fd")
+                             else os.fspath(self.path))
+        self._closed = False
+
+    @property
+    def source(self) -> str:
+        """The path the features are read through: the kept descriptor's ``/proc/self/fd`` entry where there is one.
+
+        Raises :class:`~memstore.errors.ParameterError` once the store is
+        closed: the descriptor's number may by then belong to another file.
+        """
+        self.require_open()
+        return self._source
+
+    def require_open(self) -> None:
+        """Raise :class:`~memstore.errors.ParameterError` if the store is closed."""
+        if self._closed:
+            raise ParameterError(f"store {str(self.path)!r} is closed; open it again with open_store()")
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called; a closed store serves no more features."""
+        return self._closed
 
     def __len__(self) -> int:
         return len(self.index)
@@ -392,10 +413,11 @@ class Store:
     def features(self) -> np.ndarray:
         """The whole ``(total_frames, n_bins)`` feature matrix, memory-mapped read-only."""
         if self._map is None or self._pid != os.getpid():
+            source = self.source  # raises once closed, before any mapping of what the number now names
             if self.n_frames_total == 0:
                 self._map = np.zeros((0, self.n_bins), dtype=self.dtype)
             else:
-                self._map = np.memmap(self.source, dtype=self.dtype, mode="r", offset=self.data_offset,
+                self._map = np.memmap(source, dtype=self.dtype, mode="r", offset=self.data_offset,
                                       shape=(self.n_frames_total, self.n_bins))
             self._pid = os.getpid()
         return self._map
@@ -408,7 +430,13 @@ class Store:
         return self.features[row["offset"]: row["offset"] + row["n_frames"]]
 
     def close(self) -> None:
-        """Drop the mapping and the file descriptor (views already handed out stay valid until released)."""
+        """Drop the mapping and the file descriptor (views already handed out stay valid until released).
+
+        Reading features afterwards (:meth:`frames`, :attr:`features`, a
+        stream's next epoch) raises :class:`~memstore.errors.ParameterError`;
+        the metadata (index, paths, classes, statistics) stays readable.
+        """
+        self._closed = True
         self._map = None
         if self._fd_closer is not None:
             self._fd_closer()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 import shutil
 
 import h5py
@@ -124,3 +125,30 @@ def test_an_open_store_keeps_its_generation_when_a_new_one_is_renamed_over_it(de
     assert len(os.listdir("/proc/self/fd")) == fds - 1  # the pinned descriptor is gone
     with open_store(path) as new:
         assert len(new) != len(expected) or not np.array_equal(np.asarray(new.features), expected)
+
+
+def test_a_closed_store_refuses_to_read_instead_of_reading_whatever_now_holds_its_descriptor(demo_store, tmp_path):
+    # the features are read through /proc/self/fd/N: after close() the next open() takes N for another file
+    from memstore.batches import BatchStream
+
+    store = open_store(demo_store)
+    first = np.array(store.frames(0))
+    in_memory = BatchStream(store, batch_size=4, split="all", shuffle=False)
+    paged = BatchStream(store, batch_size=4, split="all", shuffle=False, memory_limit="1MB")
+    assert paged.out_of_core and not in_memory.out_of_core
+    next(iter(in_memory))
+    store.close()
+    (tmp_path / "other").write_bytes(b"\x7f" * (demo_store.stat().st_size + 4096))
+    fd = os.open(tmp_path / "other", os.O_RDONLY)  # most likely the number the store held
+    try:
+        assert store.closed
+        for read in (lambda: store.frames(0), lambda: store.features, lambda: store.source,
+                     lambda: next(iter(in_memory)), lambda: next(iter(paged)),
+                     lambda: BatchStream(store, batch_size=4, split="all")):
+            with pytest.raises(ParameterError, match="is closed; open it again with open_store"):
+                read()
+        assert len(store) == 18 and store.classes  # the metadata stays readable
+    finally:
+        os.close(fd)
+    with open_store(demo_store) as again:
+        np.testing.assert_array_equal(again.frames(0), first)
