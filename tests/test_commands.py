@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -78,6 +79,19 @@ def test_bench_reports_throughput_ratios_and_shuffle(demo_store, capsys):
     assert set(r["ratios"]) == {"stream_vs_sequential_read", "stream_vs_naive_random"}
     assert r["shuffle"]["stream"]["distinct_files_per_batch"] > 1
 
+
+
+@pytest.mark.parametrize("extra, match", [
+    (["--batch-size", "8", "--max-batches", "1"], "--max-batches 1 must be at least 2"),
+    # 54 blocks of 128 frames, fewer than one batch of 64: it printed "0 blocks/s" as a measurement
+    ([], r"gives 0 batch\(es\) of 64 blocks of 128 frames per epoch, 0 in all: nothing to time"),
+    (["--batch-size", "54"], r"gives 1 batch\(es\) of 54 blocks .* 1 in all: nothing to time .* or raise --epochs"),
+])
+def test_bench_refuses_a_run_that_times_no_batch(demo_store, capsys, extra, match):
+    assert cli.main(["bench", str(demo_store), *extra]) == 1  # --max-batches 1 raised ZeroDivisionError
+    assert re.search(match, capsys.readouterr().err)
+    assert cli.main(["bench", str(demo_store), "--batch-size", "54", "--epochs", "2", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["stream"]["blocks"] == 54  # the second epoch's one batch
 
 def make_legacy_dir(root, n=5, bins=96):
     """Feature files exactly as the tutorial writes them (float64 np.tofile + '#d0\\td1' shape files)."""

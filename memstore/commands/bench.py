@@ -27,7 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument("--step", type=int, default=50, help="hop between blocks in frames (default: 50)")
     parser.add_argument("--cold", action="store_true", help="evict the store from the page cache before each run")
     parser.add_argument("--max-batches", type=int, default=None, metavar="N",
-                        help="stop each measurement after N batches (default: --epochs whole epochs)")
+                        help="stop each measurement after N batches, at least 2: the first is the time to the first "
+                             "batch (default: --epochs whole epochs)")
     parser.add_argument("--epochs", type=int, default=1, metavar="N",
                         help="whole epochs to time when --max-batches is not given (default: 1)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
@@ -80,8 +81,11 @@ def run(args: argparse.Namespace) -> int:
     from ..slicer import warm_up
     from ..store import open_store
 
-    if args.epochs < 1 or (args.max_batches is not None and args.max_batches < 1):
-        raise ParameterError(f"--epochs {args.epochs} and --max-batches {args.max_batches} must be positive")
+    if args.epochs < 1:
+        raise ParameterError(f"--epochs {args.epochs} must be positive")
+    if args.max_batches is not None and args.max_batches < 2:
+        raise ParameterError(f"--max-batches {args.max_batches} must be at least 2: the first batch is the time "
+                             "to the first batch, the rest the throughput")
     results: dict = {"store": args.store, "cold": args.cold}
     with open_store(args.store) as store:
         warm_up(store.dtype, store.n_bins)  # JIT start-up is not throughput
@@ -92,6 +96,13 @@ def run(args: argparse.Namespace) -> int:
         stream = BatchStream(store, batch_size=args.batch_size, time_context=args.time_context, step=args.step,
                              split="all", memory_limit=args.memory_limit)
         results["out_of_core"] = stream.out_of_core
+        timed = min(args.max_batches, len(stream)) if args.max_batches else len(stream) * args.epochs
+        if timed < 2:
+            stream.close()
+            raise ParameterError(
+                f"{args.store} gives {len(stream)} batch(es) of {args.batch_size} blocks of {args.time_context} "
+                f"frames per epoch, {timed} in all: nothing to time after the first batch; lower --batch-size "
+                "or --time-context" + ("" if args.max_batches else ", or raise --epochs"))
         n_blocks, ttfb, dt, served = _time_stream(stream, t_make, args.max_batches, args.epochs)
         stream.close()
         distinct_rows = _distinct_rows(stream.block_row[served], stream.block_valid[served])
