@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._validate import choice, flag, int_at_least
+from ._validate import choice, flag, int_at_least, is_int
 from .blocks import block_table
 from .errors import ParameterError
 from .pager import parse_memory, window_budget
@@ -63,24 +63,27 @@ def check_settings(*, batch_size, time_context, step, split, valid_fraction, see
     """:class:`Settings` from ``BatchStream``'s arguments, or the ``ParameterError`` naming the first bad one."""
     ints = {name: int_at_least(name, v, low) for name, v, low in (
         ("batch_size", batch_size, 1), ("time_context", time_context, 1), ("step", step, 1), ("seed", seed, 0))}
-    return_file = flag("return_file", return_file)
+    return_file, shuffle = flag("return_file", return_file), flag("shuffle", shuffle)
     for name, v, allowed in (("split", split, SPLITS), ("layout", layout, LAYOUTS), ("labels", labels, LABEL_KINDS),
                              ("normalize", normalize, NORMALIZE), ("split_by", split_by, ("file", "block"))):
         choice(name, v, allowed)
     choice("balance", balance, BALANCE)
     if balance is not None and not shuffle:
         raise ParameterError(f"balance={balance!r} draws a random multiset of blocks: it needs shuffle=True")
-    if not (isinstance(valid_fraction, int | float) and 0 <= valid_fraction < 1):
+    real = not isinstance(valid_fraction, bool | np.bool_) and isinstance(valid_fraction, int | float | np.integer
+                                                                           | np.floating)
+    if not (real and 0 <= valid_fraction < 1):
         raise ParameterError(f"valid_fraction={valid_fraction!r} must be in [0, 1)")
     if shard is not None:
         if (not isinstance(shard, tuple | list) or len(shard) != 2
-                or not all(isinstance(v, int) for v in shard) or not 0 <= shard[0] < shard[1]):
+                or not all(is_int(v) for v in shard) or not 0 <= shard[0] < shard[1]):
             raise ParameterError(f"shard={shard!r} must be (rank, world_size) with 0 <= rank < world_size")
         shard = (int(shard[0]), int(shard[1]))
-    return Settings(**ints, split=split, valid_fraction=float(valid_fraction), shuffle=bool(shuffle),
-                    drop_last=bool(drop_last), layout=layout, labels=labels, normalize=normalize,
-                    memory_limit=parse_memory(memory_limit), shard=shard, split_by=split_by, tail=bool(tail),
-                    prefetch=bool(prefetch), return_file=return_file, balance=balance)
+    return Settings(**ints, split=split, valid_fraction=float(valid_fraction), shuffle=shuffle,
+                    drop_last=flag("drop_last", drop_last), layout=layout, labels=labels, normalize=normalize,
+                    memory_limit=parse_memory(memory_limit), shard=shard, split_by=split_by,
+                    tail=flag("tail", tail), prefetch=flag("prefetch", prefetch), return_file=return_file,
+                    balance=balance)
 
 
 @dataclass(frozen=True, eq=False)

@@ -59,6 +59,7 @@ from ._streamconf import PREFETCH as PREFETCH
 from ._streamconf import SPLITS as SPLITS
 from ._streamconf import budget, check_settings, label_matrix, normaliser, split_blocks
 from ._streamstate import STATE_FORMAT as STATE_FORMAT
+from ._validate import int_at_least
 from .errors import ParameterError
 from .order import EpochOrder, balance_classes, order_report
 from .pager import served_rows
@@ -143,7 +144,7 @@ class BatchStream:
         self.label_kind, self.normalize, self.shard = c.labels, c.normalize, c.shard
         self.split_by, self.tail, self.prefetch = c.split_by, c.tail, c.prefetch
         self.return_file, self.balance, self.memory_limit = c.return_file, c.balance, c.memory_limit
-        self.epoch = 0
+        self._epoch = 0
         self.iteration_step = 0
         # positions of this epoch's sequence dealt to the ranks: None (all), or what an elastic resume left
         self._unserved = None
@@ -182,6 +183,15 @@ class BatchStream:
         n = self._order.per_rank(self._world, unserved)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
+    @property
+    def epoch(self) -> int:
+        """The current epoch: the one the next batch belongs to (an integer >= 0 when set)."""
+        return self._epoch
+
+    @epoch.setter
+    def epoch(self, value) -> None:
+        self._epoch = int_at_least("epoch", value, 0)
+
     def order(self, epoch: int | None = None) -> np.ndarray:
         """Block ids (into this split's block table) in serving order for ``epoch``.
 
@@ -189,7 +199,7 @@ class BatchStream:
         current epoch after an elastic resume (``load_state_dict`` of a state saved at another
         shard or position), the order starts at the resume point.
         """
-        epoch = self.epoch if epoch is None else int(epoch)
+        epoch = self.epoch if epoch is None else int_at_least("epoch", epoch, 0)
         return self._order.blocks(epoch, self.shard, self._unserved if epoch == self.epoch else None)
 
     # --- batches ----------------------------------------------------------------------------

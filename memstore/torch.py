@@ -29,7 +29,8 @@ Example
 from __future__ import annotations
 
 from . import _streamstate as state
-from .errors import require
+from ._validate import int_at_least
+from .errors import ParameterError, require
 
 torch = require("torch", "torch")
 _data = require("torch.utils.data", "torch")
@@ -45,7 +46,7 @@ class BlockDataset(_data.IterableDataset):
     store_path : str or os.PathLike
         Opened in each worker process (stores are never pickled).
     rank, world_size : int, optional
-        Override the DDP rank and world size (default: torch.distributed, or 0 and 1).
+        Override the DDP rank and world size, both or neither (default: torch.distributed, or 0 and 1).
     with_ids : bool
         Also yield the block ids (indices into the split's block table) of each batch, last.
         With ``return_file=True`` in ``stream_args`` each item is ``(x, y, file[, ids])``.
@@ -58,6 +59,13 @@ class BlockDataset(_data.IterableDataset):
         super().__init__()
         if "shard" in stream_args:
             raise TypeError("BlockDataset shards by worker and rank itself; do not pass shard")
+        if (rank is None) != (world_size is None):
+            raise ParameterError(f"rank={rank!r} and world_size={world_size!r}: give both or neither")
+        if world_size is not None:
+            world_size = int_at_least("world_size", world_size, 1)
+            rank = int_at_least("rank", rank, 0)
+            if rank >= world_size:
+                raise ParameterError(f"rank={rank} must be below world_size={world_size}")
         self.store_path = str(store_path)
         self.stream_args = stream_args
         self.rank, self.world_size = rank, world_size
@@ -67,7 +75,7 @@ class BlockDataset(_data.IterableDataset):
         self._taken: int | None = None     # batches yielded by an iteration in this process
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
+        self.epoch = int_at_least("epoch", epoch, 0)
         if self._resume is not None and self._resume.get("epoch") != self.epoch:
             self._resume = None
 
@@ -117,8 +125,6 @@ class BlockDataset(_data.IterableDataset):
             A :meth:`memstore.BatchStream.state_dict`: it loads into a ``BlockDataset`` or a
             ``BatchStream`` of any world size with the same settings.
         """
-        from .errors import ParameterError
-
         if step is None:
             if self._taken is None:
                 raise ParameterError("state_dict() needs step= (batches taken this iteration): with DataLoader "
@@ -127,9 +133,7 @@ class BlockDataset(_data.IterableDataset):
         elif num_workers is None:
             raise ParameterError("state_dict(step=...) needs num_workers= (the DataLoader's num_workers, 0 "
                                  "without workers): each worker serves its own part of the epoch")
-        for name, v in (("step", step), ("num_workers", num_workers)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise ParameterError(f"{name}={v!r} must be an integer >= 0")
+        step, num_workers = int_at_least("step", step, 0), int_at_least("num_workers", num_workers, 0)
         workers = max(1, num_workers)
         stream = self._stream(workers, prefetch=False)  # every worker's stream resumes at the same step
         try:
@@ -145,8 +149,11 @@ class BlockDataset(_data.IterableDataset):
 
     def load_state_dict(self, state: dict) -> None:
         """Resume at the state's epoch and position; iterate after ``set_epoch`` of that epoch (or none)."""
+        if not isinstance(state, dict):
+            raise ParameterError(f"state must be a dict from state_dict(), not {type(state).__name__}")
+        epoch = int_at_least("state_dict epoch", state.get("epoch"), 0)  # the stream checks the rest
         self._resume = state
-        self.epoch = int(state.get("epoch", 0)) if isinstance(state, dict) else 0
+        self.epoch = epoch
         try:
             self._stream(prefetch=False).close()  # refuses a state of other settings now, not in a worker
         except BaseException:

@@ -201,6 +201,50 @@ def test_bad_arguments(store):
             BatchStream(store, **kw)
 
 
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(shard=(False, True)), r"shard=\(False, True\) must be \(rank, world_size\)"),  # bools were (0, 1)
+    (dict(valid_fraction=False), "valid_fraction=False must be in"),                   # was 0.0
+    (dict(valid_fraction=float("nan")), "valid_fraction=nan must be in"),
+    (dict(drop_last="no"), "drop_last='no' must be True or False"),                    # was True
+    (dict(shuffle=1), "shuffle=1 must be True or False"),
+    (dict(tail=None), "tail=None must be True or False"),
+    (dict(prefetch=None), "prefetch=None must be True or False"),                      # was False
+])
+def test_flags_and_fractions_follow_the_shared_rules(store, kw, match):
+    with pytest.raises(ParameterError, match=match):
+        BatchStream(store, batch_size=4, **kw)
+
+
+def test_numpy_numbers_are_accepted_where_python_ones_are(store):
+    a = BatchStream(store, batch_size=4, shard=(np.int64(1), np.int32(2)), valid_fraction=np.float32(0.25))
+    b = BatchStream(store, batch_size=4, shard=(1, 2), valid_fraction=float(np.float32(0.25)))
+    assert a.shard == (1, 2) and type(a.shard[0]) is int  # used to be refused
+    np.testing.assert_array_equal(a.order(np.int64(1)), b.order(1))
+
+
+def test_an_epoch_is_an_integer_at_least_zero(store):
+    stream = BatchStream(store, batch_size=4)
+    for bad in (-1, 1.7, "1", True):  # -1 reached numpy's SeedSequence; 1.7 was silently epoch 1
+        for call in (stream.order, stream.shuffle_report, lambda v: setattr(stream, "epoch", v)):
+            with pytest.raises(ParameterError, match=f"epoch={bad!r} must be an integer >= 0"):
+                call(bad)
+    stream.epoch = np.int64(2)
+    assert stream.epoch == 2 and type(stream.epoch) is int
+
+
+@pytest.mark.parametrize("field, value", [("epoch", -5), ("epoch", "x"), ("iteration_step", None),
+                                          ("iteration_step", 2.5), ("iteration_step", ...)])
+def test_a_format_1_state_with_a_bad_field_is_refused_by_name(store, field, value):
+    # format 1 (no "format" key) skipped the field checks: KeyError, TypeError, or epoch -5 accepted
+    s = BatchStream(store, batch_size=4, seed=5)
+    state = {"epoch": 0, "iteration_step": 1, "seed": 5, "fingerprint": s._fingerprint_v1(), field: value}
+    if value is ...:
+        del state[field]
+    shown = None if value is ... else value
+    with pytest.raises(ParameterError, match=f"state_dict {field}={shown!r} must be an integer >= 0"):
+        s.load_state_dict(state)
+
 def test_threads_end_with_their_iterators(store):
     before = threading.active_count()
     for path in PATHS:

@@ -41,3 +41,25 @@ def test_rank_sharding_is_disjoint(demo_store):
         ds = BlockDataset(demo_store, batch_size=3, drop_last=False, rank=rank, world_size=2, with_ids=True)
         parts.append(np.concatenate([b.numpy() for _, _, b in ds]))
     assert len(parts[0]) == len(parts[1]) and not set(parts[0]) & set(parts[1])
+
+
+def test_bad_epochs_states_and_ranks_are_refused_by_name(demo_store):
+    from memstore.errors import ParameterError
+
+    kw = dict(batch_size=4, time_context=32, step=16)
+    ds = BlockDataset(demo_store, **kw)
+    for bad in (-1, 2.9, "x"):  # -1 failed later inside numpy; 2.9 was silently epoch 2
+        with pytest.raises(ParameterError, match=f"epoch={bad!r} must be an integer >= 0"):
+            ds.set_epoch(bad)
+    with pytest.raises(ParameterError, match="state must be a dict from state_dict"):
+        ds.load_state_dict(None)  # was a silent no-op
+    good = BlockDataset(demo_store, **kw).state_dict(step=3, num_workers=0)
+    for epoch in (1.5, "x", None):  # 1.5 skipped the state's check and was dropped without a word
+        with pytest.raises(ParameterError, match=f"state_dict epoch={epoch!r} must be an integer >= 0"):
+            ds.load_state_dict(dict(good, epoch=epoch))
+    ds.load_state_dict(good)
+    assert ds.epoch == 0
+    for rank, world, match in ((0.7, 2, "rank=0.7 must be an integer"), (0, "2", "world_size='2' must be"),
+                               (2, 2, "rank=2 must be below world_size=2"), (1, None, "give both or neither")):
+        with pytest.raises(ParameterError, match=match):  # rank=0.7, world_size='2' was rank 0 of 2
+            BlockDataset(demo_store, rank=rank, world_size=world, **kw)
