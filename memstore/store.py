@@ -247,7 +247,12 @@ def read_file_metadata(path, *, keep_fd: bool = False) -> StoreMeta:
     """
     path = Path(os.fsdecode(path))
     if not path.is_file():
-        raise _fail(path, "no such store file")
+        if path.is_dir():
+            raise _fail(path, "is a folder, not a store file")
+        if not os.path.lexists(path):
+            raise _fail(path, "no such store file")
+        raise _fail(path, "is a broken symlink" if path.is_symlink() and not path.exists() else
+                    "is not a regular file (a FIFO or device is never opened)")
     try:
         f = h5py.File(path, "r")
     except OSError as err:

@@ -152,3 +152,18 @@ def test_a_closed_store_refuses_to_read_instead_of_reading_whatever_now_holds_it
         os.close(fd)
     with open_store(demo_store) as again:
         np.testing.assert_array_equal(again.frames(0), first)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+def test_opening_what_is_not_a_store_file_says_what_it_is(tmp_path):
+    from memstore import cli
+
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "link").symlink_to(tmp_path / "gone.h5")
+    for name, why in (("fifo", "is not a regular file"), ("link", "is a broken symlink"),
+                      ("missing.h5", "no such store file")):
+        with pytest.raises(StoreFormatError, match=why):  # all three used to say "no such store file"
+            open_store(tmp_path / name)
+    with pytest.raises(StoreFormatError, match="is a folder, not a store file"):
+        open_store(tmp_path)
+    assert cli.main(["info", str(tmp_path / "fifo")]) == 1 and cli.main(["verify", str(tmp_path)]) == 1
