@@ -61,7 +61,12 @@ def aggregate_by_file(scores, file, *, n_files: int, how: str = "mean") -> np.nd
     """
     how = choice("how", how, HOW)
     n_files = int_at_least("n_files", n_files, 0)
-    s = np.asarray(scores)
+    if np.ma.is_masked(scores):  # np.asarray drops the mask: the masked values would be pooled
+        raise ParameterError("scores has masked values; drop their blocks (and their file entries) first")
+    try:
+        s = np.asarray(scores)
+    except ValueError as err:  # ragged rows
+        raise ParameterError(f"scores must be a 2-D array (n_blocks, n_classes): {err}") from err
     if s.dtype.kind not in "biuf":
         raise ParameterError(f"scores of dtype {s.dtype} must be real numbers")
     if s.ndim != 2 or s.shape[1] < 1:
@@ -74,10 +79,10 @@ def aggregate_by_file(scores, file, *, n_files: int, how: str = "mean") -> np.nd
     out = np.full((n_files, s.shape[1]), np.nan)
     if len(s) == 0:
         return out
-    f = f.astype(np.int64)
-    bad = np.flatnonzero((f < 0) | (f >= n_files))
+    bad = np.flatnonzero((f < 0) | (f >= n_files))  # on the given dtype: a uint64 past 2**63 is shown as given
     if len(bad):
         raise ParameterError(f"file[{bad[0]}]={f[bad[0]]} must be in [0, n_files={n_files})")
+    f = f.astype(np.int64)
     s = s.astype(np.float64)
     if not np.isfinite(s).all():
         row = int(np.flatnonzero(~np.isfinite(s).all(axis=1))[0])

@@ -68,9 +68,9 @@ def parse_memory(limit) -> int | None:
     if isinstance(limit, str):
         m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", limit)
         if m and m.group(2).upper() in _UNITS:
-            value = int(float(m.group(1)) * _UNITS[m.group(2).upper()])
-            if value > 0:
-                return value
+            value = float(m.group(1)) * _UNITS[m.group(2).upper()]
+            if 0 < value < 2.0 ** 63:  # past that, no machine's memory (and int(inf) would raise)
+                return int(value)
     raise ParameterError(f"memory_limit={limit!r} must be a positive number of bytes or a string "
                          "like '512MB', '2GB' or '1.5GiB'")
 

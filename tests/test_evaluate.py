@@ -114,6 +114,12 @@ def test_the_docstring_example_and_the_lazy_export():
     (dict(scores=np.zeros((2, 2)), file=[0, 1], n_files=2.0), "n_files=2.0"),
     (dict(scores=np.zeros((2, 2)), file=[0, 1], n_files=True), "n_files=True"),
     (dict(scores=np.zeros((2, 2)), file=[0, 1], n_files=2, how="median"), "how='median' must be one of"),
+    # found by a bad-input hunt: a raw numpy ValueError, a wrapped value, masked values pooled
+    (dict(scores=[[1.0, 2.0], [3.0]], file=[0, 1], n_files=2), r"scores must be a 2-D array \(n_blocks"),
+    (dict(scores=np.zeros((2, 2)), file=np.array([0, 2**64 - 1], np.uint64), n_files=2),
+     r"file\[1\]=18446744073709551615 must be in"),
+    (dict(scores=np.ma.masked_array([[100.0, 2.0], [3.0, 4.0]], mask=[[1, 0], [0, 0]]), file=[0, 0], n_files=1),
+     "scores has masked values"),
 ])
 def test_bad_input_is_named(kwargs, match):
     with pytest.raises(ParameterError, match=match):

@@ -142,7 +142,7 @@ def test_reader_reports_a_truncated_file(tmp_path):
 def test_parse_memory_and_budget():
     assert parse_memory("512MB") == 512 * 10**6 and parse_memory("2GiB") == 2 * 2**30
     assert parse_memory(1000) == 1000 and parse_memory(None) is None and parse_memory("1.5kb") == 1500
-    for bad in ("lots", "-1GB", 0, True, "5 parsecs"):
+    for bad in ("lots", "-1GB", 0, True, "5 parsecs", "9" * 400, "1e30"):  # "9" * 400 raised OverflowError
         with pytest.raises(ParameterError, match="memory_limit="):
             parse_memory(bad)
     assert window_budget(10_000_000, row_bytes=400, batch_bytes=1_000_000, n_batch_buffers=4,
