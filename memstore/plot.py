@@ -8,6 +8,8 @@ figure registry, nothing left open in the caller's process.
 from __future__ import annotations
 
 import fnmatch
+import os
+from pathlib import Path
 
 import numpy as np
 
@@ -104,22 +106,37 @@ def plot_store(store, out, files: list[int], *, dpi: int = 100):
     ----------
     store : Store
     out : str or os.PathLike
-        Image file; its extension picks the format (PNG usually).
+        Image file; its extension picks the format (PNG usually; ``.png`` is
+        added when it has none).
     files : list of int
         File indices, e.g. from :func:`select_files`.
     dpi : int
         Resolution; the image is ``12 x 3 (len(files) + 1)`` inches.
 
+    Returns
+    -------
+    Path
+        The image file written.
+
     Raises
     ------
     MissingDependencyError
         Naming the ``plot`` extra when matplotlib is not installed.
+    ParameterError
+        For an output that is a folder, lies in a missing folder or has an
+        extension matplotlib does not write, a ``dpi`` that makes a side of
+        65,536 pixels or more, or an image that cannot be written.
     """
     require("matplotlib", "plot")
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     dpi = positive_int("dpi", dpi)
+    out = _image_path(out, FigureCanvasAgg.get_supported_filetypes())
+    width, height = 12 * dpi, 3 * (len(files) + 1) * dpi
+    if max(width, height) >= 2 ** 16:  # Agg's limit per side; far past it, the renderer runs out of memory
+        raise ParameterError(f"dpi={dpi} makes an image of {width} x {height} pixels; the renderer draws at "
+                             "most 65535 per side: use a smaller dpi or fewer files")
     cfg = store.config
     rate = cfg.sample_rate
     centres = band_frequencies(cfg)
@@ -159,5 +176,23 @@ def plot_store(store, out, files: list[int], *, dpi: int = 100):
     ax.set_ylabel("files")
     ax.set_title("file lengths")
     fig.tight_layout()
-    fig.savefig(out, dpi=dpi)
+    try:
+        fig.savefig(out, dpi=dpi)
+    except OSError as err:
+        raise ParameterError(f"cannot write {out}: {err.strerror or err}") from err
+    return out
+
+
+def _image_path(out, formats: dict) -> Path:
+    """``out`` as the image file to write, ``.png`` added when it has no extension; or a ``ParameterError``."""
+    out = Path(os.fsdecode(out))
+    if out.is_dir():
+        raise ParameterError(f"{out} is a folder; give an image file name such as {out / 'store.png'}")
+    if not out.suffix:
+        out = out.with_name(out.name + ".png")  # what matplotlib would write: say so, and check that
+    if out.suffix[1:].lower() not in formats:
+        raise ParameterError(f"{out}: {out.suffix!r} is not an image format this matplotlib writes; use one "
+                             f"of {', '.join(sorted(formats))}")
+    if not out.parent.is_dir():
+        raise ParameterError(f"{out}: the folder {out.parent} does not exist")
     return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -65,6 +66,22 @@ def test_cli_errors(demo_store, tmp_path, capsys):
     assert done.value.code == 2
     assert not (tmp_path / "x.png").exists()
 
+
+
+def test_bad_outputs_are_named_before_drawing(demo_store, tmp_path, capsys):
+    # each of these ended in a traceback from matplotlib (or a std::bad_alloc), or, for a folder, wrote
+    # folder.png and said it wrote the folder
+    (tmp_path / "adir").mkdir()
+    for args, why in ((["-o", str(tmp_path / "x.txt")], "'.txt' is not an image format this matplotlib writes"),
+                      (["-o", str(tmp_path / "no" / "x.png")], "the folder .* does not exist"),
+                      (["-o", str(tmp_path / "x.png"), "--dpi", "100000"], "makes an image of 1200000 x"),
+                      (["-o", str(tmp_path / "adir")], "adir is a folder; give an image file name")):
+        assert cli.main(["show", str(demo_store), "--file", "0", *args]) == 1
+        assert re.search(why, capsys.readouterr().err), args
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adir"]
+    assert cli.main(["show", str(demo_store), "--file", "0", "--dpi", "20", "-o", str(tmp_path / "plain")]) == 0
+    assert f"wrote {tmp_path / 'plain.png'} (1 file(s))" in capsys.readouterr().out  # the file it wrote
+    assert (tmp_path / "plain.png").stat().st_size > 0
 
 def test_band_frequencies_follow_the_configuration():
     mel = band_frequencies(MelSpectrogram(sample_rate=44100))

@@ -33,6 +33,6 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.output) if args.output else Path(args.store).with_suffix(".png")
     with open_store(args.store) as store:
         files = select_files(store, file=args.file, path=args.path, cls=args.cls, limit=args.limit)
-        plot_store(store, out, files, dpi=args.dpi)
+        out = plot_store(store, out, files, dpi=args.dpi)
     print(f"wrote {out} ({len(files)} file(s))")
     return 0
