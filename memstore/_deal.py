@@ -27,8 +27,8 @@ def intervals(unserved, n: int) -> np.ndarray:
         return np.array([[0, n]] if n else [], np.int64).reshape(-1, 2)
     try:
         pairs = [tuple(p) for p in (unserved.tolist() if isinstance(unserved, np.ndarray) else unserved)]
-        ok = all(len(p) == 2 and all(isinstance(v, int | np.integer) and not isinstance(v, bool) for v in p)
-                 for p in pairs)
+        ok = all(len(p) == 2 and all(isinstance(v, int | np.integer) and not isinstance(v, bool)
+                                     and -(2 ** 63) <= v < 2 ** 63 for v in p) for p in pairs)
     except TypeError:
         ok = False
     iv = np.array(pairs if ok else [], np.int64).reshape(-1, 2)

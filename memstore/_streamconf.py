@@ -9,6 +9,7 @@ value and the rule; they are the ones tests and users match.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -186,7 +187,19 @@ def budget(store, block_file: np.ndarray, *, batch_size: int, time_context: int,
     n_frames = store.index["n_frames"]
     split_bytes = int(n_frames[np.unique(block_file)].sum()) * row_bytes
     n_buffers = PREFETCH + 2
+    if batch_bytes > _physical_memory():  # no limit can page this: the first batch would fail to allocate
+        raise ParameterError(f"one batch of {batch_size} blocks of {time_context} x {store.n_bins} is "
+                             f"{batch_bytes / 2**30:.1f} GiB, more than this machine's memory: use a smaller "
+                             "batch_size or time_context")
     if memory_limit is None or split_bytes + n_buffers * batch_bytes <= memory_limit:
         return False, 0
     return True, window_budget(memory_limit, row_bytes=row_bytes, batch_bytes=batch_bytes,
                                n_batch_buffers=n_buffers, time_context=time_context)
+
+
+def _physical_memory() -> float:
+    """This machine's RAM in bytes (infinity where the system does not say)."""
+    try:
+        return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        return float("inf")

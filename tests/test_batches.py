@@ -233,6 +233,18 @@ def test_an_epoch_is_an_integer_at_least_zero(store):
     assert stream.epoch == 2 and type(stream.epoch) is int
 
 
+
+def test_absurd_sizes_are_refused_by_name(store):
+    # a batch larger than the machine's memory failed at the first batch with numpy's allocation error
+    with pytest.raises(ParameterError, match=r"one batch of 4 blocks of 1000000000000 x 96 is .* more than this "
+                                             r"machine's memory"):
+        BatchStream(store, batch_size=4, time_context=10**12)
+    s = BatchStream(store, batch_size=4)
+    state = s.state_dict()
+    state["remaining"] = [[12, 2**70]]  # raised OverflowError converting to int64
+    with pytest.raises(ParameterError, match="unserved positions must be ascending disjoint"):
+        s.load_state_dict(state)
+
 @pytest.mark.parametrize("field, value", [("epoch", -5), ("epoch", "x"), ("iteration_step", None),
                                           ("iteration_step", 2.5), ("iteration_step", ...)])
 def test_a_format_1_state_with_a_bad_field_is_refused_by_name(store, field, value):
