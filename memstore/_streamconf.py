@@ -71,8 +71,8 @@ def check_settings(*, batch_size, time_context, step, split, valid_fraction, see
     choice("balance", balance, BALANCE)
     if balance is not None and not shuffle:
         raise ParameterError(f"balance={balance!r} draws a random multiset of blocks: it needs shuffle=True")
-    real = not isinstance(valid_fraction, bool | np.bool_) and isinstance(valid_fraction, int | float | np.integer
-                                                                           | np.floating)
+    number = int | float | np.integer | np.floating
+    real = isinstance(valid_fraction, number) and not isinstance(valid_fraction, bool | np.bool_)
     if not (real and 0 <= valid_fraction < 1):
         raise ParameterError(f"valid_fraction={valid_fraction!r} must be in [0, 1)")
     if shard is not None:

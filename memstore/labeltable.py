@@ -189,7 +189,9 @@ class LabelTable:
                 raise BuildError(f"{self.path}: line {i} is not valid JSON "
                                  f"({getattr(err, 'msg', None) or err})") from err
             if not isinstance(obj, dict):
-                raise BuildError(f"{self.path}: line {i} is a JSON {type(obj).__name__}, not an object with "
+                kind = ("array" if isinstance(obj, list) else "string" if isinstance(obj, str) else
+                        "number" if isinstance(obj, int | float) and not isinstance(obj, bool) else json.dumps(obj))
+                raise BuildError(f"{self.path}: line {i} is a JSON {kind}, not an object with "
                                  f"{self.file_column!r} and {self.label_column!r}")
             want = [c for c in (self.file_column, self.label_column) if c not in obj]
             if want:
