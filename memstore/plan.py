@@ -309,8 +309,9 @@ def _layout(root: Path, scan: _Scan, rate: int, transform: Spectrogram, dtype: s
         layout.FORMAT_VERSION, transform.to_json(), dtype, classes, label_mode,
         [(p, infos[p], os.stat(root / p).st_mtime_ns) for p in files],
         None if base is None else (base.generation, base.file_size, old_total),
-        # a table's rows can change without the class list changing; the partial file holds the labels
-        *([hashlib.sha256(labels.tobytes()).hexdigest()] if scan.table is not None else []),
+        # labels can change without the class list changing (a table's rows, IRMAS .txt files, a labels
+        # callable), and the partial file holds the labels: a resume must not keep the old ones
+        hashlib.sha256(labels.tobytes()).hexdigest(),
         *([("classes=", fixed)] if fixed is not None else []),
     )
     return _frozen(BuildPlan(

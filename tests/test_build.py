@@ -22,6 +22,7 @@ from memstore.demo import make_demo_folder, make_demo_testing
 from memstore.errors import BuildError, ParameterError, StoreFormatError
 from memstore.features import MelSpectrogram
 from memstore.store import open_store
+from memstore.verify import verify_store
 
 
 def same_store(a, b):
@@ -249,3 +250,39 @@ def test_cli_build_and_summary(demo_root, tmp_path, capsys):
         assert s.n_bins == 64
     assert cli.main(["build", str(tmp_path / "nothing"), str(tmp_path / "d.h5")]) == 1
     assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("mode", ["irmas", "callable"])
+def test_changed_labels_with_the_same_classes_are_a_new_plan_not_a_resume(tmp_path, monkeypatch, mode):
+    # an interrupted build's .partial holds its labels; a resume kept them when IRMAS .txt files (or a
+    # labels callable) changed but the class list did not: a mislabelled store that verify then failed
+    from memstore import writer
+
+    root = tmp_path / "audio"
+    root.mkdir()
+    rng = np.random.default_rng(4)
+    for i in range(4):
+        write_wav(root / f"f{i}.wav", rng.uniform(-0.5, 0.5, 22050).astype(np.float32), 22050)
+    names = {}
+
+    def label(order: tuple[str, str]) -> None:
+        for i in range(4):
+            names[f"f{i}.wav"] = order[i % 2]
+            (root / f"f{i}.txt").write_text(order[i % 2] + "\n")
+
+    def labels():
+        return "irmas" if mode == "irmas" else (lambda path: [names[path]])
+
+    label(("cel", "flu"))
+    monkeypatch.setattr(writer, "_finalize", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):  # stopped after every file was extracted
+        build_store(root, tmp_path / "s.h5", labels=labels(), workers=1, progress=False)
+    assert (tmp_path / "s.h5.partial").exists()
+    monkeypatch.undo()
+    label(("flu", "cel"))  # the same two classes, every file's label swapped
+    report = build_store(root, tmp_path / "s.h5", labels=labels(), workers=1, progress=False)
+    assert report.resumed == 0
+    with open_store(tmp_path / "s.h5") as store:
+        got = {p: [store.classes[k] for k in np.flatnonzero(store.labels[i])] for i, p in enumerate(store.paths)}
+    assert got == {p: [c] for p, c in names.items()}
+    assert verify_store(tmp_path / "s.h5").ok
