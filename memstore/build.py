@@ -83,6 +83,10 @@ class BuildReport:
 
 # --- planning ------------------------------------------------------------------------------
 
+#: the highest target rate a build takes: 10**9 on a few seconds of audio allocated a 9 GB store
+MAX_SAMPLE_RATE = 2_000_000
+
+
 def _check_args(transform, labels, workers, sample_rate, dtype, mode) -> None:
     if not isinstance(transform, Spectrogram):
         raise ParameterError(f"transform={transform!r} must be a MelSpectrogram or Spectrogram")
@@ -92,8 +96,9 @@ def _check_args(transform, labels, workers, sample_rate, dtype, mode) -> None:
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
         raise ParameterError(f"workers={workers!r} must be None or a positive integer")
     if sample_rate is not None and (isinstance(sample_rate, bool) or not isinstance(sample_rate, int)
-                                    or sample_rate <= 0):
-        raise ParameterError(f"sample_rate={sample_rate!r} must be None or a positive integer")
+                                    or not 0 < sample_rate <= MAX_SAMPLE_RATE):
+        raise ParameterError(f"sample_rate={sample_rate!r} must be None or a positive integer up to "
+                             f"{MAX_SAMPLE_RATE:,} Hz")
     if dtype not in layout.FEATURE_DTYPES:
         raise ParameterError(f"dtype={dtype!r} must be one of {layout.FEATURE_DTYPES}")
     if mode not in ("create", "append"):
@@ -114,7 +119,9 @@ def build_store(audio_root, store_path, *, transform: Spectrogram = MelSpectrogr
     audio_root : str or os.PathLike
         Folder scanned recursively for audio (``.wav``; FLAC/OGG/MP3 with the ``audio`` extra).
     store_path : str or os.PathLike
-        The store to write (``mode="create"`` replaces an existing one atomically at the end).
+        The store to write (``mode="create"`` replaces an existing one atomically at the end). A
+        folder, a FIFO, or an existing file that is not HDF5 (an audio file, say) is refused
+        before any work, with a ``ParameterError``.
     transform : MelSpectrogram or Spectrogram
         Feature configuration; its ``sample_rate`` is filled in with the target rate.
     labels : {"folder", "irmas", "none"}, callable, LabelTable or path
@@ -124,7 +131,8 @@ def build_store(audio_root, store_path, *, transform: Spectrogram = MelSpectrogr
         Processes that extract; ``None`` means all cores. ``1`` extracts in this process;
         ``N > 1`` spawns ``N - 1`` worker processes and this process extracts beside them.
     sample_rate : int, optional
-        Target rate; by default the transform's, else the most common rate of the files.
+        Target rate, at most :data:`MAX_SAMPLE_RATE` (2 MHz); by default the transform's, else the
+        most common rate of the files.
     dtype : {"float32", "float16"}
     strict : bool
         Any skipped file raises :class:`BuildError` before anything is written.
@@ -164,18 +172,19 @@ def build_store(audio_root, store_path, *, transform: Spectrogram = MelSpectrogr
         classes = check_classes(classes)
         if isinstance(labels, str) and labels == "none":
             raise ParameterError("classes= needs labels; labels='none' gives every file none")
+    writer = StoreWriter(store_path)  # a store path the build cannot use is refused before any worker starts
     # the workers are spawned now (the main guard checked where they import the main script), so their
     # start-up overlaps the scan
     with local_executor(workers, executor) as runner:
-        return _build_store(t0, audio_root, store_path, transform=transform, labels=labels, workers=workers,
+        return _build_store(t0, audio_root, writer, transform=transform, labels=labels, workers=workers,
                             sample_rate=sample_rate, dtype=dtype, strict=strict, resume=resume, mode=mode,
                             executor=runner, progress=progress, classes=classes)
 
 
-def _build_store(t0, audio_root, store_path, *, transform, labels, workers, sample_rate, dtype, strict,
+def _build_store(t0, audio_root, writer: StoreWriter, *, transform, labels, workers, sample_rate, dtype, strict,
                  resume, mode, executor, progress, classes) -> BuildReport:
     """Scan, plan, allocate, extract and finalise, holding the store's writer (and its lock) throughout."""
-    with StoreWriter(store_path) as writer:
+    with writer:
         base = (read_base(writer.store_path, sample_rate=sample_rate, dtype=dtype, classes=classes)
                 if mode == "append" else None)
         plan = make_plan(audio_root, transform=transform, labels=labels, sample_rate=sample_rate, dtype=dtype,

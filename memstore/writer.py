@@ -147,10 +147,13 @@ class StoreWriter:
     """
 
     def __init__(self, store_path):
+        if not isinstance(store_path, str | bytes | os.PathLike) or not os.fsdecode(store_path).strip():
+            raise ParameterError(f"store_path={store_path!r} must name the store file to write")
         self.store_path = Path(os.fsdecode(store_path))
         if self.store_path.name.endswith(PARTIAL_SUFFIX):
             raise ParameterError(f"store_path={str(self.store_path)!r} must not end in {PARTIAL_SUFFIX}")
         self.partial = self.store_path.with_name(self.store_path.name + PARTIAL_SUFFIX)
+        _check_target(self.store_path, self.partial)
         self.contents: StoreContents | None = None
         self.data_offset = 0
         self.done = self.checksum = None
@@ -396,6 +399,39 @@ def _build_maps(path: Path, n_build: int) -> tuple[np.memmap, np.memmap, int]:
 def _copy_rows(src: np.ndarray, dst: np.ndarray) -> None:
     for s in range(0, len(src), COPY_ROWS):
         dst[s:s + COPY_ROWS] = src[s:s + COPY_ROWS]
+
+
+#: where an HDF5 file's signature may start (a user block moves it to 512, 1024, 2048 ...)
+_HDF5_SIGNATURE, _SIGNATURE_AT = b"\x89HDF\r\n\x1a\n", (0, 512, 1024, 2048, 4096)
+
+
+def _check_target(store_path: Path, partial: Path) -> None:
+    """Refuse, before any work, a store path a build would fail on at its end or must not replace.
+
+    A folder (at the path or at its partial file's) would fail only at the
+    rename, after every file was extracted. A file there that is not HDF5 (an
+    audio file, even one of the build's own inputs) is not a store to replace:
+    a build replaces only what is, or might once have been, a store.
+    """
+    if store_path.is_dir():
+        raise ParameterError(f"{store_path} is a folder; the store is one file, such as {store_path / 'store.h5'}")
+    if partial.is_dir():
+        raise ParameterError(f"{partial}, where the build writes, is a folder: remove it")
+    if not os.path.lexists(store_path) or store_path.is_symlink() and not store_path.exists():
+        return
+    if not store_path.is_file():
+        raise ParameterError(f"{store_path} is not a regular file (a FIFO or device); choose another path")
+    with open(store_path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        signed = size == 0
+        for at in _SIGNATURE_AT:
+            if signed or at + len(_HDF5_SIGNATURE) > size:
+                break
+            f.seek(at)
+            signed = f.read(len(_HDF5_SIGNATURE)) == _HDF5_SIGNATURE
+    if not signed:
+        raise ParameterError(f"{store_path} exists and is not an HDF5 file (an audio file?); a build replaces "
+                             "only a store: remove it or choose another path")
 
 
 def _partial_matches(partial: Path, fingerprint: str) -> bool:

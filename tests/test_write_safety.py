@@ -444,3 +444,29 @@ def test_a_forked_child_still_holding_our_hdf5_handle_is_waited_for(tmp_path):
             assert g.mode == "r+"
     finally:
         os.waitpid(pid, 0)
+
+
+def test_a_store_path_the_build_cannot_use_is_refused_before_any_work(tmp_path, demo_root):
+    # an audio file (even an input) was overwritten; a folder failed at the rename after every file was
+    # extracted, leaving a .partial; an empty path and a folder at <store>.partial gave raw tracebacks
+    from memstore.build import build_store
+    from memstore.errors import ParameterError
+
+    audio = sorted(demo_root.rglob("*.wav"))[0]
+    before = audio.read_bytes()
+    (tmp_path / "taken.h5.partial").mkdir()
+    (tmp_path / "notes.h5").write_text("my notes")
+    refused = [(audio, "exists and is not an HDF5 file"), (demo_root, "is a folder; the store is one file"),
+               ("", "must name the store file to write"),
+               (tmp_path / "taken.h5", "where the build writes, is a folder"),
+               (tmp_path / "notes.h5", "exists and is not an HDF5 file")]
+    for store, why in refused:
+        with pytest.raises(ParameterError, match=why):
+            build_store(demo_root, store, workers=2, progress=False)
+    assert audio.read_bytes() == before and (tmp_path / "notes.h5").read_text() == "my notes"
+    assert not list(demo_root.rglob("*.partial"))
+    (tmp_path / "empty.h5").touch()  # an empty file, or a store, is replaced as before
+    assert build_store(demo_root, tmp_path / "empty.h5", workers=1, progress=False).stored == 18
+    assert build_store(demo_root, tmp_path / "empty.h5", workers=1, progress=False).stored == 18
+    with pytest.raises(ParameterError, match="up to 2,000,000 Hz"):  # 10**9 allocated a 9 GB store
+        build_store(demo_root, tmp_path / "r.h5", sample_rate=10**9, progress=False)
