@@ -35,6 +35,7 @@ sequential copy of the store per append.
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from typing import Any
 
@@ -86,6 +87,9 @@ class BuildReport:
 #: the highest target rate a build takes: 10**9 on a few seconds of audio allocated a 9 GB store
 MAX_SAMPLE_RATE = 2_000_000
 
+#: the most local worker processes a build starts per core (1000 on 2 cores would hold about 200 GB)
+WORKERS_PER_CORE = 4
+
 
 def _check_args(transform, labels, workers, sample_rate, dtype, mode) -> None:
     if not isinstance(transform, Spectrogram):
@@ -129,7 +133,8 @@ def build_store(audio_root, store_path, *, transform: Spectrogram = MelSpectrogr
         read as ``LabelTable(path)`` (:mod:`memstore.labeltable`).
     workers : int, optional
         Processes that extract; ``None`` means all cores. ``1`` extracts in this process;
-        ``N > 1`` spawns ``N - 1`` worker processes and this process extracts beside them.
+        ``N > 1`` spawns ``N - 1`` worker processes and this process extracts beside them
+        (at most :data:`WORKERS_PER_CORE` per core without an ``executor``).
     sample_rate : int, optional
         Target rate, at most :data:`MAX_SAMPLE_RATE` (2 MHz); by default the transform's, else the
         most common rate of the files.
@@ -168,6 +173,10 @@ def build_store(audio_root, store_path, *, transform: Spectrogram = MelSpectrogr
     t0 = time.perf_counter()
     labels = as_label_table(labels, audio_root) or labels
     _check_args(transform, labels, workers, sample_rate, dtype, mode)
+    cores = os.cpu_count() or 1
+    if executor is None and workers is not None and workers > WORKERS_PER_CORE * cores:
+        raise ParameterError(f"workers={workers} is more than {WORKERS_PER_CORE} per core on this machine's {cores}: "
+                             "each worker is a process of its own (about 200 MB), and the extraction is CPU-bound")
     if classes is not None:
         classes = check_classes(classes)
         if isinstance(labels, str) and labels == "none":

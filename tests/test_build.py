@@ -119,6 +119,9 @@ def test_bad_arguments(demo_root, tmp_path):
         build_store(demo_root, tmp_path / "s.h5", mode="update")
     with pytest.raises(ParameterError, match="workers=0"):
         build_store(demo_root, tmp_path / "s.h5", workers=0)
+    too_many = 4 * (os.cpu_count() or 1) + 1  # each a process of about 200 MB: 1000 on 2 cores held 200 GB
+    with pytest.raises(ParameterError, match=f"workers={too_many} is more than 4 per core"):
+        build_store(demo_root, tmp_path / "s.h5", workers=too_many)
     with pytest.raises(BuildError, match="no audio files"):
         build_store(tmp_path, tmp_path / "s.h5")
     with pytest.raises(BuildError, match="cannot append"):
