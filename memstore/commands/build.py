@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument("store", metavar="STORE.h5", help="store file to create (or to append to with --append)")
     parser.add_argument("--workers", type=int, default=None, metavar="N",
                         help="processes that extract (default: all cores; 1 = this process only; N > 1 = this "
-                             "process and N-1 spawned workers)")
+                             "process and N-1 spawned workers; at most 4 per core)")
     parser.add_argument("--sample-rate", type=int, default=None, metavar="HZ",
                         help="resample every file to this rate (default: the most common rate)")
     parser.add_argument("--labels", default="folder", metavar="{folder,irmas,none,PATH}",
