@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._validate import int_at_least
 from .errors import ParameterError
 from .order import intervals, remaining
 
@@ -139,11 +140,8 @@ def _resume_point_v1(s, state: dict) -> tuple[int, np.ndarray | None, int]:
     if saved != mine or state.get("seed") != s.seed:
         raise ParameterError("this state_dict belongs to a stream with other settings or another store")
     # the steps were taken under the round-robin dealing of that time: a prefix of the epoch is consumed
-    for name in ("epoch", "iteration_step"):
-        v = state.get(name)
-        if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 0:
-            raise ParameterError(f"state_dict {name}={v!r} must be an integer >= 0")
-    epoch, k, n = int(state["epoch"]), int(state["iteration_step"]), len(s.block_file)
+    epoch, k = (int_at_least(f"state_dict {name}", state.get(name), 0) for name in ("epoch", "iteration_step"))
+    n = len(s.block_file)
     if k >= s._n_batches(None):
         return epoch + 1, None, 0
     return (epoch,) + _as_steps(s, intervals([[k * s.batch_size * s._world, n]], n))
