@@ -417,7 +417,7 @@ def _check_target(store_path: Path, partial: Path) -> None:
         raise ParameterError(f"{store_path} is a folder; the store is one file, such as {store_path / 'store.h5'}")
     if partial.is_dir():
         raise ParameterError(f"{partial}, where the build writes, is a folder: remove it")
-    if not os.path.lexists(store_path) or store_path.is_symlink() and not store_path.exists():
+    if not os.path.lexists(store_path) or (store_path.is_symlink() and not store_path.exists()):
         return
     if not store_path.is_file():
         raise ParameterError(f"{store_path} is not a regular file (a FIFO or device); choose another path")
