@@ -22,7 +22,7 @@ equal *lanes* (16 when the budget allows): contiguous stretches spread evenly
 over the whole store. Each lane is cut into *pages* of whole blocks, in row
 order -- the first pages ``1/FIRST_PAGE_DIVISOR`` of a full one, doubling, so
 the first window is small and the first batch comes quickly -- and window
-``j`` holds page ``j`` of every lane. Inside a window the pages are sorted by
+``j`` holds page ``j`` of every lane (the cutting: :mod:`memstore._pages`). Inside a window the pages are sorted by
 row, read into one buffer, and the window's blocks are shuffled (same
 generator: a Fisher-Yates shuffle with one raw 64-bit draw per block, window
 after window). Planned a stretch of windows at a time (:func:`plan_stretches`),
@@ -45,24 +45,10 @@ read and served in store order.
 
 Balanced epochs (``balance="class"``)
 --------------------------------------
-Every block gets one *balancing class*: its file's label, or for a
-multi-label file its rarest label (fewest blocks over the split, counting a
-multi-label file towards each of its labels; ties go to the lower class
-index). Files without a label get ``-1`` and take no part in a balanced epoch.
-
-An epoch of ``n_draw`` blocks gives each of the ``K`` classes present
-``n_draw // K`` blocks, and one more to ``n_draw % K`` classes chosen at
-random. A class of ``m`` blocks with quota ``q`` serves every block
-``q // m`` times and ``q % m`` distinct blocks once more, drawn without
-replacement: a minority class's blocks are repeated as evenly as possible, a
-majority class is sampled down, and the class shares of an epoch are equal
-within one block. The distinct blocks are drawn by selection sampling (Knuth's
-Algorithm S, :func:`_select`): one pass over the class's blocks in block
-order, one raw 64-bit draw each, integer arithmetic only -- every subset of
-that size equally likely (to 2**-32 per step), the same on every machine, and
-at 1 TB 0.14 s where ``rng.choice`` per class took 0.7 s. The draw is a pure
-function of ``(seed, epoch)``; it returns per-block multiplicities
-(``counts``), which either path turns into an order as above.
+Every block gets one balancing class, and an epoch of ``n_draw`` blocks gives
+each class present an equal share, drawn as per-block ``counts``
+(:mod:`memstore._balance`, a pure function of ``(seed, epoch)``), which
+either path turns into an order as above.
 
 Dealing to ranks by pages (elastic)
 -----------------------------------
@@ -96,8 +82,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ._balance import balance_classes, balanced_counts, class_members
 from ._deal import deal, deal_windows, dealt, intervals, remaining
-from ._jit import njit
+from ._pages import _NO_PAGES, _Lanes, _Served, _store_order_windows, _windows, lane_ends, plan_pages
 from ._window import Window, Windows
 from .errors import ParameterError
 from .stats import offsets
@@ -106,12 +93,8 @@ __all__ = ["EpochOrder", "Window", "Windows", "balance_classes", "balanced_count
            "deal_windows", "intervals", "remaining", "plan_pages", "plan_epoch", "plan_stretches", "lane_ends",
            "shuffle_quality", "order_report", "MIN_PAGES_PER_WINDOW"]
 
-#: separates the balanced draw's random stream from the shuffle's ``(seed, epoch)`` stream
-_BALANCE_TAG = 0xBA1A
 #: a window should mix at least this many pages when the budget allows
 MIN_PAGES_PER_WINDOW = 16
-#: a lane's first page is this many times smaller than the rest (then doubling): a smaller first window
-FIRST_PAGE_DIVISOR = 16
 #: windows in the first stretch of a streamed epoch (:func:`plan_stretches`), then twice as many each time
 STRETCH_FIRST = 8
 #: windows in a stretch at most
@@ -216,155 +199,6 @@ class EpochOrder:
         return int((iv[:, 1] - iv[:, 0]).sum()) // world
 
 
-def balance_classes(block_file: np.ndarray, label_index: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """The balancing class of each block (int64, ``-1`` for a file without a label).
-
-    Parameters
-    ----------
-    block_file : int64 array [shape=(n_blocks,)]
-        Store file of each block of the split.
-    label_index : int array [shape=(n_files,)]
-        Single label per file, ``-1`` for none or several.
-    labels : uint8 array [shape=(n_files, n_classes)]
-        Multi-hot labels per file.
-    """
-    block_file = np.asarray(block_file, dtype=np.int64)
-    hot = np.asarray(labels, dtype=bool)
-    blocks_per_file = np.bincount(block_file, minlength=len(hot))
-    # rarity over the split: blocks carrying each label, a multi-label file counting for each of its labels
-    per_class = blocks_per_file @ hot.astype(np.int64) if hot.shape[1] else np.zeros(0, np.int64)
-    big = np.iinfo(np.int64).max
-    rarest = (np.where(hot, per_class[None, :], big).argmin(axis=1) if hot.shape[1]
-              else np.zeros(len(hot), np.int64))
-    file_class = np.where(hot.any(axis=1), rarest, -1)
-    single = np.asarray(label_index, dtype=np.int64)
-    file_class = np.where(single >= 0, single, file_class).astype(np.int64)
-    return file_class[block_file]
-
-
-def class_members(block_class: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """``(present, by_class, first, last)``: the classes present (``>= 0``, ascending), the blocks sorted
-    by class (stable), and where each present class's blocks start and end in that order.
-
-    Classes from -1 to 32766 (any real label set) are sorted as 16-bit integers, which numpy's
-    stable sort does by radix: for 30 million blocks (a 1 TB store) 0.085 s written class by class
-    and 0.32 s shuffled, where the 64-bit sort and ``np.unique`` took 0.41 and 2.7 s. The same
-    stable order either way."""
-    block_class = np.asarray(block_class, dtype=np.int64)
-    n = len(block_class)
-    small = n > 0 and int(block_class.min()) >= -1 and int(block_class.max()) < np.iinfo(np.int16).max
-    key = block_class.astype(np.int16) if small else block_class
-    by_class = np.argsort(key, kind="stable")
-    ordered = key[by_class]
-    edges = np.flatnonzero(ordered[1:] != ordered[:-1]) + 1  # where each class's run starts, the first aside
-    heads = np.r_[np.zeros(min(n, 1), np.int64), edges]  # named apart from stats.starts
-    values = ordered[heads].astype(np.int64)
-    keep = values >= 0
-    return values[keep], by_class, heads[keep], np.r_[edges, np.full(min(n, 1), n, np.int64)][keep]
-
-
-def balanced_counts(block_class: np.ndarray, n_draw: int, *, seed: int, epoch: int, _classes=None) -> np.ndarray:
-    """How many times each block is served in a balanced epoch of ``n_draw`` blocks.
-
-    Returns an int64 array [shape=(n_blocks,)] summing to ``n_draw``; blocks of
-    class ``-1`` get 0. A pure function of its arguments (see the module notes).
-    ``_classes``: :func:`class_members` of the same ``block_class``, kept across
-    epochs by :class:`EpochOrder` (its sorts were most of a draw's time: 0.95 of
-    1.6 s for 30 million blocks).
-    """
-    block_class = np.asarray(block_class, dtype=np.int64)
-    counts = np.zeros(len(block_class), np.int64)
-    present, by_class, first, last = _classes if _classes is not None else class_members(block_class)
-    if n_draw <= 0 or not len(present):
-        return counts
-    if not len(present) == len(first) == len(last):
-        raise ParameterError("_classes must be class_members of the same block_class")
-    rng = np.random.default_rng((int(seed), int(epoch), _BALANCE_TAG))
-    k = len(present)
-    quota = np.full(k, n_draw // k, np.int64)
-    quota[rng.permutation(k)[: n_draw % k]] += 1
-    size = last - first
-    if size.min() <= 0:
-        raise ParameterError("_classes must be class_members of the same block_class")
-    if size.max() >= _SELECT_MAX:
-        raise ParameterError(f"a balancing class of {int(size.max())} blocks is too large to draw from "
-                             f"(at most {_SELECT_MAX - 1})")
-    # the kernels check every index they write by (_classes may come from elsewhere): -1 when one is not a block
-    if _fill_counts(by_class, first, last, quota // size, counts) < 0:
-        raise ParameterError("_classes must be class_members of the same block_class")
-    for c in np.flatnonzero(quota % size).tolist():  # these classes serve some blocks once more: which?
-        need, a, b = int(quota[c] % size[c]), int(first[c]), int(last[c])
-        for lo in range(a, b, _SELECT_CHUNK):  # every member's draw is made, in member order
-            hi = min(b, lo + _SELECT_CHUNK)
-            # members checked by _fill_counts: every id of by_class[a:b] is a block
-            need = _select(by_class[lo:hi], b - lo, need, rng.bit_generator.random_raw(hi - lo), counts)
-    return counts
-
-
-#: members of a class drawn for at once (32 MB of draws)
-_SELECT_CHUNK = 1 << 22
-#: :func:`_select` multiplies a 32-bit draw by the members left: fewer than 2**31, so no product overflows
-_SELECT_MAX = 1 << 31
-
-
-@njit(nogil=True, cache=True)
-def _fill_counts(by_class, first, last, each, counts):  # pragma: no cover - jitted
-    """``counts[by_class[first[c]:last[c]]] = each[c]`` for every class ``c``; 0, or -1 (nothing written
-    past it) at a run outside ``by_class`` or an id outside ``counts``: every index is checked."""
-    n = len(counts)
-    for c in range(len(first)):
-        if first[c] < 0 or last[c] > len(by_class) or last[c] < first[c]:
-            return -1
-        for i in range(first[c], last[c]):
-            b = by_class[i]
-            if b < 0 or b >= n:
-                return -1
-            counts[b] = each[c]
-    return 0
-
-
-@njit(nogil=True, cache=True)
-def _select(members, left, need, draws, counts):  # pragma: no cover - jitted
-    """Selection sampling (Knuth's Algorithm S): of ``left`` members still to consider, the first
-    ``len(members)`` of which are given, take each with probability ``need / left`` (its draw's upper
-    32 bits below ``need / left`` of 2**32) and serve it once more. Returns the ``need`` still left.
-    Every subset of the size asked for is equally likely (to within 2**-32 per step), and exactly
-    ``need`` are taken by the last member: at ``need == left`` every draw takes. Integer arithmetic only."""
-    for i in range(len(members)):
-        if need == 0:
-            break
-        u = np.int64(draws[i] >> np.uint64(32))
-        if u * left < need << 32:
-            counts[members[i]] += 1
-            need -= 1
-        left -= 1
-    return need
-
-
-def plan_pages(block_row: np.ndarray, block_valid: np.ndarray, page_rows: int):
-    """Group blocks (sorted by absolute row) into pages of at most ``page_rows`` rows.
-
-    Returns ``(page_of_block, page_start, page_stop)``.
-    """
-    n = len(block_row)
-    ends = block_row + block_valid
-    if n and np.any(np.diff(block_row) < 0):
-        raise ParameterError("blocks must be sorted by row to be paged")
-    run_end = np.maximum.accumulate(ends) if n else ends
-    starts_idx = []
-    i = 0
-    while i < n:  # one step per page, not per block
-        starts_idx.append(i)
-        j = int(np.searchsorted(run_end, block_row[i] + page_rows, side="right"))
-        i = max(j, i + 1)
-    first = np.asarray(starts_idx, dtype=np.int64)
-    page_of_block = np.repeat(np.arange(len(first), dtype=np.int64), np.diff(np.r_[first, n]))
-    page_start = block_row[first] if n else np.zeros(0, np.int64)
-    last = np.r_[first[1:], n] - 1
-    page_stop = run_end[last] if n else np.zeros(0, np.int64)
-    return page_of_block, page_start.astype(np.int64), page_stop.astype(np.int64)
-
-
 def plan_epoch(block_row, block_valid, *, window_rows: int, seed: int, epoch: int, shard=None,
                page_rows: int | None = None, shuffle: bool = True, counts=None, unserved=None) -> Windows:
     """The windows of one paged epoch (see the module notes); a pure function of its arguments.
@@ -448,12 +282,6 @@ def _checked(block_row, block_valid, window_rows: int, page_rows: int | None, co
         raise ParameterError(f"window_rows={window_rows} must hold a page of {page_rows} rows and "
                              f"the longest block ({longest} rows)")
     return block_row, block_valid, page_rows, longest, _check_counts(counts, len(block_row))
-
-
-def lane_ends(block_row, block_valid) -> np.ndarray:
-    """Where each block ends, or an earlier block if that ends later (int64): what lanes are cut by."""
-    end = np.asarray(block_row, np.int64) + np.asarray(block_valid, np.int64)
-    return np.maximum.accumulate(end, out=end) if len(end) else end
 
 
 def _stretches(block_row, block_valid, window_rows, page_rows, longest, counts, shuffle, rng, first, ends):
@@ -572,252 +400,6 @@ def _lanes_of(served, block_row, block_valid, window_rows, page_rows, longest, r
     return _Lanes(served.row, served.ends, window_rows, page_rows, longest, rng)
 
 
-class _Served:
-    """The blocks an epoch's pages are cut from, in row order, and how often each is served.
-
-    ``ids`` (None: every block, ``0..n_blocks - 1``) are the blocks; with ``counts``, ``drop``
-    leaves out the blocks drawn zero times, and then ``row`` and ``ends`` are the rows and
-    :func:`lane_ends` of those left (made with ``ids`` in one pass: :func:`_drawn`). Made once per
-    epoch: a stretch then touches only its own blocks, whatever the size of the store.
-    """
-
-    def __init__(self, block_row, block_valid, counts, *, drop: bool):
-        n_blocks = len(block_row)
-        self.ids = self.row = self.ends = None
-        self.n = n_blocks
-        self.reps = self.cum = None
-        if counts is None:
-            return
-        if drop:
-            ids, reps, cum, row, ends = _drawn(counts, block_row, block_valid)
-            if len(ids) < n_blocks:
-                self.ids, self.n, self.reps, self.cum, self.row, self.ends = ids, len(ids), reps, cum, row, ends
-            else:  # every block drawn: all of them, in the whole table's lanes; cum is the counts' offsets
-                self.reps, self.cum = counts, cum
-            return
-        self.reps = counts
-        self.cum = offsets(counts)
-
-    def block(self, i: np.ndarray) -> np.ndarray:
-        """The block ids at positions ``i``."""
-        return i if self.ids is None else self.ids[i]
-
-    def served(self, first: np.ndarray, last: np.ndarray) -> np.ndarray:
-        """Blocks served (repeats counted) by the positions ``first[k]:last[k]``, for each ``k``."""
-        return last - first if self.cum is None else self.cum[last] - self.cum[first]
-
-
-def _drawn(counts, block_row, block_valid):
-    """The blocks drawn at least once: ``(ids, reps, cum, row, ends)`` -- their ids, their counts, the
-    counts' offsets with the total, their rows and :func:`lane_ends` -- in one pass over the table
-    (at 1 TB six array steps over 30 million blocks took 0.24 s). The arrays are numpy's, which
-    asks for huge pages for large ones: made inside the kernel, 4 KB page faults cost twice that.
-    The three arrays are of one length (:func:`_checked` sees to it; the kernel trusts it)."""
-    m = int(np.count_nonzero(counts > 0))  # what the kernel writes, whatever it is given
-    ids, reps, row, ends = (np.empty(m, np.int64) for _ in range(4))
-    cum = np.empty(m + 1, np.int64)
-    _fill_drawn(counts, block_row, block_valid, ids, reps, cum, row, ends)
-    return ids, reps, cum, row, ends
-
-
-@njit(nogil=True, cache=True)
-def _fill_drawn(counts, block_row, block_valid, ids, reps, cum, row, ends):  # pragma: no cover - jitted
-    """:func:`_drawn`'s pass, into arrays as long as there are counts above zero (``cum`` one more)."""
-    cum[0] = 0
-    k = 0
-    hi = np.iinfo(np.int64).min
-    for i in range(len(counts)):
-        c = counts[i]
-        if c > 0:
-            ids[k] = i
-            reps[k] = c
-            cum[k + 1] = cum[k] + c
-            r = block_row[i]
-            row[k] = r
-            hi = max(hi, r + block_valid[i])
-            ends[k] = hi
-            k += 1
-
-
-def _windows(first, last, stop, window, served: _Served, block_row, rng) -> Windows:
-    """A stretch's :class:`Windows` (or a whole epoch's), from its pages, in array steps.
-
-    Page ``i`` serves the blocks at positions ``first[i]:last[i]`` of ``served`` (row-sorted) and
-    is read up to row ``stop[i]``; it belongs to window ``window[i]`` (in any order: pages are
-    grouped here). Inside a window the pages are sorted by row and laid end to end in the buffer,
-    each block repeated as often as it is served, and the window's blocks are shuffled by ``rng``
-    (None: kept in store order): one raw 64-bit draw per block, in window order, and a
-    Fisher-Yates shuffle of each window with its draws (:func:`_shuffle_windows`). Integer
-    arithmetic only, so the order is the same on every machine. No Python step per window (a
-    100 GB store at a 16 MB limit has some 60,000 windows, and one ``rng.permutation`` each took
-    0.2 s), and nothing done per block of the epoch outside the stretch.
-    """
-    order = np.lexsort((first, window))  # by window, then by row (served blocks are row-sorted)
-    first, last, stop, window = first[order], last[order], stop[order], window[order]
-    n_windows = int(window[-1]) + 1 if len(window) else 0
-    page_at = offsets(np.bincount(window, minlength=n_windows))
-    if served.n > len(block_row) or len(first) and (first.min() < 0 or np.any(last < first)
-                                                    or last.max() > served.n):
-        # never (_page_cuts made them), but the kernels below index with them: checked, not trusted
-        raise RuntimeError("memstore bug: a page's blocks lie outside the epoch's served blocks")
-    row_start = block_row[served.block(first)]
-    rows = stop - row_start
-    rows_at = offsets(rows)  # one running sum: where each page starts, and each window's rows
-    buf = rows_at[:-1] - rows_at[page_at[window]]  # where each page lands in its window's buffer
-    n_rows = np.diff(rows_at[page_at])
-    block_at = offsets(served.served(first, last))[page_at]
-    idx = np.empty(int(block_at[-1]), np.int64)
-    src = np.empty(len(idx), np.int64)
-    empty = np.zeros(0, np.int64)
-    _blocks_of_pages(first, last, buf, row_start, empty if served.ids is None else served.ids, block_row,
-                     empty if served.reps is None else served.reps, idx, src)
-    if rng is not None:
-        _shuffle_windows(idx, src, block_at, rng.bit_generator.random_raw(len(idx)))
-    return Windows(row_start, stop, buf, n_rows, page_at, idx, src, block_at)
-
-
-@njit(nogil=True, cache=True)
-def _blocks_of_pages(first, last, buf, row_start, ids, block_row, reps, idx, src):  # pragma: no cover - jitted
-    """Each page's blocks in row order, block ``ids[i]`` (empty ``ids``: ``i``) ``reps[i]`` times (empty
-    ``reps``: once), and the buffer row it starts at."""
-    n = 0
-    for p in range(len(first)):
-        for i in range(first[p], last[p]):
-            b = i if len(ids) == 0 else ids[i]
-            s = buf[p] + block_row[b] - row_start[p]
-            for _ in range(1 if len(reps) == 0 else reps[i]):
-                idx[n] = b
-                src[n] = s
-                n += 1
-
-
-@njit(nogil=True, cache=True)
-def _shuffle_windows(idx, src, block_at, raw):  # pragma: no cover - jitted
-    """Fisher-Yates inside each window ``block_at[j]:block_at[j + 1]`` of ``idx`` and ``src`` alike: the
-    block at ``a + i`` (``i`` from the window's last down to 1) swaps with ``a + raw[a + i] % (i + 1)``.
-    ``raw``: uint64, one per block. The modulo's bias is below ``(i + 1) / 2**64``."""
-    for j in range(len(block_at) - 1):
-        a = block_at[j]
-        for i in range(block_at[j + 1] - a - 1, 0, -1):
-            k = a + i
-            m = a + np.int64(raw[k] % np.uint64(i + 1))
-            idx[k], idx[m] = idx[m], idx[k]
-            src[k], src[m] = src[m], src[k]
-
-
-def _store_order_windows(block_row, block_valid, window_rows: int, page_rows: int, counts):
-    """Unshuffled: the store's pages in order (those with something to serve), packed greedily into windows.
-
-    Returns the pages as :func:`_windows` takes them: ``(first, last, stop, window)``.
-    """
-    page_of_block, p_start, p_stop = plan_pages(block_row, block_valid, page_rows)
-    page_first = np.searchsorted(page_of_block, np.arange(len(p_start) + 1))  # blocks are sorted by page
-    order = np.arange(len(p_start))
-    if counts is not None:
-        order = order[np.bincount(page_of_block, weights=counts, minlength=len(p_start)) > 0]
-    packed = _pack(order, (p_stop - p_start)[order], window_rows)
-    pages = np.array([p for ws in packed for p in ws], np.int64)
-    window = np.repeat(np.arange(len(packed), dtype=np.int64), [len(ws) for ws in packed])
-    return page_first[pages], page_first[pages + 1], p_stop[pages], window
-
-
-class _Lanes:
-    """Shuffled: windows of one page from each of ``window_rows // page_rows`` lanes (see the module notes).
-
-    ``row``/``end`` are the served blocks' first rows, sorted, and :func:`lane_ends`. The blocks,
-    rotated by a random offset (``rng``'s first draw), are cut into equal lanes --
-    contiguous stretches of the store -- and each lane into pages in row order, the
-    first pages smaller (``page_rows / FIRST_PAGE_DIVISOR``, doubling). Window ``j``
-    holds page ``j`` of every lane, so each window mixes stretches from across the
-    whole store while every lane is read front to back: the kernel's readahead sees
-    sequential streams and the disk runs at nearly its sequential speed.
-
-    :meth:`cut` cuts every lane a stretch of windows further; each lane remembers where it stopped.
-    """
-
-    def __init__(self, row, end, window_rows: int, page_rows: int, longest: int, rng):
-        m = len(row)
-        self.row, self.end = row, end
-        self.limits = np.asarray(_ramp(page_rows, longest), np.int64)
-        self.first_window = 0
-        self.lanes = []  # per lane: its pieces [(a, b)], the piece it is in, its next block, its next page
-        if not m:
-            return
-        n_lanes = max(1, min(window_rows // page_rows, m))
-        rotation = int(rng.integers(m))
-        for k in range(n_lanes):
-            lo = (rotation + k * m // n_lanes) % m
-            size = (k + 1) * m // n_lanes - k * m // n_lanes
-            pieces = [(lo, lo + size)] if lo + size <= m else [(lo, m), (0, lo + size - m)]
-            self.lanes.append([pieces, 0, pieces[0][0], 0])
-
-    def cut(self, n_windows: int | None):
-        """The pages of the next ``n_windows`` windows (None: all that are left), as :func:`_windows`
-        takes them: ``(first, last, stop, window)`` with windows numbered from 0; None when every lane is done."""
-        j0 = self.first_window
-        stop_at = np.iinfo(np.int64).max if n_windows is None else j0 + n_windows
-        parts = []
-        for lane in self.lanes:
-            pieces, p, i, t = lane
-            while p < len(pieces) and t < stop_at:
-                a, b = pieces[p]
-                cuts, stops = _page_cuts(self.row, self.end, i, b, self.limits, t, stop_at - t)
-                if len(stops):
-                    parts.append((cuts[:-1], cuts[1:], stops, np.arange(t - j0, t - j0 + len(stops), dtype=np.int64)))
-                t += len(stops)
-                i = int(cuts[-1])
-                if i >= b:
-                    p += 1
-                    i = pieces[p][0] if p < len(pieces) else b
-            lane[1:] = [p, i, t]
-        if not parts:
-            return None
-        self.first_window = stop_at if n_windows is not None else j0
-        return tuple(np.concatenate(c) for c in zip(*parts, strict=True))
-
-
-_NO_PAGES = tuple(np.zeros(0, np.int64) for _ in range(4))
-
-
-def _ramp(page_rows: int, longest: int) -> list[int]:
-    """Row limits of a lane's first pages: from ``page_rows / FIRST_PAGE_DIVISOR`` doubling to ``page_rows``."""
-    limits = [min(page_rows, max(longest, page_rows // FIRST_PAGE_DIVISOR))]
-    while limits[-1] < page_rows:
-        limits.append(min(page_rows, max(limits[-1] * 2, longest)))
-    return limits
-
-
-@njit(nogil=True, cache=True)
-def _page_cuts(row, end, a, b, limits, t, most):  # pragma: no cover - jitted
-    """Blocks ``a:b`` (row-sorted, ``end`` non-decreasing) cut into at most ``most`` pages: the first block
-    of each page, then where the last one ends (``b`` when all are cut); and each page's stop row.
-
-    Page ``t`` spans at most ``limits[t]`` rows (the last limit after that). Rows between a
-    page's last block and the next page's first (the unused end of a short file) are read with
-    the page, up to its limit: a lane then reads the store without holes, and the kernel's
-    readahead, which takes a hole for a random read and stops, keeps reading ahead (a 12 KB
-    hole after each 77 KB page cut a lane's speed to a fifth).
-    """
-    k = min(b - a, most)  # pages at most
-    cuts = np.empty(k + 1, np.int64)
-    stops = np.empty(k, np.int64)
-    n = 0
-    i = a
-    last = len(limits) - 1
-    while i < b and n < most:
-        cuts[n] = i
-        stop = row[i] + limits[min(t, last)]
-        j = i + 1
-        while j < b and end[j] <= stop:
-            j += 1
-        stops[n] = max(end[j - 1], min(row[j], stop)) if j < b else end[j - 1]
-        n += 1
-        i = j
-        t += 1
-    cuts[n] = i
-    return cuts[:n + 1], stops[:n]
-
-
 def _check_counts(counts, n: int) -> np.ndarray | None:
     if counts is None:
         return None
@@ -825,22 +407,6 @@ def _check_counts(counts, n: int) -> np.ndarray | None:
     if counts.shape != (n,) or not np.issubdtype(counts.dtype, np.integer) or np.any(counts < 0):
         raise ParameterError(f"counts must be {n} non-negative integers, one per block")
     return counts.astype(np.int64)
-
-
-def _pack(order: np.ndarray, sizes: np.ndarray, window_rows: int) -> list[list[int]]:
-    """Greedy packing of the pages in ``order`` (of ``sizes`` rows) into windows of ``window_rows``."""
-    windows_of: list[list[int]] = []
-    cum = 0
-    cur: list[int] = []
-    for k, size in zip(order.tolist(), sizes.tolist(), strict=True):
-        if cur and cum + size > window_rows:
-            windows_of.append(cur)
-            cur, cum = [], 0
-        cur.append(k)
-        cum += size
-    if cur:
-        windows_of.append(cur)
-    return windows_of
 
 
 def shuffle_quality(block_file_order, block_row_order, batch_size: int) -> dict:

@@ -9,7 +9,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import memstore.order
+import memstore._balance
+import memstore._pages
 from memstore.audio import write_wav
 from memstore.batches import BatchStream
 from memstore.build import build_store
@@ -267,12 +268,12 @@ def test_the_draw_is_the_same_whatever_the_chunk_it_is_made_in(monkeypatch):
     block_class = np.repeat(np.arange(3), [5000, 1234, 77])
     want = balanced_counts(block_class, 6000, seed=5, epoch=2)
     for chunk in (1, 7, 1000):
-        monkeypatch.setattr(memstore.order, "_SELECT_CHUNK", chunk)
+        monkeypatch.setattr(memstore._balance, "_SELECT_CHUNK", chunk)
         np.testing.assert_array_equal(balanced_counts(block_class, 6000, seed=5, epoch=2), want)
 
 
 def test_a_class_too_large_to_draw_from_is_refused(monkeypatch):
-    monkeypatch.setattr(memstore.order, "_SELECT_MAX", 100)
+    monkeypatch.setattr(memstore._balance, "_SELECT_MAX", 100)
     with pytest.raises(ParameterError, match="too large to draw from"):
         balanced_counts(np.zeros(150, np.int64), 10, seed=0, epoch=0)
     assert balanced_counts(np.zeros(99, np.int64), 10, seed=0, epoch=0).sum() == 10
@@ -298,7 +299,7 @@ def test_the_drawn_blocks_table_is_the_one_numpy_spells(lengths, seed):
     row = np.r_[0, np.cumsum(lengths)[:-1]].astype(np.int64) if lengths else np.zeros(0, np.int64)
     valid = np.minimum(np.asarray(lengths, np.int64), 20) if lengths else np.zeros(0, np.int64)
     counts = rng.integers(0, 3, len(row)).astype(np.int64)
-    ids, reps, cum, drawn_row, ends = memstore.order._drawn(counts, row, valid)
+    ids, reps, cum, drawn_row, ends = memstore._pages._drawn(counts, row, valid)
     want = np.flatnonzero(counts > 0)
     np.testing.assert_array_equal(ids, want)
     np.testing.assert_array_equal(reps, counts[want])

@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import memstore.order
+from memstore._pages import _Lanes, _Served, _store_order_windows, _windows
 from memstore.blocks import block_table
 from memstore.errors import ParameterError
 from memstore.order import (
@@ -23,11 +24,7 @@ from memstore.order import (
     Windows,
     _checked,
     _dealt_windows,
-    _Lanes,
-    _Served,
     _skip_draws,
-    _store_order_windows,
-    _windows,
     deal_windows,
     lane_ends,
     plan_epoch,
@@ -181,10 +178,10 @@ def test_a_draw_that_serves_every_block_plans_as_one_that_names_them_all(lengths
     row, valid = table(lengths, 20, 7)
     counts = np.random.default_rng(seed).integers(1, 4, len(row))
     kw = dict(window_rows=2 * int(valid.max()) + 100, seed=seed, epoch=1, counts=counts, first=first)
-    assert memstore.order._Served(row, valid, counts, drop=True).ids is None
+    assert _Served(row, valid, counts, drop=True).ids is None
     got = Windows.of(list(plan_stretches(row, valid, **kw)))
 
-    class Listed(memstore.order._Served):
+    class Listed(_Served):
         def __init__(self, block_row, block_valid, counts, *, drop):
             super().__init__(block_row, block_valid, counts, drop=drop)
             if counts is not None and drop:  # the list every block's id, as before the shortcut
