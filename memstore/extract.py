@@ -33,12 +33,13 @@ lost time; a build of at most :data:`POOL_MIN_AUDIO_SECONDS` of audio stops the
 pool unused and runs here alone); on a caller's ``concurrent.futures``
 executor; or on a Dask cluster
 (:mod:`memstore.distributed`, imported only then). The pool machinery itself
-(workers started without the caller's main module, the main guard where
-that cannot be, thread limits, workers that die with their parent, a pool
-that cannot hang on a dead worker) is :mod:`memstore._workers`.
+(thread limits, workers that die with their parent, a pool that cannot hang
+on a dead worker) is :mod:`memstore._workers`, and how they start (without
+the caller's main module, the main guard where that cannot be) is
+:mod:`memstore._spawn`.
 
 Imports: audio, features (the transform from its JSON), stats, errors,
-``_workers`` and ``_progress``; never the store or build modules.
+``_workers``, ``_spawn`` and ``_progress``; never the store or build modules.
 """
 
 from __future__ import annotations
@@ -53,8 +54,9 @@ import zlib
 
 import numpy as np
 
-from . import _progress, _workers
-from ._workers import GUARD_ADVICE, WorkerPool, check_main_guard, wait_any
+from . import _progress, _spawn
+from ._spawn import GUARD_ADVICE, check_main_guard
+from ._workers import WorkerPool, wait_any
 from .audio import decodes_lazily, open_signal, read_audio
 from .errors import AudioDecodeError, BuildError
 from .features import MelSpectrogram, transform_from_json
@@ -272,7 +274,7 @@ def local_executor(workers: int | None, executor):
     killed if the build fails (a broken pool's queues may never drain) and shut
     down when it ends. Before any worker starts, the main guard is checked
     where workers import the main script again
-    (:func:`~memstore._workers.check_main_guard`).
+    (:func:`~memstore._spawn.check_main_guard`).
     """
     n_workers = workers or os.cpu_count() or 1
     check_main_guard(spawns=executor is None and n_workers > 1)
@@ -282,7 +284,7 @@ def local_executor(workers: int | None, executor):
     try:
         pool = WorkerPool(n_workers - 1, with_parent=True, warm=warm_up)
     except cf.process.BrokenProcessPool as err:
-        guard = "" if _workers.STARTS_WITHOUT_MAIN else f"If the script has no main guard: {GUARD_ADVICE}; otherwise "
+        guard = "" if _spawn.STARTS_WITHOUT_MAIN else f"If the script has no main guard: {GUARD_ADVICE}; otherwise "
         raise BuildError(f"a worker process died while starting ({err}); nothing was written. {guard}run the same "
                          "build again") from err
     try:

@@ -21,9 +21,9 @@ from conftest import descendants
 from test_build import _done_count, same_store
 
 import memstore
+from memstore._spawn import STARTS_WITHOUT_MAIN
 from memstore._workers import (
     RESULT_PIPE_BYTES,
-    STARTS_WITHOUT_MAIN,
     THREAD_VARS,
     WORKER_GC_THRESHOLDS,
     WorkerPool,
@@ -98,7 +98,7 @@ def test_an_unguarded_script_builds_once_and_its_workers_never_run_it(tiny_root,
 def test_the_spawn_proxy_leaves_out_every_way_of_naming_the_main_module():
     from multiprocessing import spawn
 
-    from memstore._workers import _SpawnWithoutMain
+    from memstore._spawn import _SpawnWithoutMain
 
     real = spawn.get_preparation_data("w")
     mine = _SpawnWithoutMain(spawn).get_preparation_data("w")
@@ -109,8 +109,8 @@ def test_the_spawn_proxy_leaves_out_every_way_of_naming_the_main_module():
 
 #: prepended to the scripts below: a pool then starts its workers with ``multiprocessing``'s own spawn, which
 #: imports the main script again (as where ``STARTS_WITHOUT_MAIN`` is False), and the main guard is checked
-PLAIN_SPAWN = """import memstore._workers
-memstore._workers.STARTS_WITHOUT_MAIN = False
+PLAIN_SPAWN = """import memstore._spawn
+memstore._spawn.STARTS_WITHOUT_MAIN = False
 """
 
 UNGUARDED = PLAIN_SPAWN + """import sys

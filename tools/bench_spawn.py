@@ -6,7 +6,7 @@
 again before it works, and with it whatever the script imports at the top: a
 training script's ``import torch`` ran in every build worker. memstore's pool
 starts its workers without the main module
-(``memstore._workers.STARTS_WITHOUT_MAIN``). This tool measures both starts
+(``memstore._spawn.STARTS_WITHOUT_MAIN``). This tool measures both starts
 side by side: for each module list in ``--imports`` (``numpy``: a plain
 script; ``numpy,torch``: a training script; modules that are not installed
 are skipped with a note), it writes a script that imports them at the top and
@@ -48,10 +48,10 @@ import time
 from pathlib import Path
 
 {imports}
-import memstore._workers
+import memstore._spawn
 from memstore.build import build_store
 
-memstore._workers.STARTS_WITHOUT_MAIN = {without_main}
+memstore._spawn.STARTS_WITHOUT_MAIN = {without_main}
 PEAK = {{}}
 
 
