@@ -76,7 +76,12 @@ def aggregate_by_file(scores, file, *, n_files: int, how: str = "mean") -> np.nd
         raise ParameterError(f"file (shape {f.shape}, dtype {f.dtype}) must be a 1-D array of integer file indices")
     if len(f) != len(s):
         raise ParameterError(f"file has {len(f)} entries but scores has {len(s)} rows: one file index per block")
-    out = np.full((n_files, s.shape[1]), np.nan)
+    try:
+        out = np.full((n_files, s.shape[1]), np.nan)
+    except MemoryError as err:  # numpy refuses at once what no machine holds (n_files=10**12)
+        raise ParameterError(f"n_files={n_files} with {s.shape[1]} classes needs a result of "
+                             f"{n_files * s.shape[1] * 8 / 1e9:.3g} GB, more than this machine can allocate; "
+                             "n_files is usually len(store)") from err
     if len(s) == 0:
         return out
     bad = np.flatnonzero((f < 0) | (f >= n_files))  # on the given dtype: a uint64 past 2**63 is shown as given
@@ -97,6 +102,10 @@ def aggregate_by_file(scores, file, *, n_files: int, how: str = "mean") -> np.nd
     if how == "max":
         pooled = np.maximum.reduceat(s, starts, axis=0)
     else:
-        pooled = np.add.reduceat(s, starts, axis=0) / np.diff(np.r_[starts, len(f)])[:, None]
+        count = np.diff(np.r_[starts, len(f)])
+        with np.errstate(over="ignore"):  # found and mended below
+            pooled = np.add.reduceat(s, starts, axis=0) / count[:, None]
+        if not np.isfinite(pooled).all():  # a sum of finite scores overflowed: divide each score first
+            pooled = np.add.reduceat(s / np.repeat(count, count)[:, None], starts, axis=0)
     out[f[starts]] = pooled
     return out

@@ -120,6 +120,7 @@ def test_the_docstring_example_and_the_lazy_export():
      r"file\[1\]=18446744073709551615 must be in"),
     (dict(scores=np.ma.masked_array([[100.0, 2.0], [3.0, 4.0]], mask=[[1, 0], [0, 0]]), file=[0, 0], n_files=1),
      "scores has masked values"),
+    (dict(scores=np.zeros((1, 2)), file=[0], n_files=10**15), r"n_files=1000000000000000 with 2 classes needs"),
 ])
 def test_bad_input_is_named(kwargs, match):
     with pytest.raises(ParameterError, match=match):
@@ -149,3 +150,11 @@ def test_pooling_the_labels_of_a_stream_gives_each_files_label(store, memory_lim
         out = aggregate_by_file(y, f, n_files=len(store), how=how)
         np.testing.assert_array_equal(out[served], onehot[served])
         assert np.isnan(np.delete(out, served, axis=0)).all()
+
+
+def test_a_mean_of_scores_near_the_largest_float_does_not_overflow():
+    """Two blocks of 1e308 sum past float64's range: the mean is still 1e308, not inf."""
+    big = np.finfo(np.float64).max / 1.5
+    out = aggregate_by_file([[big, -big], [big, 1.0], [2.0, 4.0]], [0, 0, 1], n_files=2)
+    np.testing.assert_allclose(out, [[big, (1.0 - big) / 2], [2.0, 4.0]], rtol=1e-12)
+
