@@ -11,7 +11,7 @@ import numpy as np
 
 from .errors import ParameterError
 
-__all__ = ["positive_int", "int_at_least", "is_int", "choice", "flag"]
+__all__ = ["positive_int", "int_at_least", "int_up_to", "is_int", "choice", "flag"]
 
 
 def is_int(value) -> bool:
@@ -31,6 +31,14 @@ def int_at_least(name: str, value, low: int) -> int:
     if not is_int(value) or value < low:
         raise ParameterError(f"{name}={value!r} must be an integer >= {low}")
     return int(value)
+
+
+def int_up_to(name: str, value, high: int, why: str) -> int:
+    """``value`` as an ``int`` in ``[1, high]``; otherwise a ``ParameterError`` that gives ``why`` for the bound."""
+    value = positive_int(name, value)
+    if value > high:
+        raise ParameterError(f"{name}={value!r} must be at most {high:,} ({why})")
+    return value
 
 
 def choice(name: str, value, allowed: tuple):

@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from . import layout
+from . import layout, spectral
 from ._workers import kept_heap, one_native_thread
 from .errors import BuildError, ParameterError
 from .extract import extract_files, local_executor
@@ -84,8 +84,9 @@ class BuildReport:
 
 # --- planning ------------------------------------------------------------------------------
 
-#: the highest target rate a build takes: 10**9 on a few seconds of audio allocated a 9 GB store
-MAX_SAMPLE_RATE = 2_000_000
+#: the highest target rate a build takes (a transform's too: :data:`memstore.spectral.MAX_SAMPLE_RATE`):
+#: 10**9 on a few seconds of audio allocated a 9 GB store
+MAX_SAMPLE_RATE = spectral.MAX_SAMPLE_RATE
 
 #: the most local worker processes a build starts per core (1000 on 2 cores would hold about 200 GB)
 WORKERS_PER_CORE = 4

@@ -50,7 +50,7 @@ from typing import Any
 import numpy as np
 
 from . import spectral
-from ._validate import choice, is_int, positive_int
+from ._validate import choice, int_up_to, is_int, positive_int
 from .errors import ParameterError
 from .spectral import CHUNK_FRAMES as CHUNK_FRAMES  # re-exported: documented as features.CHUNK_FRAMES
 from .spectral import DB_FLOOR as DB_FLOOR  # re-exported: documented as features.DB_FLOOR
@@ -73,6 +73,7 @@ MAGNITUDE_NORMS = ("sqrt_nfft", "none")
 LOGS = (None, "log10p", "db")
 MEL_SCALES = ("slaney", "htk")
 _MAX_JSON = 1 << 16
+_F32 = np.finfo(np.float32)
 
 
 # --- transforms ------------------------------------------------------------------------------------
@@ -84,16 +85,20 @@ class Spectrogram:
     Parameters
     ----------
     sample_rate : int, optional
-        Rate the transform expects; ``None`` (default) takes the audio's rate.
-        A store records the resolved rate (``dataclasses.replace``).
+        Rate the transform expects, at most ``MAX_SAMPLE_RATE`` (2 MHz); ``None``
+        (default) takes the audio's rate. A store records the resolved rate
+        (``dataclasses.replace``).
     n_fft : int
-        FFT length, 1024.
+        FFT length, 1024; at most ``MAX_N_FFT`` (131,072).
     hop : int
-        Samples between frames, 512.
+        Samples between frames, 512; at most ``MAX_HOP`` (2**30).
     win_length : int, optional
         Window length <= n_fft; ``None`` is ``n_fft``.
     window : {"hann_symmetric", "hann"}
         ``np.hanning`` (the tutorial, default) or periodic Hann (librosa's ``"hann"``).
+        A symmetric window of 2 samples is all zeros, and refused.
+    (The limits live in :mod:`memstore.spectral`; past them a setting asks for
+    memory no machine has, or overflows the kernels' sample positions.)
     framing : {"tutorial", "center"}
         ``"tutorial"`` (default): ``ceil(N / hop) + 2`` frames of ``win_length``
         samples, frame ``t`` starting at ``t * hop - win_length // 2``.
@@ -114,7 +119,7 @@ class Spectrogram:
         when ``power=1`` (the same decibels); ``top_db`` clips relative to the
         maximum of the whole signal, as librosa does for one call.
     log_c : float
-        The ``C`` of ``"log10p"``, 100.
+        The ``C`` of ``"log10p"``, 100; within float32's normal range (the features are float32).
     top_db : float, optional
         Dynamic range kept by ``"db"``, 80; ``None`` keeps everything.
 
@@ -146,9 +151,9 @@ class Spectrogram:
             object.__setattr__(self, name, value)
 
         if self.sample_rate is not None:
-            put("sample_rate", positive_int("sample_rate", self.sample_rate))
-        put("n_fft", positive_int("n_fft", self.n_fft))
-        put("hop", positive_int("hop", self.hop))
+            put("sample_rate", spectral.check_rate("sample_rate", self.sample_rate))
+        put("n_fft", int_up_to("n_fft", self.n_fft, spectral.MAX_N_FFT, "the longest FFT memstore takes"))
+        put("hop", int_up_to("hop", self.hop, spectral.MAX_HOP, "the longest hop memstore takes"))
         if self.win_length is not None:
             put("win_length", positive_int("win_length", self.win_length))
             if self.win_length > self.n_fft:
@@ -156,10 +161,17 @@ class Spectrogram:
         for name, allowed in (("window", WINDOWS), ("framing", FRAMINGS),
                               ("magnitude_norm", MAGNITUDE_NORMS), ("log", LOGS)):
             choice(name, getattr(self, name), allowed)
-        if isinstance(self.power, bool) or self.power not in (1, 2):
+        if self.window == "hann_symmetric" and self.win == 2:  # np.hanning(2) is [0, 0]: every feature 0
+            raise ParameterError("a symmetric Hann window of 2 samples is all zeros; use a longer window "
+                                 "or window='hann' (periodic)")
+        if not isinstance(self.power, int | float | np.integer | np.floating) or isinstance(self.power, bool) \
+                or self.power not in (1, 2):
             raise ParameterError(f"power={self.power!r} must be 1 (magnitude) or 2 (power)")
         put("power", float(self.power))
         put("log_c", finite("log_c", self.log_c, minimum=0.0, strict=True))
+        if not float(_F32.tiny) <= self.log_c <= float(_F32.max):  # log10p multiplies float32 features by it
+            raise ParameterError(f"log_c={self.log_c!r} must lie within float32's normal range, "
+                                 f"[{_F32.tiny:.3g}, {_F32.max:.3g}]: the features are float32")
         if self.top_db is not None:
             put("top_db", finite("top_db", self.top_db, minimum=0.0))
 
@@ -220,7 +232,7 @@ class Spectrogram:
         ndarray [shape=(n_frames(n), n_bins)], float32, C-contiguous
         """
         x = check_signal(samples)
-        rate = positive_int("sample_rate", sample_rate)
+        rate = spectral.check_rate("sample_rate", sample_rate)
         if self.sample_rate is not None and rate != self.sample_rate:
             raise ParameterError(
                 f"sample_rate={rate} differs from the transform's sample_rate={self.sample_rate}; "
@@ -254,7 +266,7 @@ class MelSpectrogram(Spectrogram):
         As :class:`Spectrogram` (defaults: None, 1024, 512, None, "hann_symmetric",
         "tutorial", "sqrt_nfft", 1.0, None, 100.0, 80.0).
     n_mels : int
-        Number of bands, 96.
+        Number of bands, 96; ``n_mels * (1 + n_fft // 2)`` at most ``MAX_MEL_WEIGHTS`` (2**26).
     fmin, fmax : float
         Band limits in Hz, 0 and ``None`` (half the sample rate).
     mel_scale : {"slaney", "htk"}
@@ -283,7 +295,7 @@ class MelSpectrogram(Spectrogram):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        object.__setattr__(self, "n_mels", positive_int("n_mels", self.n_mels))
+        object.__setattr__(self, "n_mels", spectral.check_mel_size(self.n_mels, self.n_fft))
         choice("mel_scale", self.mel_scale, MEL_SCALES)
         norm = check_mel_norm(self.norm)
         if isinstance(norm, float) and math.isinf(norm):
@@ -379,7 +391,7 @@ def transform_from_json(text: str) -> Spectrogram:
         raise ParameterError(f"a transform configuration must be a JSON string of at most {_MAX_JSON} characters")
     try:
         d = json.loads(text)
-    except ValueError as err:
+    except (ValueError, RecursionError) as err:  # RecursionError: "[" * 60000 nests past Python's stack
         raise ParameterError(f"transform configuration is not valid JSON: {err}") from err
     return transform_from_dict(d)
 

@@ -37,6 +37,7 @@ from .errors import AudioDecodeError, BuildError, MissingDependencyError, Parame
 from .features import MelSpectrogram, Spectrogram
 from .labels import assign_labels, fix_classes, label_index, scan_audio
 from .labeltable import LabelTable
+from .spectral import MAX_SAMPLE_RATE
 from .stats import RunningStats, damaged, starts
 from .store import StoreMeta, read_metadata
 from .writer import StoreContents
@@ -267,9 +268,13 @@ def _rate(scan: _Scan, transform: Spectrogram, sample_rate: int | None, base: St
                 scan.notes.append(f"mixed sample rates {dict(sorted(counts.items()))}: "
                                   f"resampling to the most common, {rate} Hz")
     if scan.files:
+        if rate > MAX_SAMPLE_RATE:  # the most common rate of the headers: a header may claim any rate
+            raise BuildError(f"the folder's most common sample rate, {rate:,} Hz, is above the highest a store "
+                             f"takes ({MAX_SAMPLE_RATE:,} Hz); pass sample_rate= to resample to a lower one")
         transform = dataclasses.replace(transform, sample_rate=int(rate))
         if isinstance(transform, MelSpectrogram) and transform.fmax is not None and transform.fmax > rate / 2:
             raise ParameterError(f"fmax={transform.fmax} must be <= half the target rate {rate}")
+        transform._projector(rate)  # what depends on the rate (the mel filters) refused here, not in every task
     if base is not None and scan.files and transform != base.config:
         raise BuildError("the feature configuration differs from the store's; append needs the same one:\n"
                          f"  store: {base.config.to_json()}\n  build: {transform.to_json()}")

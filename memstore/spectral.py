@@ -39,10 +39,11 @@ import numpy as np
 import scipy.fft
 
 from ._jit import njit
-from ._validate import positive_int
+from ._validate import int_up_to, positive_int
 from .errors import ParameterError
 
-__all__ = ["CHUNK_FRAMES", "DB_FLOOR", "finite", "check_mel_norm", "check_signal", "mel_filterbank", "hz_to_mel",
+__all__ = ["CHUNK_FRAMES", "DB_FLOOR", "MAX_SAMPLE_RATE", "MAX_N_FFT", "MAX_HOP", "MAX_MEL_WEIGHTS", "finite",
+           "check_rate", "check_mel_size", "check_mel_norm", "check_signal", "mel_filterbank", "hz_to_mel",
            "mel_to_hz", "mel_weights", "mel_bands", "frame_geometry", "spectra", "magnitude", "mel_project",
            "compress"]
 
@@ -52,6 +53,18 @@ __all__ = ["CHUNK_FRAMES", "DB_FLOOR", "finite", "check_mel_norm", "check_signal
 CHUNK_FRAMES = 256
 #: the lowest value of ``log="db"``: 10 log10(1e-10) for power 2, 20 log10(1e-5) for power 1
 DB_FLOOR = -100.0
+
+# Upper bounds of the settings. Past them a setting asks for memory or disk no machine has (a rate of
+# 10**9 Hz allocated a 9 GB store for a few seconds of audio; n_fft=10**9 asked for 33 GiB), or
+# overflows the kernels' 64-bit sample positions (a hop of 2**62 read before the signal's buffer).
+#: the highest sample rate a transform or a build takes (ultrasound recordings use up to 1 MHz)
+MAX_SAMPLE_RATE = 2_000_000
+#: the longest FFT: 131,072 samples (3 s at 44.1 kHz); a chunk of frames then holds 256 MB
+MAX_N_FFT = 1 << 17
+#: the longest hop: 2**30 samples (6.7 hours at 44.1 kHz); frame starts then stay far inside int64
+MAX_HOP = 1 << 30
+#: the most weights in a mel filter bank (``n_mels * (1 + n_fft // 2)``): built dense in float64, 512 MiB
+MAX_MEL_WEIGHTS = 1 << 26
 
 # --- parameter checks (librosa-style messages: the value, then the rule) ----------------------------
 
@@ -69,14 +82,36 @@ def finite(name: str, value, *, minimum: float | None = None, strict: bool = Fal
     return float(value)
 
 
+def check_rate(name: str, rate) -> int:
+    """A sample rate as an ``int`` in ``[1, MAX_SAMPLE_RATE]``."""
+    return int_up_to(name, rate, MAX_SAMPLE_RATE, "the highest rate memstore takes, in Hz")
+
+
+def check_mel_size(n_mels, n_fft: int) -> int:
+    """``n_mels`` as an ``int``; its bank of ``n_mels * (1 + n_fft // 2)`` weights at most :data:`MAX_MEL_WEIGHTS`."""
+    n_mels = positive_int("n_mels", n_mels)
+    if n_mels * (n_fft // 2 + 1) > MAX_MEL_WEIGHTS:
+        raise ParameterError(f"n_mels={n_mels} with n_fft={n_fft} makes a filter bank of "
+                             f"{n_mels * (n_fft // 2 + 1):,} weights, more than {MAX_MEL_WEIGHTS:,} "
+                             "(it is built dense in float64); use fewer mels or a smaller n_fft")
+    return n_mels
+
+
 def check_mel_norm(norm):
-    """``norm`` of :func:`mel_filterbank` checked: "slaney", None, or a positive number (inf as float)."""
+    """``norm`` of :func:`mel_filterbank` checked: "slaney", None, or a positive number (inf as float).
+
+    numpy numbers come back as Python's (``int`` or ``float``), so a transform holding one still
+    writes JSON; Python numbers come back as given (``norm=2`` and ``norm=2.0`` stay apart, as in
+    the JSON of stores already written).
+    """
     if norm is None or (isinstance(norm, str) and norm == "slaney"):
         return norm
-    if isinstance(norm, str | bool) or not isinstance(norm, int | float | np.integer | np.floating) \
+    if isinstance(norm, str | bool | np.bool_) or not isinstance(norm, int | float | np.integer | np.floating) \
             or not norm > 0:
         raise ParameterError(f"norm={norm!r} must be 'slaney', None or a positive number (p-norm, inf allowed)")
-    return float(norm) if math.isinf(norm) else norm
+    if isinstance(norm, np.integer):
+        return int(norm)
+    return float(norm) if math.isinf(norm) or isinstance(norm, np.floating) else norm
 
 
 def check_signal(x):
@@ -112,7 +147,8 @@ def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int = 96, fmin: float =
         ``"slaney"`` divides each triangle by its width in Hz / 2 (unit area;
         the tutorial's ``norm=1`` in the librosa of its day); a number ``p``
         scales each row to unit p-norm (librosa's ``norm=p`` today); ``None``
-        leaves peaks at 1.
+        leaves peaks at 1. A ``p`` so small that a band's weights fall below
+        float32's range (``p=0.01``: all zeros in the features) is refused.
 
     Returns
     -------
@@ -124,14 +160,20 @@ def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int = 96, fmin: float =
     UserWarning
         When a band holds no FFT bin (too many mels for ``n_fft``), as librosa does.
 
+    Raises
+    ------
+    ParameterError
+        A bad setting, one past the limits (``MAX_SAMPLE_RATE``, ``MAX_N_FFT``,
+        ``MAX_MEL_WEIGHTS``), or a ``norm`` that scales a band to zero.
+
     Example
     -------
     >>> mel_filterbank(44100, 1024, 96).shape
     (96, 513)
     """
-    sample_rate = positive_int("sample_rate", sample_rate)
-    n_fft = positive_int("n_fft", n_fft)
-    n_mels = positive_int("n_mels", n_mels)
+    sample_rate = check_rate("sample_rate", sample_rate)
+    n_fft = int_up_to("n_fft", n_fft, MAX_N_FFT, "the longest FFT memstore takes")
+    n_mels = check_mel_size(n_mels, n_fft)
     fmin = finite("fmin", fmin, minimum=0.0)
     fmax = sample_rate / 2.0 if fmax is None else finite("fmax", fmax, minimum=fmin, strict=True)
     norm = check_mel_norm(norm)
@@ -181,9 +223,15 @@ def mel_weights(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: fl
     if norm == "slaney":
         weights *= (2.0 / (edges[2:] - edges[:-2]))[:, None]
     elif norm is not None:
-        length = np.max(weights, axis=1) if math.isinf(norm) else np.sum(weights ** norm, axis=1) ** (1.0 / norm)
+        peak = weights.max(axis=1)
+        with np.errstate(over="ignore"):  # a tiny p overflows the sum's power: refused below
+            length = np.max(weights, axis=1) if math.isinf(norm) else np.sum(weights ** norm, axis=1) ** (1.0 / norm)
         length[length < np.finfo(weights.dtype).tiny] = 1.0  # an empty band stays empty, as in librosa
         weights /= length[:, None]
+        lost = (peak > 0) & ~(weights.max(axis=1) >= np.finfo(np.float32).tiny)
+        if lost.any():  # the features are float32: the band would be all zeros, without a word
+            raise ParameterError(f"norm={norm!r} scales mel band {int(np.argmax(lost))} to zero in float32 "
+                                 "(a p-norm with p this small grows past any weight); use p >= 1, 'slaney' or None")
     if not np.all((edges[:-2] == 0) | (weights.max(axis=1) > 0)):
         warnings.warn(f"n_mels={n_mels} gives empty mel bands for n_fft={n_fft} at {sample_rate} Hz; "
                       "use fewer mels or a larger n_fft", UserWarning, stacklevel=3)
@@ -228,6 +276,8 @@ def mel_bands(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: floa
 def _window(kind: str, length: int) -> np.ndarray:
     if kind == "hann_symmetric":
         return np.hanning(length)
+    if length == 1:  # scipy's get_window("hann", 1) (and so librosa's): the formula below would give [0]
+        return np.ones(1)
     n = np.arange(length)
     return 0.5 - 0.5 * np.cos(2.0 * np.pi * n / length)  # periodic: scipy's get_window("hann", fftbins=True)
 

@@ -275,8 +275,9 @@ def read_file_metadata(path, *, keep_fd: bool = False) -> StoreMeta:
         raise _fail(path, f"unreadable store metadata ({type(err).__name__}: {err})") from err
 
 
-#: what h5py and numpy raise for a file whose metadata cannot be read as a store's
-_UNREADABLE = (OSError, KeyError, ValueError, TypeError, RuntimeError)
+#: what h5py and numpy raise for a file whose metadata cannot be read as a store's (ArithmeticError: an
+#: edited number too large for a float, such as a configuration's sample rate of 10**400)
+_UNREADABLE = (OSError, KeyError, ValueError, TypeError, RuntimeError, ArithmeticError)
 
 
 def _attr(f, name: str, path):

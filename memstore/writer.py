@@ -297,6 +297,7 @@ def _dcpl():
 
 def _allocate(path: Path, c: StoreContents, *, n_build: int) -> None:
     """Create a partial store with every dataset at its final size, its disk space reserved."""
+    _check_file_size(path, int(c.total) * int(c.n_bins) * np.dtype(c.dtype).itemsize)
     with open_h5(path, "w", track_order=False) as f:
         f.attrs[layout.ATTR_FORMAT] = layout.FORMAT_NAME
         f.attrs[layout.ATTR_VERSION] = np.int64(layout.FORMAT_VERSION)
@@ -339,6 +340,37 @@ def _mapped_ranges(path: Path) -> list[tuple[int, int]]:
             if name in f and f[name].id.get_offset() is not None:
                 ranges.append((int(f[name].id.get_offset()), int(f[name].id.get_storage_size())))
     return ranges
+
+
+#: stores from this size up are first tried as an empty file of their size (FAT refuses 4 GiB, ext4 16 TiB)
+_PROBE_BYTES = 1 << 31
+
+
+def _check_file_size(path: Path, nbytes: int) -> None:
+    """Refuse a store larger than one file may be where it is written, before HDF5 tries to make it.
+
+    HDF5 meets the file system's limit (``EFBIG``) inside its allocation, raises a
+    bare ``OSError`` and prints errors from every handle it then drops. A sparse
+    ``ftruncate`` to the features' size asks the file system first; it writes
+    nothing, and the HDF5 file made next replaces the probe.
+    """
+    if nbytes < _PROBE_BYTES:
+        return
+    why = "past any file offset"  # an off_t is 64 bits, signed
+    if nbytes < 2**63:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.ftruncate(fd, nbytes)
+            return
+        except OSError as err:
+            if err.errno not in (errno.EFBIG, errno.EINVAL):
+                raise
+            why = os.strerror(err.errno)
+        finally:
+            os.close(fd)
+        path.unlink()
+    raise BuildError(f"the store's features take {nbytes:,} bytes, more than one file may hold in {path.parent} "
+                     f"({why}); fewer frames (a larger hop) or fewer bins make a smaller store")
 
 
 def _reserve(path: Path, *, fresh: bool) -> None:

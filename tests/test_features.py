@@ -25,6 +25,7 @@ from memstore.features import (
     transform_from_dict,
     transform_from_json,
 )
+from memstore.spectral import MAX_HOP
 
 # --- a plain reference of the tutorial ----------------------------------------------------------
 
@@ -263,6 +264,21 @@ def test_every_setting_is_recorded_and_canonical():
     (dict(fmax="8k"), r"fmax='8k' must be None or a finite number"),
     (dict(sample_rate=16000, fmax=9000.0), r"fmax=9000 must be <= sample_rate / 2 = 8000"),
     (dict(sample_rate=16000, fmin=8000.0), r"fmin=8000 must be below sample_rate / 2 = 8000"),
+    # found by a bad-input hunt: settings past any machine, a kernel's overflow, silent zeros, raw errors
+    (dict(hop=2**62), r"hop=4611686018427387904 must be at most 1,073,741,824"),  # wrapped: read before the buffer
+    (dict(hop=2**64), r"hop=18446744073709551616 must be at most"),  # a raw OverflowError
+    (dict(n_fft=10**9), r"n_fft=1000000000 must be at most 131,072"),  # 33 GiB asked for
+    (dict(n_fft=2**64), r"n_fft=18446744073709551616 must be at most"),
+    (dict(sample_rate=10**7), r"sample_rate=10000000 must be at most 2,000,000"),  # past the build's own limit
+    (dict(sample_rate=10**400), r"sample_rate=1000.* must be at most 2,000,000"),  # a raw OverflowError in rate / 2
+    (dict(n_mels=10**6), r"n_mels=1000000 with n_fft=1024 makes a filter bank of 513,000,000 weights"),
+    (dict(n_fft=2**17, n_mels=1024), r"n_mels=1024 with n_fft=131072 makes a filter bank"),
+    (dict(log_c=1e39), r"log_c=1e\+39 must lie within float32's normal range"),  # inf in float32: NaN features
+    (dict(log_c=1e-300), r"log_c=1e-300 must lie within float32's normal range"),  # 0 in float32: all zeros
+    (dict(n_fft=2), r"a symmetric Hann window of 2 samples is all zeros"),
+    (dict(win_length=2), r"a symmetric Hann window of 2 samples is all zeros"),
+    (dict(power=1 + 0j), r"power=\(1\+0j\) must be 1 \(magnitude\) or 2"),  # 1+0j == 1
+    (dict(power=np.complex128(2)), r"power=.*must be 1 \(magnitude\) or 2"),
 ])
 def test_bad_settings(kwargs, match):
     with pytest.raises(ParameterError, match=match):
@@ -295,6 +311,12 @@ def test_bad_calls():
     (dict(sample_rate=44100, n_fft=1024, fmin=-5.0), "fmin=-5.0 must be a finite number >= 0"),
     (dict(sample_rate=44100, n_fft=1024, fmin=500.0, fmax=500.0), "fmax=500.0 must be a finite number > 500"),
     (dict(sample_rate=44100, n_fft=1024, norm="l2"), "norm='l2' must be 'slaney', None or a positive number"),
+    (dict(sample_rate=3 * 10**6, n_fft=1024), "sample_rate=3000000 must be at most 2,000,000"),
+    (dict(sample_rate=44100, n_fft=2**18), "n_fft=262144 must be at most 131,072"),
+    (dict(sample_rate=44100, n_fft=1024, n_mels=2**20), "makes a filter bank of"),
+    # a p-norm with a tiny p: length (sum w**p)**(1/p) overflows or dwarfs every weight, all zeros in float32
+    (dict(sample_rate=44100, n_fft=1024, norm=1e-10), r"norm=1e-10 scales mel band \d+ to zero in float32"),
+    (dict(sample_rate=44100, n_fft=1024, norm=0.01), r"norm=0.01 scales mel band \d+ to zero in float32"),
 ])
 def test_bad_filterbank_arguments(kwargs, match):
     with pytest.raises(ParameterError, match=match):
@@ -313,6 +335,7 @@ def test_bad_filterbank_arguments(kwargs, match):
     ('{"kind": "mel", "window": ["hann"]}', r"window=\['hann'\] must be one of"),
     ('{"kind": "mel", "power": "2"}', "power='2' must be 1"),
     ('{"kind": "mel", "pad": "' + "x" * 70000 + '"}', "at most 65536 characters"),
+    ("[" * 60000, "not valid JSON: maximum recursion depth"),  # a raw RecursionError, under the length limit
 ])
 def test_bad_configurations(text, match):
     with pytest.raises(ParameterError, match=match):
@@ -342,3 +365,27 @@ def test_benchmark_script_runs_and_checks_agreement(capsys):
     assert bench.main(["--files", "2", "--seconds", "1", "--reps", "1", "--threads", "0"]) == 0
     out = capsys.readouterr().out
     assert "vs librosa" in out and "librosa.feature.melspectrogram" in out and "1.00x" in out
+
+
+@pytest.mark.parametrize("norm", [np.int64(2), np.uint8(1), np.float32(2.0), np.float16(1.0)])
+def test_a_numpy_norm_is_stored_as_a_plain_number(norm):
+    """A numpy norm computed its features and then failed to_json (so every build with it) with a TypeError."""
+    t = MelSpectrogram(n_mels=16, norm=norm)
+    assert type(t.norm) in (int, float) and t.norm == norm
+    assert transform_from_json(t.to_json()) == t
+    x = np.random.default_rng(0).standard_normal(4000).astype(np.float32)
+    np.testing.assert_array_equal(t(x, 8000), MelSpectrogram(n_mels=16, norm=type(t.norm)(norm))(x, 8000))
+
+
+def test_the_longest_hop_frames_the_signal_without_reading_past_it():
+    """At the largest hop the frames after the first lie past the signal: exactly zero, as a plain framing says."""
+    x = np.random.default_rng(1).standard_normal(3000).astype(np.float32)
+    t = Spectrogram(n_fft=256, hop=MAX_HOP, window="hann", framing="center", magnitude_norm="none")
+    got = t(x, 8000)
+    frame = np.pad(x, 128)[:256] * (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(256) / 256))
+    assert got.shape == (t.n_frames(len(x)), 129) == (1, 129)
+    np.testing.assert_allclose(got[0], np.abs(np.fft.rfft(frame)), rtol=1e-4, atol=1e-4)
+    t = Spectrogram(n_fft=256, hop=MAX_HOP)  # tutorial framing: frames at 0, hop, 2 hop
+    got = t(x, 8000)
+    assert got.shape == (3, 129) and np.abs(got[0]).max() > 0 and not got[1:].any()
+

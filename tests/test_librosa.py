@@ -99,6 +99,15 @@ def test_spectrogram_matches_librosa_stft(signal, power):
     assert ours.shape == ref.T.shape and rel_err(ours, ref.T) < 1e-5
 
 
+def test_a_periodic_window_of_one_sample_is_librosas(signal):
+    """scipy's (and librosa's) periodic Hann of length 1 is [1]; the formula gave [0], every feature 0."""
+    x = signal[:3000]
+    ours = Spectrogram(window="hann", framing="center", magnitude_norm="none", n_fft=8, win_length=1, hop=4)(x, 8000)
+    ref = np.abs(librosa.stft(x, n_fft=8, hop_length=4, win_length=1, window="hann", center=True,
+                              pad_mode="constant"))
+    assert ours.shape == ref.T.shape and ours.any() and rel_err(ours, ref.T) < 1e-5
+
+
 def test_stft_is_librosas_complex_stft(signal):
     x = signal[:20000]
     ours = stft(x, n_fft=1024, hop=256, win_length=800, window="hann", framing="center")

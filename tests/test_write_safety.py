@@ -470,3 +470,44 @@ def test_a_store_path_the_build_cannot_use_is_refused_before_any_work(tmp_path, 
     assert build_store(demo_root, tmp_path / "empty.h5", workers=1, progress=False).stored == 18
     with pytest.raises(ParameterError, match="up to 2,000,000 Hz"):  # 10**9 allocated a 9 GB store
         build_store(demo_root, tmp_path / "r.h5", sample_rate=10**9, progress=False)
+
+
+def test_settings_past_a_stores_limits_are_refused_before_any_work(tmp_path, demo_root):
+    # found by a bad-input hunt: a rate of 3 MHz in the headers (or a transform's) got past the build's
+    # 2 MHz limit (10**9 in a transform reserved 16 GB), and mel filters that a tiny p-norm scales to zero
+    # gave all-zero features, computed in every task
+    from memstore.errors import ParameterError
+
+    store = tmp_path / "s.h5"
+    with pytest.raises(ParameterError, match=r"norm=0.01 scales mel band \d+ to zero in float32"):
+        build_store(demo_root, store, transform=MelSpectrogram(norm=0.01), workers=2, progress=False)
+    fast = tmp_path / "fast"
+    (fast / "a").mkdir(parents=True)
+    memstore.audio.write_wav(fast / "a" / "x.wav", np.zeros(3000, np.float32), 3_000_000)
+    with pytest.raises(BuildError, match=r"most common sample rate, 3,000,000 Hz, is above the highest a store takes"):
+        build_store(fast, store, progress=False)
+    assert build_store(fast, store, sample_rate=48000, progress=False).stored == 1  # the advice works
+    store.unlink()
+    assert not list(tmp_path.glob("*.h5*"))
+
+
+@pytest.mark.parametrize("rows", [2**43, 2**62], ids=["past ext4's 16 TiB", "past any off_t"])
+def test_a_store_larger_than_one_file_may_be_is_refused_before_hdf5_makes_it(tmp_path, rows):
+    # found by a bad-input hunt: HDF5 met the file system's limit inside its allocation: a bare OSError,
+    # screens of errors from the handles it dropped (once a segmentation fault), and a .partial left
+    from memstore.layout import INDEX_DTYPE
+    from memstore.writer import StoreContents, StoreWriter
+
+    index = np.zeros(1, INDEX_DTYPE)
+    index["n_frames"] = rows
+    contents = StoreContents(index=index, paths=["a.wav"], labels=np.eye(1, dtype=np.uint8), classes=["a"],
+                             n_bins=96, config_json=MelSpectrogram(sample_rate=8000).to_json())
+    path = tmp_path / "s.h5"
+    with pytest.raises(BuildError) as raised, StoreWriter(path) as writer:
+        writer.start(contents)
+    message = str(raised.value)
+    if "not enough disk space" in message:  # a file system that holds 3 PB as one sparse file: the reservation fails
+        assert rows < 2**62
+        return
+    assert re.search(rf"features take {rows * 96 * 4:,} bytes, more than one file may hold in", message), message
+    assert not list(tmp_path.glob("s.h5*"))
