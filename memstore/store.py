@@ -161,9 +161,15 @@ def _parse_config(path, value) -> Spectrogram:
     if isinstance(value, Spectrogram):
         return value
     try:
-        return transform_from_dict(value)
+        config = transform_from_dict(value)
     except ParameterError as err:
         raise _fail(path, f"bad feature configuration: {err}") from err
+    # a store records every setting (to_json writes them all): one missing was lost, and its default may
+    # describe other features (n_fft=2048 read back as 1024, unnoticed by verify)
+    missing = sorted(set(config.to_dict()) - set(value))
+    if missing:
+        raise _fail(path, f"bad feature configuration: it lacks {', '.join(missing)}")
+    return config
 
 
 def _parse_classes(path, value) -> list[str]:

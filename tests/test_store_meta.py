@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import shutil
@@ -96,6 +97,9 @@ def _empty_segment(meta):
 @pytest.mark.parametrize("change, match", [
     (lambda m: {"classes": "x"}, "classes attribute must be a JSON list of strings"),
     (lambda m: {"config": {"kind": "mel", "hop": 0}}, "bad feature configuration: hop=0"),
+    # found by a bad-input hunt: a lost setting read back as its default (n_fft=2048 as 1024), unnoticed
+    (lambda m: {"config": {k: v for k, v in m.config.to_dict().items() if k not in ("n_fft", "sample_rate")}},
+     "bad feature configuration: it lacks n_fft, sample_rate"),
     (lambda m: {"dtype": "float64"}, "dtype 'float64' must be one of"),
     (lambda m: {"n_bins": 95}, "features have 95 bins but the configuration gives 96"),
     (lambda m: {"file_size": m.data_offset}, "features need bytes"),
@@ -118,6 +122,8 @@ def test_from_dict_applies_the_rules_of_open_store(demo_store, change, match):
     lambda f: f["index"].__setitem__((1, "label"), 77),
     lambda f: f["index"].__setitem__((0, "offset"), 5),
     lambda f: f.attrs.__setitem__("config", '{"kind": "mel", "hop": 0}'),
+    lambda f: f.attrs.__setitem__("config", json.dumps({k: v for k, v in json.loads(f.attrs["config"]).items()
+                                                        if k != "n_fft"})),
 ])
 def test_a_damaged_file_and_a_damaged_dict_fail_with_the_same_words(demo_store, tmp_path, edit):
     """One set of rules: the message for the file is the message for the same change made to the dict."""
