@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
                         help="processes that extract (default: all cores; 1 = this process only; N > 1 = this "
                              "process and N-1 spawned workers; at most 4 per core)")
     parser.add_argument("--sample-rate", type=int, default=None, metavar="HZ",
-                        help="resample every file to this rate (default: the most common rate)")
+                        help="resample every file to this rate, at most 2,000,000 (default: the most common rate)")
     parser.add_argument("--labels", default="folder", metavar="{folder,irmas,none,PATH}",
                         help="folder: first folder under the root is the class; irmas: IRMAS "
                              "[cls] tags and .txt files; none: no labels; PATH: a .csv, .tsv or .jsonl "
@@ -58,8 +58,9 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument("--spectrogram", action="store_true",
                         help="store the magnitude spectrogram (n_fft/2+1 bins) instead of mel bands")
     parser.add_argument("--n-mels", type=int, default=96, metavar="N", help="mel bands (default: 96)")
-    parser.add_argument("--n-fft", type=int, default=1024, metavar="N", help="FFT size (default: 1024)")
-    parser.add_argument("--hop", type=int, default=512, metavar="N", help="hop in samples (default: 512)")
+    parser.add_argument("--n-fft", type=int, default=1024, metavar="N", help="FFT size (default: 1024; at most 131072)")
+    parser.add_argument("--hop", type=int, default=512, metavar="N",
+                        help="hop in samples (default: 512; at most 2**30)")
     parser.add_argument("--fmin", type=float, default=0.0, metavar="HZ", help="lowest mel frequency (default: 0)")
     parser.add_argument("--fmax", type=float, default=None, metavar="HZ",
                         help="highest mel frequency (default: half the sample rate)")
