@@ -145,8 +145,7 @@ def import_legacy(feature_dir, store_path, *, suffix_in: str = "_mel_", suffix_o
     """
     from .build import write_store_from_arrays
 
-    if not suffix_in or suffix_in == suffix_out:
-        raise ParameterError(f"suffix_in={suffix_in!r} must be non-empty and differ from suffix_out={suffix_out!r}")
+    _check_suffixes(suffix_in, suffix_out)
     feature_dir = Path(feature_dir)
     if not feature_dir.is_dir():
         raise ParameterError(f"{feature_dir} is not a folder")
@@ -209,6 +208,15 @@ def import_legacy(feature_dir, store_path, *, suffix_in: str = "_mel_", suffix_o
                                    label_mode="legacy", notes=notes)
 
 
+def _check_suffixes(suffix_in, suffix_out) -> None:
+    """Both suffixes are parts of one file name, and tell a feature file from a label file."""
+    for name, value in (("suffix_in", suffix_in), ("suffix_out", suffix_out)):
+        if not isinstance(value, str) or "/" in value or os.sep in value or "\0" in value:
+            raise ParameterError(f"{name}={value!r} must be text without a path separator or NUL: it ends file names")
+    if not suffix_in or suffix_in == suffix_out:
+        raise ParameterError(f"suffix_in={suffix_in!r} must be non-empty and differ from suffix_out={suffix_out!r}")
+
+
 def export_legacy(store_path, out_dir, *, suffix_in: str = "_mel_", suffix_out: str = "_label_",
                   progress: bool | None = None) -> int:
     """Write every file of a store as tutorial ``.data``/``.shape`` files.
@@ -236,6 +244,7 @@ def export_legacy(store_path, out_dir, *, suffix_in: str = "_mel_", suffix_out: 
     from .audio import audio_extensions
     from .store import open_store
 
+    _check_suffixes(suffix_in, suffix_out)  # the same suffixes wrote each label over its features
     out_dir = Path(out_dir)
     exts = tuple(e.lower() for e in audio_extensions())
     with open_store(store_path) as store:
@@ -247,6 +256,12 @@ def export_legacy(store_path, out_dir, *, suffix_in: str = "_mel_", suffix_out: 
             dup = sorted(b for b, n in Counter(bases).items() if n > 1)[:3]
             raise StoreFormatError(f"{store_path}: files share the name(s) {dup}; the flat legacy folder "
                                    "would overwrite one with another")
+        labelled = store.label_index >= 0
+        names = [b + suffix_in for b in bases] + [b + suffix_out for b, k in zip(bases, labelled, strict=True) if k]
+        if len(set(names)) != len(names):  # e.g. a.wav's labels and a_label_.wav's features, suffix_in ''
+            dup = sorted(n for n, c in Counter(names).items() if c > 1)[:3]
+            raise StoreFormatError(f"{store_path}: the names {dup} would be written twice with suffixes "
+                                   f"{suffix_in!r} and {suffix_out!r}; choose other suffixes")
         numeric = all(c.isdigit() for c in store.classes)
         multi = int(np.count_nonzero(store.labels.sum(axis=1) > 1))
         if multi:

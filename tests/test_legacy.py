@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 from memstore import cli
+from memstore.build import write_store_from_arrays
 from memstore.errors import ParameterError, StoreFormatError
+from memstore.features import MelSpectrogram
 from memstore.legacy import MAX_CLASS, export_legacy, import_legacy, read_tensor, write_tensor
 from memstore.store import open_store
 from memstore.verify import verify_store
@@ -209,6 +211,30 @@ def test_export_of_a_built_store(demo_store, tmp_path):
             x = read_tensor(tmp_path / "o" / f"{base}_mel_.data")
             assert np.array_equal(x, np.asarray(s.frames(i), np.float64))
             assert read_tensor(tmp_path / "o" / f"{base}_label_.data").tolist() == [float(s.label_index[i])]
+
+
+@pytest.mark.parametrize("suffix_in, suffix_out, match", [
+    ("_x_", "_x_", "must be non-empty and differ"),  # each label file was written over its features, exit 0
+    ("", "", "must be non-empty and differ"),
+    ("a/b", "_label_", "must be text without a path separator"),  # a raw FileNotFoundError part way
+    ("_mel_", None, "must be text without a path separator"),
+])
+def test_export_refuses_suffixes_that_cannot_name_both_files(demo_store, tmp_path, suffix_in, suffix_out, match):
+    with pytest.raises(ParameterError, match=match):
+        export_legacy(demo_store, tmp_path / "o", suffix_in=suffix_in, suffix_out=suffix_out)
+    assert not (tmp_path / "o").exists()
+
+
+def test_export_refuses_suffixes_that_give_two_files_one_name(tmp_path):
+    """a's label file and a_y's feature file are both a_y_f.data with suffixes '_y_f' and '_f'."""
+    rows = [np.ones((2, 4), np.float32), np.zeros((3, 4), np.float32)]
+    store = tmp_path / "s.h5"
+    write_store_from_arrays(store, rows, ["a.wav", "a_y.wav"], ["c"], np.ones((2, 1), np.uint8),
+                            MelSpectrogram(n_mels=4, sample_rate=8000))
+    with pytest.raises(StoreFormatError, match=r"the names \['a_y_f'\] would be written twice"):
+        export_legacy(store, tmp_path / "o", suffix_in="_f", suffix_out="_y_f")
+    assert not (tmp_path / "o").exists()
+    assert export_legacy(store, tmp_path / "o") == 2
 
 
 def test_export_refuses_clashing_names_and_warns_about_multi_labels(demo_store, tmp_path):
