@@ -133,6 +133,8 @@ def plot_store(store, out, files: list[int], *, dpi: int = 100):
 
     dpi = positive_int("dpi", dpi)
     out = _image_path(out, FigureCanvasAgg.get_supported_filetypes())
+    if out.exists() and os.path.samefile(out, store.path):
+        raise ParameterError(f"{out} is the store itself; give another image file name")  # was overwritten
     width, height = 12 * dpi, 3 * (len(files) + 1) * dpi
     if max(width, height) >= 2 ** 16:  # Agg's limit per side; far past it, the renderer runs out of memory
         raise ParameterError(f"dpi={dpi} makes an image of {width} x {height} pixels; the renderer draws at "
@@ -154,13 +156,13 @@ def plot_store(store, out, files: list[int], *, dpi: int = 100):
         ticks = np.unique(np.linspace(0, len(centres) - 1, 6).round().astype(int))
         ax.set_yticks(ticks + 0.5, [f"{centres[k]:.0f}" for k in ticks])
         tags = [c for c, on in zip(store.classes, store.labels[i], strict=True) if on]
-        title = f"{store.paths[i]}  [{', '.join(tags) if tags else 'no label'}]"
+        title = _shown(f"{store.paths[i]}  [{', '.join(tags) if tags else 'no label'}]")
         ax.set_title(title + (f"  (max over {step} frames per column)" if step > 1 else ""), fontsize=9)
         ax.set_xlabel("time (s)")
         ax.set_ylabel("frequency (Hz)")
     ax = fig.add_subplot(grid[n, 0])
     counts = store.labels.sum(axis=0).astype(int).tolist()
-    names = list(store.classes)
+    names = [_shown(c) for c in store.classes]
     unlabelled = int((store.labels.sum(axis=1) == 0).sum())
     if unlabelled:
         names.append("(none)")
@@ -183,6 +185,12 @@ def plot_store(store, out, files: list[int], *, dpi: int = 100):
     return out
 
 
+def _shown(text: str) -> str:
+    """``text`` as the font renderer takes it: the raw bytes of a non-UTF-8 file name (lone surrogates,
+    which it refuses with a ``TypeError``) written as ``\\xe9``."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def _image_path(out, formats: dict) -> Path:
     """``out`` as the image file to write, ``.png`` added when it has no extension; or a ``ParameterError``."""
     out = Path(os.fsdecode(out))
@@ -194,5 +202,6 @@ def _image_path(out, formats: dict) -> Path:
         raise ParameterError(f"{out}: {out.suffix!r} is not an image format this matplotlib writes; use one "
                              f"of {', '.join(sorted(formats))}")
     if not out.parent.is_dir():
-        raise ParameterError(f"{out}: the folder {out.parent} does not exist")
+        what = "is not a folder" if out.parent.exists() else "does not exist"
+        raise ParameterError(f"{out}: the folder {out.parent} {what}")
     return out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -11,6 +12,8 @@ import numpy as np
 import pytest
 
 from memstore import cli
+from memstore.audio import write_wav
+from memstore.build import build_store
 from memstore.errors import ParameterError
 from memstore.features import MelSpectrogram, Spectrogram
 from memstore.plot import MAX_COLUMNS, band_frequencies, display_image, select_files
@@ -82,6 +85,35 @@ def test_bad_outputs_are_named_before_drawing(demo_store, tmp_path, capsys):
     assert cli.main(["show", str(demo_store), "--file", "0", "--dpi", "20", "-o", str(tmp_path / "plain")]) == 0
     assert f"wrote {tmp_path / 'plain.png'} (1 file(s))" in capsys.readouterr().out  # the file it wrote
     assert (tmp_path / "plain.png").stat().st_size > 0
+
+
+def test_the_store_itself_or_an_empty_name_is_refused_as_the_image(demo_store, tmp_path, capsys):
+    # found by the command-line hunt: the image was written over the store (exit 0), -o '' was ignored,
+    # and a file where the folder should be was called a folder that "does not exist"
+    store = tmp_path / "features.png"  # a store whose default image name is its own
+    shutil.copy(demo_store, store)
+    (tmp_path / "link.png").symlink_to(store)
+    (tmp_path / "afile").write_text("x")
+    before = store.read_bytes()
+    for args, why in (([], "features.png is the store itself"),
+                      (["-o", str(tmp_path / "link.png")], "link.png is the store itself"),
+                      (["-o", ""], "is a folder; give an image file name"),
+                      (["-o", str(tmp_path / "afile" / "x.png")], "the folder .*afile is not a folder")):
+        assert cli.main(["show", str(store), "--file", "0", *args]) == 1
+        assert re.search(why, capsys.readouterr().err), args
+    assert store.read_bytes() == before
+
+
+def test_file_and_class_names_that_are_not_utf8_are_drawn(tmp_path, capsys):
+    # found by the command-line hunt: a Latin-1 name (a lone surrogate in Python) made matplotlib raise TypeError
+    root = tmp_path / "a"
+    (root / "caf\udce9").mkdir(parents=True)
+    write_wav(root / "caf\udce9" / "n\udce9.wav", np.sin(np.arange(8000, dtype=np.float32)) * 0.1, 8000)
+    write_wav(root / "caf\udce9" / "b.wav", np.zeros(8000, np.float32), 8000)
+    build_store(root, tmp_path / "s.h5", workers=1, progress=False)
+    assert cli.main(["show", str(tmp_path / "s.h5"), "--dpi", "20", "-o", str(tmp_path / "s.png")]) == 0
+    assert png(tmp_path / "s.png").shape[0] > 0
+
 
 def test_band_frequencies_follow_the_configuration():
     mel = band_frequencies(MelSpectrogram(sample_rate=44100))

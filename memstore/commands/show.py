@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     from ..store import open_store
 
     require("matplotlib", "plot")
-    out = Path(args.output) if args.output else Path(args.store).with_suffix(".png")
+    out = Path(args.output) if args.output is not None else Path(args.store).with_suffix(".png")  # '' refused
     with open_store(args.store) as store:
         files = select_files(store, file=args.file, path=args.path, cls=args.cls, limit=args.limit)
         out = plot_store(store, out, files, dpi=args.dpi)
