@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import uuid
 import zlib
 from pathlib import Path
@@ -42,18 +43,27 @@ __all__ = ["connect"]
 
 
 def connect(address: str):
-    """Return ``(client, cluster_or_None)`` for ``tcp://HOST:PORT`` or ``local[:N]``."""
+    """Return ``(client, cluster_or_None)`` for ``tcp://HOST:PORT`` (also ``tls://``, ``ucx://``) or
+    ``local[:N]``, a LocalCluster of ``N`` processes (default 2, at most 4 per core, as a local build)."""
+    from .build import WORKERS_PER_CORE
+
     distributed = require("distributed", "dask")
-    if address.startswith("local"):
-        n = address.partition(":")[2]
-        if n and not n.isdigit():
-            raise ParameterError(f"--dask {address!r}: use local or local:N with N a positive integer")
-        cluster = distributed.LocalCluster(n_workers=int(n or 2), threads_per_worker=1, processes=True,
+    local = re.fullmatch(r"local(?::([0-9]+))?", address) if isinstance(address, str) else None
+    if local:
+        n, most = int(local.group(1) or 2), WORKERS_PER_CORE * (os.cpu_count() or 1)
+        if not 1 <= n <= most:  # local:0 started a cluster without workers, and the build waited forever
+            raise ParameterError(f"--dask {address!r}: N must be from 1 to {most} ({WORKERS_PER_CORE} per core)")
+        cluster = distributed.LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
                                            dashboard_address=None)
         return distributed.Client(cluster), cluster
-    if not address.startswith(("tcp://", "tls://", "ucx://")):
-        raise ParameterError(f"--dask {address!r} must be tcp://HOST:PORT or local[:N]")
-    return distributed.Client(address), None
+    if not isinstance(address, str) or not address.startswith(("tcp://", "tls://", "ucx://")):
+        # localhost:8786 was read as local:8786, a LocalCluster of 8786 processes
+        raise ParameterError(f"--dask {address!r} must be tcp://HOST:PORT (a scheduler, e.g. tcp://localhost:8786) "
+                             "or local[:N] (a cluster started here)")
+    try:
+        return distributed.Client(address), None
+    except (OSError, TimeoutError) as err:
+        raise BuildError(f"cannot reach the Dask scheduler at {address}: {err}") from err
 
 
 def _extract_shard(shard: str, n_bins: int, dtype: str, config_json: str, rate: int,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 
 import h5py
@@ -12,12 +13,13 @@ import wavs
 from conftest import varied_folder
 
 distributed = pytest.importorskip("distributed")
-
+import dask  # noqa: E402
 from test_build import same_store  # noqa: E402
 
 import memstore.build as build  # noqa: E402
 from memstore import cli  # noqa: E402
 from memstore.build import build_store  # noqa: E402
+from memstore.distributed import connect  # noqa: E402
 from memstore.errors import BuildError  # noqa: E402
 from memstore.store import open_store  # noqa: E402
 
@@ -39,6 +41,29 @@ def test_cli_dask_local(demo_root, demo_store, tmp_path, capsys):
         assert len(s) == 18
     assert cli.main(["build", str(demo_root), str(tmp_path / "e.h5"), "--dask", "udp://x"]) == 1
     assert "tcp://HOST:PORT" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, why", [
+    (["--dask", "local:0"], "N must be from 1 to"),  # a cluster without workers: the build waited forever
+    (["--dask", "local:\u0663"], "must be tcp://HOST:PORT"),  # an Arabic-Indic 3 is not N
+    (["--dask", "localhost:3"], r"must be tcp://HOST:PORT \(a scheduler, e.g. tcp://localhost:8786\)"),  # local:3
+    (["--dask", ""], "must be tcp://HOST:PORT"),  # built locally without a word
+    (["--dask", "local:2", "--workers", "2"], "with --dask the cluster's workers extract"),  # --workers ignored
+    (["--spectrogram", "--n-mels", "40"], "--n-mels set mel bands, and --spectrogram stores FFT bins"),
+    (["--spectrogram", "--fmin", "50", "--fmax", "4000"], "--fmin, --fmax set mel bands"),
+])
+def test_cli_options_that_would_be_misread_or_ignored_are_refused(demo_root, tmp_path, capsys, args, why):
+    # found by the command-line hunt; none of these may start a cluster or write a store
+    assert cli.main(["build", str(demo_root), str(tmp_path / "e.h5"), "--quiet", *args]) == 1
+    assert re.search(why, capsys.readouterr().err)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_unreachable_scheduler_is_a_build_error(tmp_path):
+    # a raw OSError traceback after 30 s before
+    with dask.config.set({"distributed.comm.timeouts.connect": "2s"}), \
+            pytest.raises(BuildError, match="cannot reach the Dask scheduler at tcp://127.0.0.1:1"):
+        connect("tcp://127.0.0.1:1")
 
 
 # --- failures on a real cluster ------------------------------------------------------------------

@@ -57,11 +57,11 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
                         help="add the folder's new files to an existing store as a new segment")
     parser.add_argument("--spectrogram", action="store_true",
                         help="store the magnitude spectrogram (n_fft/2+1 bins) instead of mel bands")
-    parser.add_argument("--n-mels", type=int, default=96, metavar="N", help="mel bands (default: 96)")
+    parser.add_argument("--n-mels", type=int, default=None, metavar="N", help="mel bands (default: 96)")
     parser.add_argument("--n-fft", type=int, default=1024, metavar="N", help="FFT size (default: 1024; at most 131072)")
     parser.add_argument("--hop", type=int, default=512, metavar="N",
                         help="hop in samples (default: 512; at most 2**30)")
-    parser.add_argument("--fmin", type=float, default=0.0, metavar="HZ", help="lowest mel frequency (default: 0)")
+    parser.add_argument("--fmin", type=float, default=None, metavar="HZ", help="lowest mel frequency (default: 0)")
     parser.add_argument("--fmax", type=float, default=None, metavar="HZ",
                         help="highest mel frequency (default: half the sample rate)")
     parser.add_argument("--librosa", action="store_true",
@@ -71,12 +71,14 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument("--log", choices=["none", "log10p", "db"], default="none",
                         help="store log10(1 + 100 x) or decibels instead of linear values (default: none)")
     parser.add_argument("--dask", default=None, metavar="ADDRESS",
-                        help="run extraction on a Dask cluster: tcp://HOST:PORT, or local[:N] for a "
-                             "LocalCluster of N worker processes (needs memstore[dask])")
+                        help="run extraction on a Dask cluster: tcp://HOST:PORT (a scheduler), or local[:N] for "
+                             "a LocalCluster of N worker processes, default 2, at most 4 per core (needs "
+                             "memstore[dask]); not with --workers")
     parser.add_argument("--quiet", action="store_true", help="no progress bar (shown when stderr is a terminal)")
 
 
 def _transform(args):
+    from ..errors import ParameterError
     from ..features import MelSpectrogram, Spectrogram
 
     settings = dict(n_fft=args.n_fft, hop=args.hop, log=None if args.log == "none" else args.log)
@@ -84,9 +86,14 @@ def _transform(args):
         settings.update(window="hann", framing="center", magnitude_norm="none", power=2.0)
     if args.power is not None:
         settings["power"] = args.power
+    mel = {"--n-mels": args.n_mels, "--fmin": args.fmin, "--fmax": args.fmax}
     if args.spectrogram:
+        given = [name for name, value in mel.items() if value is not None]
+        if given:  # they were ignored without a word
+            raise ParameterError(f"{', '.join(given)} set mel bands, and --spectrogram stores FFT bins: drop one")
         return Spectrogram(**settings)
-    return MelSpectrogram(n_mels=args.n_mels, fmin=args.fmin, fmax=args.fmax, **settings)
+    return MelSpectrogram(n_mels=96 if args.n_mels is None else args.n_mels,
+                          fmin=0.0 if args.fmin is None else args.fmin, fmax=args.fmax, **settings)
 
 
 def _labels(args):
@@ -122,8 +129,13 @@ def run(args: argparse.Namespace) -> int:
     labels = _labels(args)
     classes = _classes(args)
     client = cluster = None
-    if args.dask:
+    if args.dask is not None:
         from ..distributed import connect
+        from ..errors import ParameterError
+
+        if args.workers is not None:  # it was ignored without a word: the cluster's workers extract
+            raise ParameterError("--workers sets this machine's processes; with --dask the cluster's workers "
+                                 "extract (local:N sets their number)")
 
         client, cluster = connect(args.dask)
     try:
