@@ -172,6 +172,8 @@ def build_store(audio_root, store_path, *, transform: Spectrogram = MelSpectrogr
     >>> build_store("IRMAS/Testing", "test.h5", labels="irmas", classes=train_classes)  # doctest: +SKIP
     """
     t0 = time.perf_counter()
+    if isinstance(audio_root, str | bytes) and not audio_root:  # Path("") is ".": the working folder was built
+        raise ParameterError("audio_root='' names no folder; give the folder of audio files")
     labels = as_label_table(labels, audio_root) or labels
     _check_args(transform, labels, workers, sample_rate, dtype, mode)
     cores = os.cpu_count() or 1

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -98,13 +99,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv[split + 1:])
     args.command = name
     try:
-        return int(module.run(args) or 0)
+        status = int(module.run(args) or 0)
+        sys.stdout.flush()  # here, where a closed pipe is caught, not at exit
+        return status
     except MemstoreError as err:
         print(f"memstore {name}: error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"memstore {name}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # stdout's reader went away (`| head`): nothing more to tell it, no traceback
+        _drop_stdout()
+        return 1
+    except OSError as err:  # a path the command cannot write or make: a read-only folder, a file as a folder
+        logging.getLogger(__name__).debug("memstore %s failed", name, exc_info=True)  # -vv shows where
+        print(f"memstore {name}: error: {err}", file=sys.stderr)
+        return 1
+
+
+def _drop_stdout() -> None:
+    """Point stdout at the null device, so that flushing it at exit does not fail again."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a file (a test's capture): nothing buffered to lose
+        return
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, fd)
+    os.close(null)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -245,6 +245,8 @@ def export_legacy(store_path, out_dir, *, suffix_in: str = "_mel_", suffix_out: 
     from .store import open_store
 
     _check_suffixes(suffix_in, suffix_out)  # the same suffixes wrote each label over its features
+    if isinstance(out_dir, str | bytes) and not out_dir:  # Path("") is ".": files went into the working folder
+        raise ParameterError("out_dir='' names no folder; give the folder to write the feature files into")
     out_dir = Path(out_dir)
     exts = tuple(e.lower() for e in audio_extensions())
     with open_store(store_path) as store:

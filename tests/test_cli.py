@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -52,3 +53,30 @@ def test_every_public_name_resolves():
     assert "read_audio" in dir(memstore)
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         memstore.nope  # noqa: B018
+
+
+def test_a_closed_stdout_ends_a_command_without_a_traceback(demo_store):
+    # found by the command-line hunt: `memstore info S | head` printed a BrokenPipeError traceback; the
+    # reading end is closed before the command starts, so its first write fails on every machine
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        done = subprocess.run([sys.executable, "-m", "memstore", "info", str(demo_store)], stdout=write,
+                              stderr=subprocess.PIPE, text=True, check=False, cwd=os.path.dirname(demo_store))
+    finally:
+        os.close(write)
+    assert done.returncode == 1 and "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr
+
+
+def test_paths_a_command_cannot_write_or_that_name_nothing_are_one_line_errors(demo_root, demo_store, tmp_path,
+                                                                               capsys):
+    # found by the command-line hunt: tracebacks (NotADirectoryError, FileExistsError), or the working folder used
+    (tmp_path / "afile").write_text("x")
+    for args, why in ((["build", str(demo_root), str(tmp_path / "afile" / "s.h5"), "--quiet"], "File exists"),
+                      (["export-legacy", str(demo_store), str(tmp_path / "afile")], "File exists"),
+                      (["build", "", str(tmp_path / "s.h5"), "--quiet"], "audio_root='' names no folder"),
+                      (["export-legacy", str(demo_store), ""], "out_dir='' names no folder")):
+        assert cli.main(args) == 1, args
+        err = capsys.readouterr().err
+        assert err.startswith(f"memstore {args[0]}: error: ") and why in err and err.count("\n") == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]

@@ -9,9 +9,16 @@ prints what it did and how fast.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import signal
 import tempfile
+import threading
 import time
 from pathlib import Path
+
+#: the most files per class: 1000 x 7 classes of 3 s stereo clips is 3.7 GB of audio
+MAX_PER_CLASS = 1000
 
 DESCRIPTIONS = {
     "demo": (
@@ -21,7 +28,8 @@ DESCRIPTIONS = {
         "  2. build one HDF5 feature store from it (96-band mel, the tutorial's settings);\n"
         "  3. stream one epoch of shuffled (batch, 1, time, mel) batches with a\n"
         "     memory_limit smaller than the store, so the out-of-core pager runs.\n"
-        "DIR defaults to a temporary folder that is removed afterwards."
+        "DIR defaults to a temporary folder that is removed afterwards; a DIR of your own\n"
+        "must not hold a Training folder already (the demo would mix its audio into yours)."
     )
 }
 
@@ -32,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
         help="folder for the demo audio and store (default: a temporary folder, removed at the end)",
     )
     parser.add_argument("--per-class", type=int, default=8, metavar="N",
-                        help="audio files per class (default: 8)")
+                        help=f"audio files per class (default: 8, at most {MAX_PER_CLASS})")
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthesis and the shuffle (default: 0)")
     parser.add_argument("--workers", type=int, default=None, metavar="N",
                         help="build processes (default: all cores)")
@@ -44,10 +52,42 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..errors import ParameterError
+
+    if not 1 <= args.per_class <= MAX_PER_CLASS:  # 10**30 wrote 1.7 GB a minute until the disk was full
+        raise ParameterError(f"--per-class={args.per_class} must be from 1 to {MAX_PER_CLASS}")
     if args.dir is None:
-        with tempfile.TemporaryDirectory(prefix="memstore-demo-") as tmp:
+        with _terminate_as_exit(), tempfile.TemporaryDirectory(prefix="memstore-demo-") as tmp:
             return _demo(Path(tmp), args)
+    if not args.dir:
+        raise ParameterError("DIR '' names no folder; give one, or none for a temporary folder")
+    training = Path(args.dir) / "Training"
+    if training.is_dir() and _holds_anything(training):  # the user's audio was built into the demo's store
+        raise ParameterError(f"{training} already holds files; the demo writes its own audio there: give a new "
+                             "or empty folder")
     return _demo(Path(args.dir), args)
+
+
+def _holds_anything(folder: Path) -> bool:
+    with os.scandir(folder) as entries:
+        return next(entries, None) is not None
+
+
+@contextlib.contextmanager
+def _terminate_as_exit():
+    """SIGTERM ends the demo as an exception would, so its temporary folder is removed (it was left behind)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+
+    before = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 def _demo(root: Path, args: argparse.Namespace) -> int:
@@ -59,8 +99,6 @@ def _demo(root: Path, args: argparse.Namespace) -> int:
     from ..slicer import warm_up
     from ..store import open_store
 
-    if args.per_class < 1:
-        raise ParameterError(f"--per-class={args.per_class} must be a positive integer")
     root.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     audio_root = make_demo_folder(root, n_per_class=args.per_class, seed=args.seed)
@@ -89,6 +127,9 @@ def _demo(root: Path, args: argparse.Namespace) -> int:
             store, batch_size=args.batch_size, time_context=128, step=50, seed=args.seed,
             memory_limit=limit, normalize="standard",
         )
+        if stream.iteration_size == 0:  # it printed "0 batches of shape None" and "done"
+            raise ParameterError(f"--batch-size {args.batch_size} is more than the {len(stream.block_file)} "
+                                 "blocks of the demo's training split: use a smaller batch or a larger --per-class")
         warm_up(store.dtype, store.n_bins)  # numba compiles on the very first run; not throughput
         t1 = time.perf_counter()
         n_blocks = 0
