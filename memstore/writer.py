@@ -184,7 +184,8 @@ class StoreWriter:
             raise BuildError("StoreWriter.start needs the writer's lock: use it in a `with` block")
         self._unmap()
         self.contents = contents
-        resumed = fingerprint is not None and resume and _partial_matches(self.partial, fingerprint)
+        resumed = (fingerprint is not None and resume
+                   and _partial_matches(self.partial, fingerprint, contents, n_build))
         if resumed:
             _reserve(self.partial, fresh=False)  # a partial of an older memstore, or a disk that was full
         else:
@@ -466,13 +467,31 @@ def _check_target(store_path: Path, partial: Path) -> None:
                              "only a store: remove it or choose another path")
 
 
-def _partial_matches(partial: Path, fingerprint: str) -> bool:
+def _partial_matches(partial: Path, fingerprint: str, c: StoreContents, n_build: int) -> bool:
+    """Whether ``partial`` is this plan's, with every dataset :func:`_allocate` made, in its shape and type.
+
+    A partial of the same plan that lost a dataset (a damaged file, a hand edit) was resumed: every
+    file was extracted again, and the build then failed in its last step, at every run.
+    """
     if not partial.exists():
         return False
+    want = {layout.FEATURES: ((max(c.total, 1), c.n_bins), np.dtype(c.dtype)),
+            layout.INDEX: ((len(c.index),), np.dtype(layout.INDEX_DTYPE)),
+            layout.LABELS: (np.shape(c.labels), np.dtype(np.uint8)),
+            layout.SEGMENTS: (np.shape(c.segments), np.dtype(layout.SEGMENT_DTYPE)),
+            layout.PATHS: ((len(c.paths),), None),
+            layout.BUILD_DONE: ((max(n_build, 1),), np.dtype(np.uint8)),
+            layout.BUILD_CHECKSUM: ((max(n_build, 1),), np.dtype("<u4"))}
     try:
         with open_h5(partial, "r") as f:  # locked by another writer: BuildError, never discarded
-            return (str(f.attrs.get(layout.ATTR_FINGERPRINT, "")) == fingerprint
-                    and layout.BUILD_DONE in f)
+            if str(f.attrs.get(layout.ATTR_FINGERPRINT, "")) != fingerprint:
+                return False
+            for name, (shape, dtype) in want.items():
+                d = f.get(name)
+                if not isinstance(d, h5py.Dataset) or d.shape != shape or (dtype is not None and d.dtype != dtype):
+                    log.warning("cannot reuse %s (its %s is missing or damaged); starting over", partial, name)
+                    return False
+            return True
     except BuildError:
         raise
     except (OSError, KeyError, RuntimeError) as err:

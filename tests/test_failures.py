@@ -126,3 +126,28 @@ def test_queued_tasks_are_cancelled_when_one_fails(tmp_path, monkeypatch):
     # 8 tasks were in flight (4 per worker, workers=2); one worker process holds at most 2 more in its
     # call queue, and those cannot be cancelled any more: the other 5 must never run
     assert written <= 3
+
+
+@pytest.mark.parametrize("damage", ["index", "build/checksum", "features"])
+def test_a_partial_file_that_lost_a_dataset_is_built_anew_not_resumed(root, clean, tmp_path, monkeypatch, caplog,
+                                                                     damage):
+    # found by the command-line hunt: such a partial was resumed, every file extracted again, and the build
+    # then failed in its last step with a KeyError, at every run (only --no-resume got out)
+    monkeypatch.setattr(build, "TASK_AUDIO_SECONDS", 0.1)
+    store, partial = tmp_path / "s.h5", tmp_path / "s.h5.partial"
+    monkeypatch.setattr(Spectrogram, "__call__", _raising_call("ValueError", Spectrogram.__call__))
+    with pytest.raises(ValueError, match="injected ValueError"):
+        build.build_store(root, store, workers=1, progress=False)
+    monkeypatch.undo()
+    assert _done_flags(partial).sum() >= 3
+    with h5py.File(partial, "r+", locking=False) as f:
+        if damage == "features":  # another shape under the same name
+            del f[damage]
+            f.create_dataset(damage, shape=(1, 1), dtype="<f4")
+        else:
+            del f[damage]
+    with caplog.at_level("WARNING", logger="memstore"):
+        report = build.build_store(root, store, workers=1, progress=False)
+    assert report.resumed == 0 and report.stored == 6
+    assert f"its {damage} is missing or damaged" in caplog.text
+    same_store(store, clean)
