@@ -18,16 +18,20 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._validate import positive_int
+from ._validate import int_up_to
 from .errors import ParameterError
 from .stats import starts
 
 __all__ = ["block_counts", "block_table"]
 
 
+#: the longest block and the largest step, in frames: far past any file, and far inside the int64 sums
+MAX_FRAMES = 1 << 40
+
+
 def _check(n_frames, time_context, step) -> np.ndarray:
-    positive_int("time_context", time_context)
-    positive_int("step", step)
+    int_up_to("time_context", time_context, MAX_FRAMES, "frames; 10**30 overflowed the block table's int64")
+    int_up_to("step", step, MAX_FRAMES, "frames; 10**30 overflowed the block table's int64")
     n = np.asarray(n_frames)
     if n.ndim != 1 or (n.size and not np.issubdtype(n.dtype, np.integer)):
         raise ParameterError("n_frames must be a one-dimensional array of integers")

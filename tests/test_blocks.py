@@ -56,6 +56,9 @@ def test_tutorial_example():
 @pytest.mark.parametrize("args, match", [
     (([10], 0, 5), "time_context=0"), (([10], 5, -1), "step=-1"), (([0], 5, 5), "must be positive"),
     (([[1, 2]], 5, 5), "one-dimensional"),
+    # found by the command-line hunt (memstore bench --time-context 10**30): a raw OverflowError
+    (([10], 10**30, 5), f"time_context={10**30} must be at most 1,099,511,627,776"),
+    (([10], 5, 10**30), r"step=1000.* must be at most 1,099,511,627,776"),
 ])
 def test_bad_arguments(args, match):
     with pytest.raises(ParameterError, match=match):
