@@ -211,6 +211,12 @@ def make_plan(root, *, transform: Spectrogram, labels, sample_rate: int | None =
         raise BuildError(f"strict build: {len(unreadable)} label file(s) could not be read; nothing was written:\n"
                          + "\n".join(f"  {p}: {why}" for p, why in unreadable[:20]))
     label_mode = "table" if scan.table is not None else labels if isinstance(labels, str) else "custom"
+    if label_mode == "irmas" and len(multihot) and not multihot.any():  # said only by "0 classes" before
+        scan.notes.append("labels='irmas' found no label: no file name holds a [cls] tag and no .txt file lists "
+                          "one; every file is stored without a label (labels='folder' takes the folder names)")
+    if base is not None and base.label_mode not in (label_mode, "mixed"):
+        scan.notes.append(f"the store's files were labelled by {base.label_mode!r}, these by {label_mode!r}: "
+                          "its label mode is now 'mixed'")
     return _layout(root, scan, rate, transform, dtype, n_frames, found, multihot, label_mode, classes, base)
 
 

@@ -21,7 +21,7 @@ from memstore.build import build_store
 from memstore.demo import make_demo_folder, make_demo_testing
 from memstore.errors import BuildError, ParameterError, StoreFormatError
 from memstore.features import MelSpectrogram
-from memstore.store import open_store
+from memstore.store import open_store, read_metadata
 from memstore.verify import verify_store
 
 
@@ -148,6 +148,27 @@ def test_append_adds_a_segment_and_merges_statistics(tmp_path):
         np.testing.assert_allclose(s.stats["mean"], feats.mean(0), rtol=1e-9)
         np.testing.assert_allclose(s.stats["cov"], np.cov(feats.T), rtol=1e-7, atol=1e-14)
         assert s.labels[-3:].sum() >= 3  # multi-hot from the .txt files
+    assert any("labelled by 'folder', these by 'irmas': its label mode is now 'mixed'" in n for n in report.notes)
+    assert not any("label mode" in n for n in again.notes)  # mixed already
+
+
+def test_labels_that_find_nothing_or_change_on_append_are_noted(tmp_path):
+    # found by the command-line hunt: every file stored unlabelled, said only as "classes (0)"
+    root = make_demo_folder(tmp_path / "a", n_per_class=1, seed=3)
+    plain = tmp_path / "plain" / "cel"
+    plain.mkdir(parents=True)
+    for name in ("a.wav", "b.wav"):  # names without [cls] tags, no .txt files
+        write_wav(plain / name, np.zeros(44100, np.float32), 44100)
+    report = build_store(plain.parent, tmp_path / "p.h5", labels="irmas", workers=1, progress=False)
+    assert report.stored and any("labels='irmas' found no label" in n for n in report.notes)
+    build_store(root, tmp_path / "s.h5", workers=1, progress=False)
+    more = tmp_path / "more"
+    (more / "x").mkdir(parents=True)
+    write_wav(more / "x" / "new.wav", np.zeros(44100, np.float32), 44100)
+    report = build_store(more, tmp_path / "s.h5", mode="append", labels="none", workers=1, progress=False)
+    assert any("labelled by 'folder', these by 'none'" in n for n in report.notes)
+    with open_store(tmp_path / "s.h5") as s:
+        assert read_metadata(s.path).label_mode == "mixed" and not s.labels[-1].any()
 
 
 BUILD_SCRIPT = """
