@@ -110,6 +110,8 @@ class StoreMeta:
             if not is_int(getattr(self, name)):
                 raise _fail(path, f"{name}={getattr(self, name)!r} must be an integer")
             self._set(name, int(getattr(self, name)))
+        if self.generation < 0:  # 0 for a new store, one more per append: -5 was shown by info and passed verify
+            raise _fail(path, f"generation={self.generation} must be >= 0 (0, then one more per append)")
         for name in ("index", "labels", "segments"):
             self._set(name, np.asarray(getattr(self, name)))
         _check_bins(path, self.n_bins, self.config)

@@ -110,6 +110,7 @@ def _empty_segment(meta):
     (_label_77, "index labels out of range"),
     (lambda m: {"stats": dict(m.stats, mean=np.zeros(3))}, "statistics have the wrong shape"),
     (lambda m: {"total": 1.5}, "total=1.5 must be an integer"),
+    (lambda m: {"generation": -5}, r"generation=-5 must be >= 0"),  # found by the command-line hunt: passed verify
 ])
 def test_from_dict_applies_the_rules_of_open_store(demo_store, change, match):
     meta = read_metadata(demo_store)
