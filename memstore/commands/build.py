@@ -21,7 +21,9 @@ DESCRIPTIONS = {
 
 def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument("audio_root", metavar="AUDIO_ROOT", help="folder of audio files (searched recursively)")
-    parser.add_argument("store", metavar="STORE.h5", help="store file to create (or to append to with --append)")
+    parser.add_argument("store", metavar="STORE.h5",
+                        help="store file to create; a store already there is replaced once the new one is "
+                             "complete (--append adds to it instead)")
     parser.add_argument("--workers", type=int, default=None, metavar="N",
                         help="processes that extract (default: all cores; 1 = this process only; N > 1 = this "
                              "process and N-1 spawned workers; at most 4 per core)")

@@ -21,14 +21,17 @@ DESCRIPTIONS = {
 def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     if name == "import-legacy":
         parser.add_argument("feature_dir", metavar="FEATURE_DIR", help="folder of .data/.shape files")
-        parser.add_argument("store", metavar="STORE", help="store file to write")
+        parser.add_argument("store", metavar="STORE",
+                            help="store file to write; a store already there is replaced once the new one is complete")
         parser.add_argument("--sample-rate", type=int, default=44100,
                             help="audio rate the features were computed at (default: 44100, IRMAS)")
         parser.add_argument("--allow-rounding", action="store_true",
                             help="accept float64 values that float32 cannot hold exactly (rounded, with a warning)")
     else:
         parser.add_argument("store", metavar="STORE", help="store file to read")
-        parser.add_argument("out_dir", metavar="OUT_DIR", help="folder to write the .data/.shape files into")
+        parser.add_argument("out_dir", metavar="OUT_DIR",
+                            help="folder to write the .data/.shape files into (made if missing); files of the same "
+                                 "names are replaced, and an interrupted export leaves the files written so far")
     parser.add_argument("--suffix-in", default="_mel_", help="suffix of the feature files (default: _mel_)")
     parser.add_argument("--suffix-out", default="_label_", help="suffix of the label files (default: _label_)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar (shown when stderr is a terminal)")
