@@ -10,6 +10,7 @@ optional dependency only affects the command that needs it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import os
@@ -82,6 +83,10 @@ def _command_parser(name: str) -> tuple[argparse.ArgumentParser, object]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 ok, 1 failure, 2 usage)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    # a file name the terminal's encoding cannot show (PYTHONIOENCODING=ascii, a C locale) is printed
+    # escaped, not a UnicodeEncodeError traceback after the work is done
+    with contextlib.suppress(AttributeError, ValueError):
+        sys.stdout.reconfigure(errors="backslashreplace")
     top = _parser()
     # split global options from the sub-command and its own arguments
     split = next((i for i, a in enumerate(argv) if a in COMMANDS), None)

@@ -64,6 +64,8 @@ def parse_memory(limit) -> int | None:
     if isinstance(limit, int | np.integer):
         if limit <= 0:
             raise ParameterError(f"memory_limit={limit!r} must be positive")
+        if limit >= 2**63:
+            raise ParameterError(f"memory_limit={limit!r} is past any machine's memory (at most 2**63 bytes)")
         return int(limit)
     if isinstance(limit, str):
         m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", limit)
@@ -71,6 +73,9 @@ def parse_memory(limit) -> int | None:
             value = float(m.group(1)) * _UNITS[m.group(2).upper()]
             if 0 < value < 2.0 ** 63:  # past that, no machine's memory (and int(inf) would raise)
                 return int(value)
+            if value >= 2.0 ** 63:  # it was called not a positive number
+                raise ParameterError(f"memory_limit={limit!r} is {value:.3g} bytes, past any machine's memory "
+                                     "(at most 2**63)")
     raise ParameterError(f"memory_limit={limit!r} must be a positive number of bytes or a string "
                          "like '512MB', '2GB' or '1.5GiB'")
 

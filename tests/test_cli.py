@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from memstore import cli
@@ -80,3 +81,18 @@ def test_paths_a_command_cannot_write_or_that_name_nothing_are_one_line_errors(d
         err = capsys.readouterr().err
         assert err.startswith(f"memstore {args[0]}: error: ") and why in err and err.count("\n") == 1, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+def test_names_the_output_encoding_cannot_hold_are_printed_escaped(tmp_path):
+    # found by the command-line hunt: PYTHONIOENCODING=ascii made `memstore info` end in UnicodeEncodeError
+    from memstore.audio import write_wav
+    from memstore.build import build_store
+
+    (tmp_path / "a" / "caf\u00e9").mkdir(parents=True)
+    write_wav(tmp_path / "a" / "caf\u00e9" / "\u00e9t\u00e9.wav", np.zeros(8000, np.float32), 8000)
+    build_store(tmp_path / "a", tmp_path / "s.h5", workers=1, progress=False)
+    env = dict(os.environ, PYTHONIOENCODING="ascii")
+    done = subprocess.run([sys.executable, "-m", "memstore", "info", str(tmp_path / "s.h5")],
+                          capture_output=True, text=True, check=False, env=env, cwd=tmp_path)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert "caf\\xe9" in done.stdout

@@ -145,6 +145,9 @@ def test_parse_memory_and_budget():
     for bad in ("lots", "-1GB", 0, True, "5 parsecs", "9" * 400, "1e30"):  # "9" * 400 raised OverflowError
         with pytest.raises(ParameterError, match="memory_limit="):
             parse_memory(bad)
+    for huge in ("99999999999GB", 2**63, "9" * 400):  # called "not a positive number" (the command-line hunt)
+        with pytest.raises(ParameterError, match="past any machine's memory"):
+            parse_memory(huge)
     assert window_budget(10_000_000, row_bytes=400, batch_bytes=1_000_000, n_batch_buffers=4,
                          time_context=128) == 6_000_000 // 800
     with pytest.raises(ParameterError, match="too small.*need 4102400 bytes"):
