@@ -85,8 +85,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # a file name the terminal's encoding cannot show (PYTHONIOENCODING=ascii, a C locale) is printed
     # escaped, not a UnicodeEncodeError traceback after the work is done
-    with contextlib.suppress(AttributeError, ValueError):
+    errors = getattr(sys.stdout, "errors", None)
+    with contextlib.suppress(AttributeError, ValueError, OSError):
         sys.stdout.reconfigure(errors="backslashreplace")
+    try:
+        return _main(argv)
+    finally:  # a caller that runs main() in its own process keeps its stdout as it was
+        with contextlib.suppress(AttributeError, ValueError, TypeError, OSError):
+            sys.stdout.reconfigure(errors=errors)
+
+
+def _main(argv: list[str]) -> int:
     top = _parser()
     # split global options from the sub-command and its own arguments
     split = next((i for i, a in enumerate(argv) if a in COMMANDS), None)
@@ -113,13 +122,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"memstore {name}: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # stdout's reader went away (`| head`): nothing more to tell it, no traceback
-        _drop_stdout()
+    except BrokenPipeError as err:
+        if _stdout_closed():  # its reader went away (`| head`): nothing more to tell it, no traceback
+            _drop_stdout()
+            return 1
+        print(f"memstore {name}: error: {err}", file=sys.stderr)  # another pipe: a FIFO given as a path
         return 1
     except OSError as err:  # a path the command cannot write or make: a read-only folder, a file as a folder
         logging.getLogger(__name__).debug("memstore %s failed", name, exc_info=True)  # -vv shows where
         print(f"memstore {name}: error: {err}", file=sys.stderr)
         return 1
+
+
+def _stdout_closed() -> bool:
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        return True
+    except (OSError, ValueError):
+        return False
+    return False
 
 
 def _drop_stdout() -> None:

@@ -40,6 +40,8 @@ read-only, not in the frozen objects.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import functools
 import json
@@ -145,15 +147,20 @@ class Spectrogram:
     kind = "spectrogram"
 
     def __post_init__(self) -> None:
+        self._normalise()
+        if not _AS_STORED.get():
+            self._check_limits()
+
+    def _normalise(self) -> None:
         # Normalised in place (numpy ints to int, numbers to float) so that
         # to_json() is canonical and transform_from_json(t.to_json()) == t.
         def put(name, value):
             object.__setattr__(self, name, value)
 
         if self.sample_rate is not None:
-            put("sample_rate", spectral.check_rate("sample_rate", self.sample_rate))
-        put("n_fft", int_up_to("n_fft", self.n_fft, spectral.MAX_N_FFT, "the longest FFT memstore takes"))
-        put("hop", int_up_to("hop", self.hop, spectral.MAX_HOP, "the longest hop memstore takes"))
+            put("sample_rate", positive_int("sample_rate", self.sample_rate))
+        put("n_fft", positive_int("n_fft", self.n_fft))
+        put("hop", positive_int("hop", self.hop))
         if self.win_length is not None:
             put("win_length", positive_int("win_length", self.win_length))
             if self.win_length > self.n_fft:
@@ -161,19 +168,31 @@ class Spectrogram:
         for name, allowed in (("window", WINDOWS), ("framing", FRAMINGS),
                               ("magnitude_norm", MAGNITUDE_NORMS), ("log", LOGS)):
             choice(name, getattr(self, name), allowed)
-        if self.window == "hann_symmetric" and self.win == 2:  # np.hanning(2) is [0, 0]: every feature 0
-            raise ParameterError("a symmetric Hann window of 2 samples is all zeros; use a longer window "
-                                 "or window='hann' (periodic)")
         if not isinstance(self.power, int | float | np.integer | np.floating) or isinstance(self.power, bool) \
                 or self.power not in (1, 2):
             raise ParameterError(f"power={self.power!r} must be 1 (magnitude) or 2 (power)")
         put("power", float(self.power))
         put("log_c", finite("log_c", self.log_c, minimum=0.0, strict=True))
+        if self.top_db is not None:
+            put("top_db", finite("top_db", self.top_db, minimum=0.0))
+
+    def _check_limits(self) -> None:
+        """The bounds past which a setting asks for memory no machine has, overflows the kernels' sample
+        positions, or gives all-zero or NaN features (:mod:`memstore.spectral`).
+
+        Checked when a transform is made, and again before it computes; not when a store's configuration
+        is read back (:func:`as_stored`): a store written before the bounds existed still opens.
+        """
+        if self.sample_rate is not None:
+            spectral.check_rate("sample_rate", self.sample_rate)
+        int_up_to("n_fft", self.n_fft, spectral.MAX_N_FFT, "the longest FFT memstore takes")
+        int_up_to("hop", self.hop, spectral.MAX_HOP, "the longest hop memstore takes")
+        if self.window == "hann_symmetric" and self.win == 2:  # np.hanning(2) is [0, 0]: every feature 0
+            raise ParameterError("a symmetric Hann window of 2 samples is all zeros; use a longer window "
+                                 "or window='hann' (periodic)")
         if not float(_F32.tiny) <= self.log_c <= float(_F32.max):  # log10p multiplies float32 features by it
             raise ParameterError(f"log_c={self.log_c!r} must lie within float32's normal range, "
                                  f"[{_F32.tiny:.3g}, {_F32.max:.3g}]: the features are float32")
-        if self.top_db is not None:
-            put("top_db", finite("top_db", self.top_db, minimum=0.0))
 
     # --- shape ----------------------------------------------------------------------------------
     @property
@@ -231,6 +250,7 @@ class Spectrogram:
         -------
         ndarray [shape=(n_frames(n), n_bins)], float32, C-contiguous
         """
+        self._check_limits()  # a transform read back from an old store was not checked against them
         x = check_signal(samples)
         rate = spectral.check_rate("sample_rate", sample_rate)
         if self.sample_rate is not None and rate != self.sample_rate:
@@ -293,9 +313,9 @@ class MelSpectrogram(Spectrogram):
 
     kind = "mel"
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        object.__setattr__(self, "n_mels", spectral.check_mel_size(self.n_mels, self.n_fft))
+    def _normalise(self) -> None:
+        super()._normalise()
+        object.__setattr__(self, "n_mels", positive_int("n_mels", self.n_mels))
         choice("mel_scale", self.mel_scale, MEL_SCALES)
         norm = check_mel_norm(self.norm)
         if isinstance(norm, float) and math.isinf(norm):
@@ -332,7 +352,13 @@ class MelSpectrogram(Spectrogram):
         """Features per frame: ``n_mels``."""
         return self.n_mels
 
+    def _check_limits(self) -> None:
+        super()._check_limits()
+        spectral.check_mel_size(self.n_mels, self.n_fft)
+
     def _check_rate(self, rate: int) -> None:
+        if rate > spectral.MAX_SAMPLE_RATE:  # past the limit (refused there); rate / 2 may not be a float
+            return
         if self.fmax is not None and self.fmax > rate / 2:
             raise ParameterError(f"fmax={self.fmax:g} must be <= sample_rate / 2 = {rate / 2:g}")
         if self.fmin >= (self.fmax if self.fmax is not None else rate / 2):
@@ -352,6 +378,23 @@ class MelSpectrogram(Spectrogram):
 
 
 # --- configuration from JSON -----------------------------------------------------------------------
+
+#: set while a store's configuration is read back: the limits of :meth:`Spectrogram._check_limits` wait
+#: until the transform computes (a context variable: each thread and task has its own)
+_AS_STORED = contextvars.ContextVar("memstore_transform_as_stored", default=False)
+
+
+@contextlib.contextmanager
+def as_stored():
+    """Transforms made inside are a store's recorded configuration: checked as ever, but for the
+    limits past which a new one is refused (stores written before a limit existed still open; such a
+    transform is refused when it computes)."""
+    token = _AS_STORED.set(True)
+    try:
+        yield
+    finally:
+        _AS_STORED.reset(token)
+
 
 _KINDS = {"spectrogram": Spectrogram, "mel": MelSpectrogram}
 

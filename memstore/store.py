@@ -26,7 +26,7 @@ import numpy as np
 from . import layout
 from ._validate import is_int
 from .errors import ParameterError, StoreFormatError
-from .features import Spectrogram, transform_from_dict
+from .features import Spectrogram, as_stored, transform_from_dict
 
 __all__ = ["Store", "StoreMeta", "open_store", "read_metadata"]
 
@@ -163,7 +163,8 @@ def _parse_config(path, value) -> Spectrogram:
     if isinstance(value, Spectrogram):
         return value
     try:
-        config = transform_from_dict(value)
+        with as_stored():  # a store from before a setting's upper bound still opens
+            config = transform_from_dict(value)
     except ParameterError as err:
         raise _fail(path, f"bad feature configuration: {err}") from err
     # a store records every setting (to_json writes them all): one missing was lost, and its default may

@@ -184,13 +184,16 @@ class StoreWriter:
             raise BuildError("StoreWriter.start needs the writer's lock: use it in a `with` block")
         self._unmap()
         self.contents = contents
-        resumed = (fingerprint is not None and resume
-                   and _partial_matches(self.partial, fingerprint, contents, n_build))
+        if fingerprint is None or not resume:
+            why = "it is not resumed (resume=False)" if fingerprint is not None else "a new build starts"
+        else:
+            why = _partial_unusable(self.partial, fingerprint, contents, n_build)
+        resumed = why is None
         if resumed:
             _reserve(self.partial, fresh=False)  # a partial of an older memstore, or a disk that was full
         else:
             if self.partial.exists():
-                log.warning("discarding %s: it belongs to another build plan", self.partial)
+                log.warning("discarding %s: %s", self.partial, why)
                 self.partial.unlink()
             _allocate(self.partial, contents, n_build=n_build)
             if copy_from is not None and copy_from[2]:
@@ -345,6 +348,8 @@ def _mapped_ranges(path: Path) -> list[tuple[int, int]]:
 
 #: stores from this size up are first tried as an empty file of their size (FAT refuses 4 GiB, ext4 16 TiB)
 _PROBE_BYTES = 1 << 31
+#: room beyond the features for HDF5's metadata and the small datasets after them
+_PROBE_MARGIN = 1 << 26
 
 
 def _check_file_size(path: Path, nbytes: int) -> None:
@@ -358,18 +363,19 @@ def _check_file_size(path: Path, nbytes: int) -> None:
     if nbytes < _PROBE_BYTES:
         return
     why = "past any file offset"  # an off_t is 64 bits, signed
-    if nbytes < 2**63:
+    size = nbytes + _PROBE_MARGIN
+    if size < 2**63:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
-            os.ftruncate(fd, nbytes)
+            os.ftruncate(fd, size)
             return
         except OSError as err:
+            path.unlink()  # whatever failed, the probe is not left where the partial file goes
             if err.errno not in (errno.EFBIG, errno.EINVAL):
                 raise
             why = os.strerror(err.errno)
         finally:
             os.close(fd)
-        path.unlink()
     raise BuildError(f"the store's features take {nbytes:,} bytes, more than one file may hold in {path.parent} "
                      f"({why}); fewer frames (a larger hop) or fewer bins make a smaller store")
 
@@ -467,15 +473,16 @@ def _check_target(store_path: Path, partial: Path) -> None:
                              "only a store: remove it or choose another path")
 
 
-def _partial_matches(partial: Path, fingerprint: str, c: StoreContents, n_build: int) -> bool:
-    """Whether ``partial`` is this plan's, with every dataset :func:`_allocate` made, in its shape and type.
+def _partial_unusable(partial: Path, fingerprint: str, c: StoreContents, n_build: int) -> str | None:
+    """Why ``partial`` cannot be resumed, or None: it is this plan's, with every dataset :func:`_allocate`
+    made, in its shape and type.
 
     A partial of the same plan that lost a dataset (a damaged file, a hand edit) was resumed: every
     file was extracted again, and the build then failed in its last step, at every run.
     """
     if not partial.exists():
-        return False
-    want = {layout.FEATURES: ((max(c.total, 1), c.n_bins), np.dtype(c.dtype)),
+        return "there is none"
+    want = {layout.FEATURES: ((c.total, c.n_bins), np.dtype(c.dtype)),
             layout.INDEX: ((len(c.index),), np.dtype(layout.INDEX_DTYPE)),
             layout.LABELS: (np.shape(c.labels), np.dtype(np.uint8)),
             layout.SEGMENTS: (np.shape(c.segments), np.dtype(layout.SEGMENT_DTYPE)),
@@ -485,18 +492,16 @@ def _partial_matches(partial: Path, fingerprint: str, c: StoreContents, n_build:
     try:
         with open_h5(partial, "r") as f:  # locked by another writer: BuildError, never discarded
             if str(f.attrs.get(layout.ATTR_FINGERPRINT, "")) != fingerprint:
-                return False
+                return "it belongs to another build plan"
             for name, (shape, dtype) in want.items():
                 d = f.get(name)
                 if not isinstance(d, h5py.Dataset) or d.shape != shape or (dtype is not None and d.dtype != dtype):
-                    log.warning("cannot reuse %s (its %s is missing or damaged); starting over", partial, name)
-                    return False
-            return True
+                    return f"its {name} is missing or damaged; starting over"
+            return None
     except BuildError:
         raise
     except (OSError, KeyError, RuntimeError) as err:
-        log.warning("cannot reuse %s (%s); starting over", partial, err)
-        return False
+        return f"it cannot be read ({err}); starting over"
 
 
 # --- finishing -----------------------------------------------------------------------------

@@ -96,3 +96,16 @@ def test_names_the_output_encoding_cannot_hold_are_printed_escaped(tmp_path):
                           capture_output=True, text=True, check=False, env=env, cwd=tmp_path)
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
     assert "caf\\xe9" in done.stdout
+
+
+def test_a_broken_pipe_that_is_not_stdout_is_reported(monkeypatch, capsys):
+    """Only a closed stdout ends a command without a word (a review: any BrokenPipeError did)."""
+    import memstore.commands.info as info
+
+    def broken(args):
+        raise BrokenPipeError(32, "Broken pipe", "/tmp/a-fifo")
+
+    monkeypatch.setattr(info, "run", broken)
+    assert cli.main(["info", "whatever.h5"]) == 1
+    assert "memstore info: error: [Errno 32] Broken pipe: '/tmp/a-fifo'" in capsys.readouterr().err
+

@@ -159,3 +159,21 @@ def test_verify_needs_no_private_name_of_the_builder():
     code = "import sys, memstore.verify; print(sorted(m for m in sys.modules if m.startswith('memstore.')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "memstore.stats" in out and "memstore.build" not in out
+
+
+def test_a_store_with_settings_past_todays_limits_still_opens(demo_store, tmp_path):
+    """A store written before a setting got its upper bound (a 2.5 MHz rate from the headers, n_fft 2**18)
+    opens, shows its configuration, and refuses only to compute with it (found by a review: it could not
+    be opened at all)."""
+    old = tmp_path / "old.h5"
+    shutil.copy(demo_store, old)
+    with h5py.File(old, "r+") as f:
+        config = json.loads(f.attrs["config"])
+        config.update(sample_rate=2_500_000, n_fft=2**18)
+        f.attrs["config"] = json.dumps(config)
+    with open_store(old) as store:
+        assert store.config.sample_rate == 2_500_000 and store.config.n_fft == 2**18
+        with pytest.raises(ParameterError, match="sample_rate=2500000 must be at most 2,000,000"):
+            store.config(np.zeros(1000, np.float32), 2_500_000)
+    with pytest.raises(ParameterError, match="sample_rate=2500000 must be at most"):  # made anew: refused
+        MelSpectrogram(**{k: v for k, v in config.items() if k != "kind"})

@@ -491,8 +491,22 @@ def test_settings_past_a_stores_limits_are_refused_before_any_work(tmp_path, dem
     assert not list(tmp_path.glob("*.h5*"))
 
 
+def _file_system(path) -> str:
+    """The type of the file system holding ``path`` (the longest mount point above it)."""
+    best, kind = "", ""
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            mount, fs = fields[4], fields[fields.index("-") + 1]
+            if str(path).startswith(mount.rstrip("/") + "/") and len(mount) > len(best):
+                best, kind = mount, fs
+    return kind
+
+
 @pytest.mark.parametrize("rows", [2**43, 2**62], ids=["past ext4's 16 TiB", "past any off_t"])
 def test_a_store_larger_than_one_file_may_be_is_refused_before_hdf5_makes_it(tmp_path, rows):
+    if rows < 2**62 and _file_system(tmp_path) != "ext4":  # elsewhere 3 PB may be a legal sparse file
+        pytest.skip(f"the 16 TiB limit is ext4's; {tmp_path} is on {_file_system(tmp_path) or 'unknown'}")
     # found by a bad-input hunt: HDF5 met the file system's limit inside its allocation: a bare OSError,
     # screens of errors from the handles it dropped (once a segmentation fault), and a .partial left
     from memstore.layout import INDEX_DTYPE
@@ -506,8 +520,5 @@ def test_a_store_larger_than_one_file_may_be_is_refused_before_hdf5_makes_it(tmp
     with pytest.raises(BuildError) as raised, StoreWriter(path) as writer:
         writer.start(contents)
     message = str(raised.value)
-    if "not enough disk space" in message:  # a file system that holds 3 PB as one sparse file: the reservation fails
-        assert rows < 2**62
-        return
     assert re.search(rf"features take {rows * 96 * 4:,} bytes, more than one file may hold in", message), message
     assert not list(tmp_path.glob("s.h5*"))

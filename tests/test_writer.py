@@ -138,6 +138,20 @@ def test_a_partial_of_the_same_plan_is_resumed_and_another_is_discarded(tmp_path
         assert w.done.tolist() == [0, 0, 0, 0] and w.checksum.tolist() == [0, 0, 0, 0]
 
 
+def test_a_partial_of_no_rows_is_resumed_too(tmp_path, caplog):
+    """A plan whose files give no row (a review found its partial file refused as damaged at every start)."""
+    rows = [np.zeros((0, 4), np.float32)]
+    contents = _contents(rows)
+    store = tmp_path / "s.h5"
+    with StoreWriter(store) as w:
+        assert w.start(contents, n_build=1, fingerprint="plan-0", resume=True) is False
+        w.done[0] = 2
+    with caplog.at_level("WARNING", logger="memstore"), StoreWriter(store) as w:
+        assert w.start(contents, n_build=1, fingerprint="plan-0", resume=True) is True
+        assert w.done.tolist() == [2]
+    assert "discarding" not in caplog.text
+
+
 def test_an_append_copies_the_old_rows_before_its_own(tmp_path):
     old = _rows(seed=2, lengths=(4, 2))
     write_store_from_arrays(tmp_path / "s.h5", old, ["c0/a.wav", "c1/b.wav"], ["c0", "c1"],

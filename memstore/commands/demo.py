@@ -28,8 +28,9 @@ DESCRIPTIONS = {
         "  2. build one HDF5 feature store from it (96-band mel, the tutorial's settings);\n"
         "  3. stream one epoch of shuffled (batch, 1, time, mel) batches with a\n"
         "     memory_limit smaller than the store, so the out-of-core pager runs.\n"
-        "DIR defaults to a temporary folder that is removed afterwards; a DIR of your own\n"
-        "must not hold a Training folder already (the demo would mix its audio into yours)."
+        "DIR defaults to a temporary folder that is removed afterwards. In a DIR of your own,\n"
+        "a Training folder must be empty or absent: the demo builds everything in it, so your\n"
+        "audio, or an earlier demo's, would be mixed into its store (give a new DIR to run again)."
     )
 }
 
@@ -57,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
     if not 1 <= args.per_class <= MAX_PER_CLASS:  # 10**30 wrote 1.7 GB a minute until the disk was full
         raise ParameterError(f"--per-class={args.per_class} must be from 1 to {MAX_PER_CLASS}")
     if args.dir is None:
-        with _terminate_as_exit(), tempfile.TemporaryDirectory(prefix="memstore-demo-") as tmp:
+        # the handler ends before the folder's removal starts: a SIGTERM then cannot stop it half way
+        with tempfile.TemporaryDirectory(prefix="memstore-demo-") as tmp, _terminate_as_exit():
             return _demo(Path(tmp), args)
     if not args.dir:
         raise ParameterError("DIR '' names no folder; give one, or none for a temporary folder")
@@ -75,8 +77,12 @@ def _holds_anything(folder: Path) -> bool:
 
 @contextlib.contextmanager
 def _terminate_as_exit():
-    """SIGTERM ends the demo as an exception would, so its temporary folder is removed (it was left behind)."""
-    if threading.current_thread() is not threading.main_thread():
+    """SIGTERM ends the demo as an exception would, so its temporary folder is removed (it was left behind).
+
+    Only where SIGTERM has its default action, in the main thread: a caller that ignores or handles it keeps it.
+    """
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) \
+            is not signal.SIG_DFL:
         yield
         return
 
