@@ -357,8 +357,8 @@ def _check_file_size(path: Path, nbytes: int) -> None:
 
     HDF5 meets the file system's limit (``EFBIG``) inside its allocation, raises a
     bare ``OSError`` and prints errors from every handle it then drops. A sparse
-    ``ftruncate`` to the features' size asks the file system first; it writes
-    nothing, and the HDF5 file made next replaces the probe.
+    ``ftruncate`` to the features' size and a margin asks the file system first;
+    it writes nothing, and the HDF5 file made next replaces the probe.
     """
     if nbytes < _PROBE_BYTES:
         return
