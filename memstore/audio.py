@@ -266,15 +266,16 @@ def _parse_wav(path, opened=None) -> _Wav:
         elif cid == b"data":
             if fmt is None:
                 raise _fail(path, "no 'fmt ' chunk before the 'data' chunk")
-            kind, width, channels, rate, frame_bytes = _parse_fmt(path, fmt, order)
             if data_size is not None and clen == 0xFFFFFFFF:
                 clen = data_size
             available = size - body
             if clen > available:
                 # refused rather than read in part: a cut file is a damaged download, and a
-                # partial read would put a silently shorter file into the store
+                # partial read would put a silently shorter file into the store. Checked before the
+                # codec: a cut mu-law or ADPCM file went on to libsndfile, which reads what is there
                 raise _fail(path, f"data chunk shorter than declared ({available} of {clen} bytes present);"
                                   " the file is truncated")
+            kind, width, channels, rate, frame_bytes = _parse_fmt(path, fmt, order)
             n = clen // frame_bytes  # a trailing partial frame is ignored
             if n == 0:
                 raise _fail(path, "zero samples")
@@ -563,10 +564,15 @@ def _mix(dst: np.ndarray, x: np.ndarray, mono: bool) -> None:
         return
     dst[:] = x[:, 0]
     # a loop over channels: mean(axis=1) is several times slower, and makes a float64 temporary without dtype
-    for c in range(1, x.shape[1]):
-        dst += x[:, c]
+    with np.errstate(over="ignore"):  # mended below
+        for c in range(1, x.shape[1]):
+            dst += x[:, c]
     if x.shape[1] > 1:
         dst *= np.float32(1.0 / x.shape[1])
+        if x.dtype.kind == "f" and not np.isfinite(dst).all():
+            # finite float32 samples near the largest float summed past it: the mean taken in float64 (a
+            # mixed sample can only overflow where every input was finite and huge; NaN input is refused later)
+            dst[:] = x.mean(axis=1, dtype=np.float64)
 
 
 class WavSignal:
@@ -733,6 +739,9 @@ def write_wav(path, samples, sample_rate: int, *, sample_format: str = "pcm16",
     tag, bits = _WRITE_FORMATS[sample_format]
     n, ch = x.shape
     align = ch * bits // 8
+    if sample_rate * align >= 2**32:  # the header's bytes per second: struct.error before
+        raise ParameterError(f"sample_rate={sample_rate} x {align} bytes per frame exceeds the 32-bit byte rate "
+                             "field of a WAV header; use a lower rate, fewer channels or a smaller sample format")
     n_data = n * align
     if n_data > 0xFFFFFFFF - 80:
         raise ParameterError(f"{n} frames x {align} bytes exceed the 4 GiB limit of a RIFF size field")

@@ -44,6 +44,9 @@ from .writer import StoreContents
 
 __all__ = ["BuildPlan", "make_plan", "read_base"]
 
+#: the most a file is upsampled to the target rate: 172 Hz to 44.1 kHz, far past any recording's need
+MAX_UPSAMPLING = 256
+
 
 @dataclasses.dataclass(frozen=True)
 class BuildPlan:
@@ -192,6 +195,16 @@ def make_plan(root, *, transform: Spectrogram, labels, sample_rate: int | None =
         # labels first, so a file outside the list is a skip like any other: before strict, before the rate
         multihot = _fixed_labels(root, scan, classes, unreadable)
     rate, transform = _rate(scan, transform, sample_rate, base)
+    slow = [i for i, p in enumerate(scan.files) if rate > MAX_UPSAMPLING * scan.infos[p].sample_rate]
+    if slow:  # 1 Hz in a 16 kHz folder became 625,070 frames; a 4 MB file would have taken 24 GB
+        scan.skipped.extend((scan.files[i], f"its rate, {scan.infos[scan.files[i]].sample_rate:,} Hz, is below "
+                                            f"1/{MAX_UPSAMPLING} of the target {rate:,} Hz: too far to resample")
+                            for i in slow)
+        gone = set(slow)
+        keep = [i for i in range(len(scan.files)) if i not in gone]
+        scan.files = [scan.files[i] for i in keep]
+        if classes is not None:
+            multihot = multihot[keep]
     n_frames = np.array([transform.n_frames(resampled_length(scan.infos[p].n_samples, scan.infos[p].sample_rate,
                                                              rate)) for p in scan.files], dtype=np.int64)
     scan.skipped.sort()
@@ -241,9 +254,15 @@ def _scan(root: Path, labels, base: StoreMeta | None) -> _Scan:
         scan.files = [p for p in scan.files if p not in present]
     for p in scan.files:
         try:
-            scan.infos[p] = audio_info(root / p)
+            info = audio_info(root / p)
         except (AudioDecodeError, MissingDependencyError) as err:  # what audio_info raises for one file
             scan.skipped.append((p, str(err).removeprefix(str(root / p) + ": ")))
+            continue
+        if info.sample_rate > MAX_SAMPLE_RATE:  # a header's claim: 2**31 Hz overflowed the index, or asked
+            scan.skipped.append((p, f"its header's sample rate, {info.sample_rate:,} Hz, is above the highest "
+                                    f"memstore takes ({MAX_SAMPLE_RATE:,} Hz)"))  # 320 GiB to resample
+            continue
+        scan.infos[p] = info
     scan.files = [p for p in scan.files if p in scan.infos]
     return scan
 

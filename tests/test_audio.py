@@ -128,6 +128,9 @@ def test_write_wav_rejects_bad_arguments_before_creating_a_file(tmp_path):
         (dict(samples=np.zeros((2, 2, 2)), sample_rate=8000), r"must be \(n,\)"),
         (dict(samples=np.zeros((2, 9)), sample_rate=8000), r"1\.\.8"),
         (dict(samples=[0.0], sample_rate=8000, sample_format="pcm12"), "sample_format='pcm12'"),
+        # found by the audio hunt: a raw struct.error from the header's byte-rate field
+        (dict(samples=[0.0], sample_rate=2**31), "exceeds the 32-bit byte rate field"),
+        (dict(samples=np.zeros((1, 8)), sample_rate=600_000_000, sample_format="float64"), "byte rate field"),
     ]
     for kwargs, match in cases:
         with pytest.raises(ParameterError, match=match):
@@ -159,6 +162,25 @@ def test_mono_is_the_mean_and_stays_in_range(tmp_path):
     path = wavs.write(tmp_path / "8.wav", wavs.floats(np.full((10, 8), 0.9), 32))
     mono = read_audio(path)[0]
     np.testing.assert_allclose(mono, 0.9, rtol=1e-6)  # a sum would give 7.2
+
+
+def test_the_mean_of_huge_finite_float_samples_is_finite(tmp_path):
+    # found by the audio hunt: the float32 sum of two samples of 3e38 was inf, with only a numpy warning
+    path = wavs.write(tmp_path / "big.wav", wavs.floats(np.array([[3e38, 3e38], [-3e38, 1e38], [0.5, 0.25]]), 32))
+    np.testing.assert_allclose(read_audio(path)[0], np.float32([3e38, -1e38, 0.375]), rtol=1e-6)
+
+
+def test_a_cut_file_of_another_codec_is_refused_not_read_short(tmp_path):
+    # found by the audio hunt: the codec was looked at before the size, so a cut mu-law or ADPCM WAV went to
+    # libsndfile, which read what was there: stored short where a cut PCM file is refused
+    sf = pytest.importorskip("soundfile")
+    path = tmp_path / "ulaw.wav"
+    sf.write(path, np.zeros(48000, np.float32), 16000, subtype="ULAW", format="WAV")
+    whole = path.read_bytes()
+    path.write_bytes(whole[: len(whole) * 2 // 3])
+    for read in (audio_info, read_audio):
+        with pytest.raises(AudioDecodeError, match="data chunk shorter than declared"):
+            read(path)
 
 
 @pytest.mark.parametrize("channels", [2, 3, 5])

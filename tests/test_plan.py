@@ -105,3 +105,24 @@ def test_an_append_plan_keeps_the_old_files_first_and_merges_the_classes(root, t
         read_base(tmp_path / "none.h5", sample_rate=None, dtype="float32", classes=None)
     again = make_plan(tmp_path / "first", transform=MEL, labels="folder", base=base)
     assert again.files == [] and again.skipped == [("d/w.wav", "already in store")]
+
+
+@pytest.mark.parametrize("with_classes", [False, True])
+def test_a_header_rate_past_the_limit_or_too_far_below_the_target_is_a_skip(root, with_classes):
+    # found by the audio hunt: 2**31 Hz in one 444-byte header overflowed the index (OverflowError, nothing
+    # built) or asked 320 GiB to resample ("memory ran out"); 1 Hz became 625,070 frames of a 16 kHz store
+    fast = root / "c" / "fast.wav"
+    write_wav(fast, np.zeros(100, np.float32), 8000)
+    data = bytearray(fast.read_bytes())
+    data[24:28] = (2**31).to_bytes(4, "little")  # the fmt chunk's sample rate
+    fast.write_bytes(bytes(data))
+    write_wav(root / "c" / "slow.wav", np.zeros(100, np.float32), 31)  # 8 kHz is 258 x 31 Hz
+    write_wav(root / "c" / "ok.wav", np.zeros(100, np.float32), 32)  # 250 x 32 Hz: upsampled, kept
+    classes = ["a", "b", "c"] if with_classes else None
+    plan = make_plan(root, transform=MEL, labels="folder", classes=classes)
+    why = dict(plan.skipped)
+    assert why["c/fast.wav"] == "its header's sample rate, 2,147,483,648 Hz, is above the highest memstore " \
+                                "takes (2,000,000 Hz)"
+    assert why["c/slow.wav"] == "its rate, 31 Hz, is below 1/256 of the target 8,000 Hz: too far to resample"
+    assert plan.files == ["a/x1.wav", "a/x2.wav", "b/y1.wav", "c/ok.wav", "c/z1.wav"] and plan.rate == 8000
+    assert plan.labels.argmax(axis=1).tolist() == [0, 0, 1, 2, 2]  # the labels stay with their files
