@@ -293,9 +293,6 @@ def _rate(scan: _Scan, transform: Spectrogram, sample_rate: int | None, base: St
                 scan.notes.append(f"mixed sample rates {dict(sorted(counts.items()))}: "
                                   f"resampling to the most common, {rate} Hz")
     if scan.files:
-        if rate > MAX_SAMPLE_RATE:  # the most common rate of the headers: a header may claim any rate
-            raise BuildError(f"the folder's most common sample rate, {rate:,} Hz, is above the highest a store "
-                             f"takes ({MAX_SAMPLE_RATE:,} Hz); pass sample_rate= to resample to a lower one")
         transform = dataclasses.replace(transform, sample_rate=int(rate))
         if isinstance(transform, MelSpectrogram) and transform.fmax is not None and transform.fmax > rate / 2:
             raise ParameterError(f"fmax={transform.fmax} must be <= half the target rate {rate}")
