@@ -185,7 +185,7 @@ class Spectrogram:
         """
         if self.sample_rate is not None:
             spectral.check_rate("sample_rate", self.sample_rate)
-        int_up_to("n_fft", self.n_fft, spectral.MAX_N_FFT, "the longest FFT memstore takes")
+        spectral.check_n_fft(self.n_fft)
         int_up_to("hop", self.hop, spectral.MAX_HOP, "the longest hop memstore takes")
         if self.window == "hann_symmetric" and self.win == 2:  # np.hanning(2) is [0, 0]: every feature 0
             raise ParameterError("a symmetric Hann window of 2 samples is all zeros; use a longer window "

@@ -133,7 +133,8 @@ def plot_store(store, out, files: list[int], *, dpi: int = 100):
 
     dpi = positive_int("dpi", dpi)
     out = _image_path(out, FigureCanvasAgg.get_supported_filetypes())
-    if out.exists() and os.path.samefile(out, store.path):
+    # store.source is the file the store reads (its kept descriptor): its path may have moved since
+    if out.exists() and os.path.samefile(out, store.source):
         raise ParameterError(f"{out} is the store itself; give another image file name")  # was overwritten
     width, height = 12 * dpi, 3 * (len(files) + 1) * dpi
     if max(width, height) >= 2 ** 16:  # Agg's limit per side; far past it, the renderer runs out of memory

@@ -43,9 +43,9 @@ from ._validate import int_up_to, positive_int
 from .errors import ParameterError
 
 __all__ = ["CHUNK_FRAMES", "DB_FLOOR", "MAX_SAMPLE_RATE", "MAX_N_FFT", "MAX_HOP", "MAX_MEL_WEIGHTS", "finite",
-           "check_rate", "check_mel_size", "check_mel_norm", "check_signal", "mel_filterbank", "hz_to_mel",
-           "mel_to_hz", "mel_weights", "mel_bands", "frame_geometry", "spectra", "magnitude", "mel_project",
-           "compress"]
+           "check_rate", "check_n_fft", "check_mel_size", "check_mel_norm", "check_signal", "mel_filterbank",
+           "hz_to_mel", "mel_to_hz", "mel_weights", "mel_bands", "frame_geometry", "spectra", "magnitude",
+           "mel_project", "compress"]
 
 #: Frames per chunk. 256 frames of 1024 samples keep the windowed frames
 #: (1 MB) and their spectrum (1 MB) in the L2 cache between the three passes;
@@ -85,6 +85,11 @@ def finite(name: str, value, *, minimum: float | None = None, strict: bool = Fal
 def check_rate(name: str, rate) -> int:
     """A sample rate as an ``int`` in ``[1, MAX_SAMPLE_RATE]``."""
     return int_up_to(name, rate, MAX_SAMPLE_RATE, "the highest rate memstore takes, in Hz")
+
+
+def check_n_fft(n_fft) -> int:
+    """An FFT length as an ``int`` in ``[1, MAX_N_FFT]``."""
+    return int_up_to("n_fft", n_fft, MAX_N_FFT, "the longest FFT memstore takes")
 
 
 def check_mel_size(n_mels, n_fft: int) -> int:
@@ -172,7 +177,7 @@ def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int = 96, fmin: float =
     (96, 513)
     """
     sample_rate = check_rate("sample_rate", sample_rate)
-    n_fft = int_up_to("n_fft", n_fft, MAX_N_FFT, "the longest FFT memstore takes")
+    n_fft = check_n_fft(n_fft)
     n_mels = check_mel_size(n_mels, n_fft)
     fmin = finite("fmin", fmin, minimum=0.0)
     fmax = sample_rate / 2.0 if fmax is None else finite("fmax", fmax, minimum=fmin, strict=True)
@@ -225,7 +230,7 @@ def mel_weights(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: fl
     elif norm is not None:
         peak = weights.max(axis=1)
         with np.errstate(over="ignore"):  # a tiny p overflows the sum's power: refused below
-            length = np.max(weights, axis=1) if math.isinf(norm) else np.sum(weights ** norm, axis=1) ** (1.0 / norm)
+            length = peak.copy() if math.isinf(norm) else np.sum(weights ** norm, axis=1) ** (1.0 / norm)
         length[length < np.finfo(weights.dtype).tiny] = 1.0  # an empty band stays empty, as in librosa
         weights /= length[:, None]
         lost = (peak > 0) & ~(weights.max(axis=1) >= np.finfo(np.float32).tiny)
